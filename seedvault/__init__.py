@@ -1,0 +1,3 @@
+"""seedvault: streaming, encrypted, tamper-evident backups."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The seedvault command line (typer + rich): thin over seedvault.ops."""

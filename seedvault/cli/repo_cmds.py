@@ -1,0 +1,245 @@
+"""Repository commands: init, put, get, list, show, verify, delete, cleanup."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
+from seedvault.config import parse_duration
+from seedvault.errors import UsageError, VerificationFailed
+from seedvault.ops import transfer
+from seedvault.ops.cleanup import cleanup as cleanup_op
+from seedvault.ops.verify import verify_all, verify_backup
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+@handle_errors
+def init(ctx: typer.Context) -> None:
+    """Create the repository (done automatically by the first backup)."""
+    repo = state(ctx).repository(key=False, create=True)
+    config = repo.config(create=True)
+    sys.stdout.write(f"repository {repo.storage.url} (id {config['id']})\n")
+
+
+@handle_errors
+def put(
+    ctx: typer.Context,
+    label: str = typer.Option(..., "--label", "-l", help="Name of what is protected (e.g. orders-db)."),
+    input: Path = typer.Option(None, "--input", "-i", help="Read this file instead of standard input."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Protect a byte stream from standard input (or --input) as a new backup; prints its id."""
+    repo = state(ctx).repository(create=True)
+    settings = state(ctx).settings
+    if input is None and sys.stdin.isatty():
+        raise UsageError("nothing to back up: pipe data into 'seedvault put' or use --input FILE")
+    total = input.stat().st_size if input is not None and input.is_file() else None
+    reader = open(input, "rb") if input is not None else sys.stdin.buffer  # noqa: SIM115
+    try:
+        with progress_bar("put", total) as progress:
+            body, stats = transfer.put(repo, reader, settings, label=label, progress=progress)
+    finally:
+        if input is not None:
+            reader.close()
+    if json_out:
+        print_json(
+            {
+                "id": body["id"],
+                "raw_size": body["raw_size"],
+                "stored_size": body["stored_size"],
+                "seconds": round(stats.seconds, 3),
+                "steps": stats.times.as_dict(),
+            }
+        )
+    else:
+        sys.stdout.write(body["id"] + "\n")
+
+
+@handle_errors
+def get(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(..., help="Backup id (see 'seedvault list')."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write to this file (atomically) instead of stdout."),
+    object_name: str = typer.Option(None, "--object", help="Object to restore when a backup has several."),
+) -> None:
+    """Restore a backup's data to standard output or a file; only authenticated bytes are written."""
+    repo = state(ctx).repository()
+    with progress_bar("get") as progress:
+        target = output if output is not None else sys.stdout.buffer
+        transfer.get(repo, backup_id, target, name=object_name, progress=progress)
+
+
+@handle_errors
+def list_(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help="JSON for scripts."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="List without a key (manifests not authenticated)."),
+) -> None:
+    """List complete backups, oldest first (manifests authenticated with the configured key)."""
+    repo = state(ctx).repository(key=not no_verify)
+    rows = []
+    for entry in repo.entries(authenticate=not no_verify):
+        b = entry.body or {}
+        rows.append(
+            {
+                "id": entry.backup_id,
+                "kind": b.get("kind"),
+                "labels": b.get("labels", {}),
+                "finished": b.get("finished"),
+                "raw_size": b.get("raw_size"),
+                "stored_size": b.get("stored_size"),
+                "parent": b.get("parent"),
+                "authenticated": entry.verified,
+                "problem": entry.problem,
+            }
+        )
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        err("no complete backups")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("id", "kind", "label", "finished", "raw", "stored", "status"):
+        table.add_column(col, no_wrap=col in ("id", "finished"))
+    for r in rows:
+        status = r["problem"] or ("ok" if r["authenticated"] else "unverified")
+        table.add_row(
+            r["id"],
+            r["kind"] or "?",
+            (r["labels"] or {}).get("name", ""),
+            r["finished"] or "",
+            _human(r["raw_size"]),
+            _human(r["stored_size"]),
+            status,
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@handle_errors
+def show(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(...),
+    json_out: bool = typer.Option(False, "--json", help="The authenticated manifest as JSON."),
+) -> None:
+    """Show one backup's authenticated manifest."""
+    repo = state(ctx).repository()
+    body = repo.manifest(backup_id)
+    body = {**body, "key_objects": repo.key_ids(backup_id)}
+    if json_out:
+        print_json(body)
+        return
+    lines = [
+        f"id          {body['id']}",
+        f"kind        {body['kind']}",
+        f"labels      {', '.join(f'{k}={v}' for k, v in body['labels'].items())}",
+        f"started     {body['started']}",
+        f"finished    {body['finished']}",
+        f"parent      {body['parent'] or '-'}",
+        f"sizes       raw {_human(body['raw_size'])}, compressed {_human(body['compressed_size'])}, "
+        f"stored {_human(body['stored_size'])}",
+        f"cipher      {body['cipher']}, chunk {body['chunk_size']} B, compression {body['compression']['name']}",
+        f"key         {body['key']['kind']} key {body['key']['key_id']}; wrapped for {', '.join(body['key_objects'])}",
+    ]
+    for o in body["objects"]:
+        lines.append(
+            f"object      {o['name']}: {_human(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@handle_errors
+def verify(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(None, help="Backup id; omit with --all."),
+    all_: bool = typer.Option(False, "--all", help="Verify every complete backup."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Read back and check every byte of a backup (or all): authentication, SHA-256, sizes."""
+    if bool(backup_id) == all_:
+        raise UsageError("name one backup id, or use --all")
+    repo = state(ctx).repository()
+    with progress_bar("verify") as progress:
+        results = verify_all(repo, progress=progress) if all_ else [verify_backup(repo, backup_id, progress=progress)]
+    if json_out:
+        print_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            sys.stdout.write(
+                f"{r.backup_id}: {'ok' if r.ok else 'FAILED'} ({r.objects} objects, {_human(r.raw_bytes)})\n"
+            )
+    bad = [r for r in results if not r.ok]
+    if bad:
+        first = bad[0]
+        raise VerificationFailed(
+            f"{len(bad)} of {len(results)} backups failed verification; {first.backup_id}: {first.problems[0]}"
+        )
+
+
+@handle_errors
+def delete(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(...),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Delete one backup: its manifest first, then its data and key objects."""
+    repo = state(ctx).repository(key=False)
+    repo._require_manifest(backup_id)
+    children = [e.backup_id for e in repo.entries(authenticate=False) if (e.body or {}).get("parent") == backup_id]
+    if children:
+        raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without --yes when not on a terminal")
+        typer.confirm(f"delete backup {backup_id}?", abort=True)
+    repo.delete_backup(backup_id)
+    sys.stdout.write(f"deleted {backup_id}\n")
+
+
+@handle_errors
+def cleanup(
+    ctx: typer.Context,
+    grace: str = typer.Option(None, "--grace", help="Leave leftovers younger than this (default 24h)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report what would be removed."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove leftovers of interrupted backups and abort stale multipart uploads (never a complete backup)."""
+    st = state(ctx)
+    repo = st.repository(key=False)
+    seconds = parse_duration(grace or st.settings.cleanup_grace)
+    report = cleanup_op(repo, grace_seconds=seconds, dry_run=dry_run)
+    if json_out:
+        print_json(report.as_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    sys.stdout.write(
+        f"{verb} {len(report.incomplete_backups)} incomplete backups ({len(report.objects_removed)} objects), "
+        f"{len(report.partial_writes_aborted)} partial writes; kept {len(report.kept_young)} in grace period\n"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(put)
+    app.command()(get)
+    app.command("list")(list_)
+    app.command()(show)
+    app.command()(verify)
+    app.command()(delete)
+    app.command()(cleanup)

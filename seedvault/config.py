@@ -1,0 +1,112 @@
+"""Settings: command-line options over ``SEEDVAULT_*`` environment variables over the TOML file over defaults.
+
+The names are a contract (operators' scripts, the runbook and the Prefect blocks rely on them):
+``SEEDVAULT_REPOSITORY`` (``file:///path`` or ``s3://bucket/prefix``), ``SEEDVAULT_S3_ENDPOINT``,
+``SEEDVAULT_KEY_FILE`` or ``SEEDVAULT_PASSPHRASE_FILE``, and ``SEEDVAULT_CONFIG`` naming a TOML file whose
+keys are the same settings in lower case without the prefix (``repository = "s3://..."``). S3
+credentials are never seedvault settings: they come from the standard AWS chain (environment, shared
+config/credentials files, instance roles), so they stay out of seedvault's files and arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from seedvault.crypto.keys import KeySource
+from seedvault.errors import ConfigError, KeyMissing
+
+ENV_PREFIX = "SEEDVAULT_"
+
+
+@dataclass
+class Settings:
+    repository: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_storage_class: str | None = None
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_part_size: int = 16 * 1024 * 1024
+    s3_max_concurrency: int = 4
+    s3_max_attempts: int = 5
+    key_file: str | None = None
+    passphrase_file: str | None = None
+    compression: str = "zstd"
+    zstd_level: int = 3
+    zstd_threads: int = -1
+    chunk_size: int = 1024 * 1024
+    cleanup_grace: str = "24h"
+
+    def key_source(self, *, required: bool = True) -> KeySource | None:
+        if self.key_file and self.passphrase_file:
+            raise ConfigError("set either SEEDVAULT_KEY_FILE or SEEDVAULT_PASSPHRASE_FILE, not both")
+        if self.key_file:
+            return KeySource("raw", origin=f"key file {self.key_file}", path=Path(self.key_file))
+        if self.passphrase_file:
+            return KeySource(
+                "passphrase",
+                origin=f"passphrase file {self.passphrase_file}",
+                path=Path(self.passphrase_file),
+            )
+        if required:
+            raise KeyMissing("no master key configured", hint="set SEEDVAULT_KEY_FILE or SEEDVAULT_PASSPHRASE_FILE")
+        return None
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    kind = _FIELDS[name].type
+    if value is None:
+        return None
+    if "int" in str(kind) and not isinstance(value, int):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{origin}: {name} must be an integer") from None
+    return value if isinstance(value, int) else str(value)
+
+
+def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Resolve settings from defaults, the TOML file, the environment and explicit overrides."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    config_path = (overrides or {}).get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        path = Path(config_path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("seedvault", data)
+        for key, value in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value, f"config file {path}")
+    for name in _FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw not in (None, ""):
+            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+    for name, value in (overrides or {}).items():
+        if name in _FIELDS and value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)
+
+
+def parse_duration(text: str) -> float:
+    """'24h', '90m', '30s', '7d' or plain seconds -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"invalid duration {text!r}; use e.g. 30s, 15m, 24h, 7d") from None

@@ -1,0 +1,1 @@
+"""Cryptography: AEAD chunks, master/data keys, and the legacy openssl reader."""

@@ -1,0 +1,171 @@
+"""The one catalogue of seedvault errors and their stable exit codes.
+
+Every failure an operator can meet is a subclass of :class:`SeedvaultError`. Each class carries a fixed
+``exit_code`` (scripts and PostgreSQL's ``restore_command`` branch on them; ``tests/cli/test_exit_codes.py``
+pins them) and a one-line, lowercase message with no final period. Messages name objects and ids and never
+contain key material, passphrases or credentials: callers pass only names into these constructors.
+
+Exit-code bands: 0 ok, 1 unexpected bug, 2 usage, 3-9 configuration, 10-19 storage, 20-29 integrity,
+30-39 keys, 40-49 format, 50-59 database sources/targets, 60-69 concurrency/state.
+"""
+
+from __future__ import annotations
+
+
+class SeedvaultError(Exception):
+    """Base of every error seedvault reports to an operator."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message an operator sees: one line, with a hint when there is an obvious next step."""
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" (HINT: {' '.join(self.hint.split())})"
+        return text
+
+
+class UsageError(SeedvaultError):
+    exit_code = 2
+
+
+class ConfigError(SeedvaultError):
+    exit_code = 3
+
+
+# --- storage -----------------------------------------------------------------------------------------
+class StorageError(SeedvaultError):
+    exit_code = 10
+
+
+class ObjectNotFound(StorageError):
+    exit_code = 11
+
+
+class BackupNotFound(ObjectNotFound):
+    exit_code = 12
+
+
+class PermissionDenied(StorageError):
+    exit_code = 13
+
+
+class StorageUnreachable(StorageError):
+    """The endpoint or bucket cannot be reached at all (DNS, refused connection, missing bucket)."""
+
+    exit_code = 14
+
+
+class TransientStorageError(StorageError):
+    """A failure worth retrying (throttling, 5xx, reset connection) after the driver's own retries."""
+
+    exit_code = 15
+
+
+class ObjectExists(StorageError):
+    """An immutable object already exists under that name with other content; seedvault never overwrites."""
+
+    exit_code = 16
+
+
+# --- integrity -----------------------------------------------------------------------------------------
+class IntegrityError(SeedvaultError):
+    exit_code = 20
+
+
+class AuthenticationFailed(IntegrityError):
+    """A chunk, key object or manifest failed authentication: it was altered, moved or corrupted."""
+
+    exit_code = 21
+
+
+class ChecksumMismatch(IntegrityError):
+    exit_code = 22
+
+
+class TruncatedStream(IntegrityError):
+    exit_code = 23
+
+
+class VerificationFailed(IntegrityError):
+    """A verify run found problems (the report names each)."""
+
+    exit_code = 24
+
+
+# --- keys ----------------------------------------------------------------------------------------------
+class KeyError_(SeedvaultError):
+    """Base for key problems (named with a trailing underscore to leave the builtin alone)."""
+
+    exit_code = 30
+
+
+class WrongKey(KeyError_):
+    exit_code = 31
+
+
+class KeyMissing(KeyError_):
+    exit_code = 32
+
+
+class InvalidKey(KeyError_):
+    exit_code = 33
+
+
+# --- format --------------------------------------------------------------------------------------------
+class FormatError(SeedvaultError):
+    exit_code = 40
+
+
+class UnsupportedVersion(FormatError):
+    exit_code = 41
+
+
+class MandatoryFeatureUnsupported(FormatError):
+    exit_code = 42
+
+
+# --- databases -----------------------------------------------------------------------------------------
+class SourceError(SeedvaultError):
+    exit_code = 50
+
+
+class TargetError(SeedvaultError):
+    exit_code = 51
+
+
+class DatabaseUnreachable(SourceError):
+    exit_code = 52
+
+
+class ToolMissing(SourceError):
+    """A client binary (pg_dump, neo4j-admin, ...) was not found or does not fit the server."""
+
+    exit_code = 53
+
+
+class RestoreVerificationFailed(TargetError):
+    exit_code = 54
+
+
+# --- state ---------------------------------------------------------------------------------------------
+class LockHeld(SeedvaultError):
+    exit_code = 60
+
+
+class Interrupted(SeedvaultError):
+    exit_code = 130
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for any exception: catalogued ones keep theirs, anything else is a bug (1)."""
+    if isinstance(exc, SeedvaultError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted.exit_code
+    return 1

@@ -1,0 +1,63 @@
+"""Every storage key the repository uses, in one place.
+
+    v1/repository.json                          repository config: format version, id, KDF parameters
+    v1/backups/<backup id>/data/<object name>   data objects (format.chunk)
+    v1/backups/<backup id>/manifest.json        the commit marker, written last
+    v1/keys/<backup id>/<key id>.json           the backup's data key wrapped under one master key
+
+Backup ids sort by time: ``20261125T020000Z-3f9a1c`` (UTC start time, then 6 random hex digits).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+ROOT = "v1"
+CONFIG = f"{ROOT}/repository.json"
+BACKUPS = f"{ROOT}/backups/"
+KEYS = f"{ROOT}/keys/"
+MANIFEST = "manifest.json"
+
+BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+OBJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+KEY_ID_RE = re.compile(r"^k-[0-9a-f]{16}$")
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def is_backup_id(text: str) -> bool:
+    return bool(BACKUP_ID_RE.match(text))
+
+
+def backup_prefix(backup_id: str) -> str:
+    return f"{BACKUPS}{backup_id}/"
+
+
+def data_key(backup_id: str, name: str) -> str:
+    return f"{BACKUPS}{backup_id}/data/{name}"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"{BACKUPS}{backup_id}/{MANIFEST}"
+
+
+def keys_prefix(backup_id: str) -> str:
+    return f"{KEYS}{backup_id}/"
+
+
+def key_object(backup_id: str, key_id: str) -> str:
+    return f"{KEYS}{backup_id}/{key_id}.json"
+
+
+def backup_id_of(key: str) -> str | None:
+    """The backup id a storage key belongs to (data, manifest or key object), if any."""
+    for root in (BACKUPS, KEYS):
+        if key.startswith(root):
+            candidate = key[len(root) :].split("/", 1)[0]
+            return candidate if is_backup_id(candidate) else None
+    return None

@@ -1,0 +1,89 @@
+"""Manifests: the versioned, authenticated description of one backup, written last as its commit marker.
+
+Stored form (``v1/backups/<id>/manifest.json``): the canonical JSON of ``{"body": {...}, "mac": "<hex>"}``.
+Canonical JSON = UTF-8 of ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``;
+bodies hold only strings, integers, booleans, null, lists and objects (no floats), so any language can
+re-serialise them byte for byte. ``mac`` = HMAC-SHA256 over the canonical body with
+``HKDF(data key, info="seedvault/v1/manifest\\0<backup id>")``. The MAC key comes from the data key, not
+from the master key, so a key rotation (which only re-wraps data keys) never invalidates a manifest, and a
+manifest copied to another backup's name does not authenticate there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from hashlib import sha256
+from typing import Any
+
+from seedvault.crypto.keys import hkdf
+from seedvault.errors import (
+    AuthenticationFailed,
+    FormatError,
+    MandatoryFeatureUnsupported,
+    UnsupportedVersion,
+)
+
+FORMAT = "seedvault-manifest"
+VERSION = 1
+# Features a reader must understand to restore a backup (borg's "mandatory features"); none yet.
+KNOWN_FEATURES: frozenset[str] = frozenset()
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _mac(body: dict, data_key: bytes, backup_id: str) -> str:
+    key = hkdf(data_key, b"seedvault/v1/manifest\x00" + backup_id.encode())
+    return hmac.new(key, canonical(body), sha256).hexdigest()
+
+
+def seal(body: dict, data_key: bytes) -> bytes:
+    _reject_floats(body)
+    return canonical({"body": body, "mac": _mac(body, data_key, body["id"])})
+
+
+def parse(data: bytes, backup_id: str) -> tuple[dict, str]:
+    """Parse and check the format version, without authentication (for listing with no key)."""
+    try:
+        outer = json.loads(data)
+        body, mac = outer["body"], outer["mac"]
+        fmt, version = body["format"], body["version"]
+    except (ValueError, KeyError, TypeError):
+        raise AuthenticationFailed(f"manifest of backup {backup_id} is corrupted (not a manifest)") from None
+    if fmt != FORMAT:
+        raise FormatError(f"manifest of backup {backup_id} has unknown format {fmt!r}")
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"manifest of backup {backup_id} has format version {version}; this seedvault reads version {VERSION}",
+            hint="upgrade seedvault",
+        )
+    missing = set(body.get("features", [])) - KNOWN_FEATURES
+    if missing:
+        raise MandatoryFeatureUnsupported(
+            f"backup {backup_id} needs features this seedvault lacks: {', '.join(sorted(missing))}"
+        )
+    return body, mac
+
+
+def open_(data: bytes, data_key: bytes, backup_id: str) -> dict:
+    """Parse, check the version and authenticate a manifest stored under ``backup_id``."""
+    body, mac = parse(data, backup_id)
+    expected = _mac(body, data_key, backup_id)
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
+        raise AuthenticationFailed(f"manifest of backup {backup_id} failed authentication (altered or moved)")
+    if body.get("id") != backup_id:
+        raise AuthenticationFailed(f"manifest stored as backup {backup_id} belongs to another backup")
+    return body
+
+
+def _reject_floats(obj: Any) -> None:
+    if isinstance(obj, float):
+        raise FormatError("manifest values must not be floats (canonical JSON)")
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _reject_floats(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            _reject_floats(value)

@@ -1,0 +1,69 @@
+"""``cleanup``: remove what interrupted writers left behind, never a complete backup.
+
+Candidates are (a) objects of a backup id that has no manifest (data and key objects of a backup that
+died before its commit marker), and (b) temporary files / unfinished multipart uploads. A candidate is
+removed only when its newest trace is older than the grace period (default 24 h): a backup still
+running keeps writing objects or parts, so its newest trace stays young and it is left alone. The
+complete backups (manifest present) are never touched, even if their manifest fails to authenticate;
+that is for ``verify`` to report and for an operator to decide.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from seedvault.format import layout
+from seedvault.repository import Repository
+
+
+@dataclass
+class CleanupReport:
+    incomplete_backups: list[str] = field(default_factory=list)
+    objects_removed: list[str] = field(default_factory=list)
+    partial_writes_aborted: list[str] = field(default_factory=list)
+    kept_young: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def cleanup(repo: Repository, *, grace_seconds: float, dry_run: bool = False) -> CleanupReport:
+    report = CleanupReport()
+    cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+    storage = repo.storage
+    complete = set(repo.backup_ids())
+    by_backup: dict[str, list] = defaultdict(list)
+    for root in (layout.BACKUPS, layout.KEYS):
+        for info in storage.list(root):
+            bid = layout.backup_id_of(info.key)
+            if bid and bid not in complete:
+                by_backup[bid].append(info)
+    partials = list(storage.list_partial(layout.ROOT + "/"))
+    newest_partial: dict[str, datetime] = {}
+    for p in partials:
+        bid = layout.backup_id_of(p.key)
+        if bid:
+            newest_partial[bid] = max(newest_partial.get(bid, p.started), p.started)
+    for bid, infos in sorted(by_backup.items()):
+        newest = max([i.modified for i in infos] + ([newest_partial[bid]] if bid in newest_partial else []))
+        if newest > cutoff:
+            report.kept_young.append(bid)
+            continue
+        report.incomplete_backups.append(bid)
+        # Data before keys, as in a delete; the manifest does not exist.
+        data = [i.key for i in infos if i.key.startswith(layout.BACKUPS)]
+        keys = [i.key for i in infos if i.key.startswith(layout.KEYS)]
+        if not dry_run:
+            storage.delete(data)
+            storage.delete(keys)
+        report.objects_removed.extend(data + keys)
+    for p in partials:
+        bid = layout.backup_id_of(p.key)
+        if p.started > cutoff or (bid and bid in complete and p.key == layout.manifest_key(bid)):
+            continue
+        if not dry_run:
+            storage.abort_partial(p)
+        report.partial_writes_aborted.append(p.key)
+    return report

@@ -1,0 +1,1 @@
+"""Storage drivers: dumb blob stores behind one small interface (see base.py)."""

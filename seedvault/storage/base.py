@@ -1,0 +1,143 @@
+"""The storage interface every driver implements, and the rules for object names.
+
+Drivers are deliberately dumb blob stores: they know nothing about encryption, chunks or manifests.
+Their contract (checked for every driver by ``tests/contract/test_storage.py``):
+
+* ``open_write(key)`` returns a writer. Bytes written are invisible under ``key`` until ``commit()``;
+  ``abort()`` (or leaving the ``with`` block by an exception) leaves nothing visible. With
+  ``overwrite=False`` (the default, used for every immutable object) an existing object is never
+  replaced and :class:`~seedvault.errors.ObjectExists` is raised instead.
+* ``open_read(key)`` returns a readable binary stream or raises ``ObjectNotFound``.
+* ``list(prefix)`` yields :class:`ObjectInfo` sorted by key and never shows temporary/in-progress names.
+* ``delete(keys)`` ignores keys that are already gone.
+* ``list_partial()`` shows what interrupted writers left behind (temporary files, unfinished multipart
+  uploads) with their start time, so ``cleanup`` can remove those older than a grace period.
+
+Native errors are translated to the :mod:`seedvault.errors` storage family, the original chained.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+from seedvault.errors import StorageError
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9][A-Za-z0-9._=-]*)*$")
+TEMP_MARKER = ".tmp."
+
+
+def validate_key(key: str) -> str:
+    """Reject names that could escape a prefix or collide with temporary names, before any driver runs."""
+    if not _KEY_RE.match(key) or ".." in key.split("/") or TEMP_MARKER in key or len(key) > 900:
+        raise StorageError(f"invalid object name {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PartialWrite:
+    """Something an interrupted writer left behind: a temporary file or an unfinished multipart upload."""
+
+    key: str
+    started: datetime
+    handle: str  # driver-specific: a temp path or an upload id
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    atomic_no_overwrite: bool
+    range_reads: bool
+    multipart: bool
+
+
+class ObjectWriter(ABC):
+    """A streaming writer for one object; use as a context manager (commit on success, abort on error)."""
+
+    key: str
+    bytes_written: int = 0
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> ObjectInfo: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage(ABC):
+    """A flat namespace of immutable objects addressed by '/'-separated keys."""
+
+    url: str
+    capabilities: Capabilities
+
+    @abstractmethod
+    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter: ...
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    @abstractmethod
+    def list_partial(self, prefix: str = "") -> Iterator[PartialWrite]: ...
+
+    @abstractmethod
+    def abort_partial(self, partial: PartialWrite) -> None: ...
+
+    def check(self) -> None:
+        """Fail fast with a clear error when the storage is unreachable or unusable."""
+        list(self.list("seedvault-probe-nothing-here/"))
+
+    def put_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> ObjectInfo:
+        writer = self.open_write(key, overwrite=overwrite)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as fh:
+            return fh.read()
+
+    def exists(self, key: str) -> bool:
+        from seedvault.errors import ObjectNotFound
+
+        try:
+            self.head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; drivers without any keep the default."""

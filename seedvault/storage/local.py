@@ -1,0 +1,204 @@
+"""Local-directory storage: temporary name, fsync, atomic link/rename, fsync of the directory.
+
+Immutable objects are published with ``link(2)`` from the temporary file, which fails if the name exists,
+so two writers can never replace each other's object (the no-overwrite rule is enforced by the kernel,
+not by a racy existence check). Temporary files carry ``.tmp.`` in their name, are invisible to
+``list`` and are reported by ``list_partial`` for ``cleanup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from seedvault.errors import ObjectExists, ObjectNotFound, PermissionDenied, StorageError, StorageUnreachable
+from seedvault.storage.base import (
+    TEMP_MARKER,
+    Capabilities,
+    ObjectInfo,
+    ObjectWriter,
+    PartialWrite,
+    Storage,
+    validate_key,
+)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(exc: OSError, what: str) -> StorageError:
+    if exc.errno == errno.ENOENT:
+        return ObjectNotFound(f"object {what} not found")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"permission denied on {what}")
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device while writing {what}")
+    return StorageError(f"local storage error on {what}: {exc.strerror or exc}")
+
+
+class _LocalWriter(ObjectWriter):
+    def __init__(self, storage: LocalStorage, key: str, overwrite: bool) -> None:
+        self.key = key
+        self._storage = storage
+        self._final = storage._path(key)
+        self._overwrite = overwrite
+        try:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self._final.parent / f"{TEMP_MARKER}{self._final.name}.{os.getpid()}.{secrets.token_hex(4)}"
+            self._fh = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _translate(exc, self.key) from exc
+        self.bytes_written += len(data)
+
+    def commit(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"object {self.key} already committed or aborted")
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            if self._overwrite:
+                os.replace(self._tmp, self._final)
+            else:
+                try:
+                    os.link(self._tmp, self._final)
+                except FileExistsError:
+                    raise ObjectExists(f"object {self.key} already exists; seedvault never overwrites") from None
+                os.unlink(self._tmp)
+            _fsync_dir(self._final.parent)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise _translate(exc, self.key) from exc
+            raise
+        self._done = True
+        st = self._final.stat()
+        return ObjectInfo(self.key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+class LocalStorage(Storage):
+    """Objects as files below a root directory; keys map to relative paths."""
+
+    capabilities = Capabilities(atomic_no_overwrite=True, range_reads=True, multipart=False)
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageUnreachable(f"cannot create repository directory {self.root}: {exc.strerror}") from exc
+        elif not self.root.is_dir():
+            raise StorageUnreachable(f"repository directory {self.root} does not exist")
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
+        return _LocalWriter(self, key, overwrite)
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result, bool]]:
+        base = self.root
+        # Start from the deepest existing directory of the prefix to avoid walking the whole tree.
+        start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / start_rel if start_rel else base
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            for name in filenames:
+                full = Path(dirpath) / name
+                rel = full.relative_to(base).as_posix()
+                if not rel.startswith(prefix):
+                    continue
+                try:
+                    st = full.stat()
+                except FileNotFoundError:
+                    continue
+                yield rel, st, TEMP_MARKER in name
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            rows = [(rel, st) for rel, st, tmp in self._walk(prefix) if not tmp]
+        except OSError as exc:
+            raise _translate(exc, prefix or "/") from exc
+        for rel, st in sorted(rows):
+            yield ObjectInfo(rel, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _translate(exc, key) from exc
+            self._prune_dirs(path.parent)
+
+    def _prune_dirs(self, directory: Path) -> None:
+        """Remove directories left empty by a delete, up to the root (keeps listings tidy)."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def list_partial(self, prefix: str = "") -> Iterator[PartialWrite]:
+        for rel, st, tmp in self._walk(""):
+            if tmp:
+                name = rel.rsplit("/", 1)[-1][len(TEMP_MARKER) :].rsplit(".", 2)[0]
+                key = (rel.rsplit("/", 1)[0] + "/" + name) if "/" in rel else name
+                if key.startswith(prefix):
+                    yield PartialWrite(key, datetime.fromtimestamp(st.st_mtime, UTC), rel)
+
+    def abort_partial(self, partial: PartialWrite) -> None:
+        path = self.root / partial.handle
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self._prune_dirs(path.parent)

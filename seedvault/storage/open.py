@@ -1,0 +1,45 @@
+"""Turn a repository URL into a storage driver: ``file:///path`` (or a plain path) and ``s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from seedvault.config import Settings
+from seedvault.errors import ConfigError
+from seedvault.storage.base import Storage
+
+
+def open_storage(settings: Settings, *, create: bool = False, client=None) -> Storage:
+    url = settings.repository
+    if not url:
+        raise ConfigError(
+            "no repository configured", hint="set SEEDVAULT_REPOSITORY to file:///path or s3://bucket/prefix"
+        )
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        from seedvault.storage.local import LocalStorage
+
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"repository URL {url!r}: use file:///absolute/path")
+        return LocalStorage(parsed.path if parsed.scheme else url, create=create)
+    if parsed.scheme == "s3":
+        from seedvault.storage.s3 import S3Storage
+
+        if not parsed.netloc:
+            raise ConfigError(f"repository URL {url!r} names no bucket")
+        if parsed.username or parsed.password:
+            raise ConfigError("repository URL must not carry credentials; use the AWS environment or config")
+        return S3Storage(
+            parsed.netloc,
+            parsed.path.strip("/"),
+            endpoint_url=settings.s3_endpoint,
+            region=settings.s3_region,
+            storage_class=settings.s3_storage_class,
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
+            part_size=settings.s3_part_size,
+            max_concurrency=settings.s3_max_concurrency,
+            max_attempts=settings.s3_max_attempts,
+            client=client,
+        )
+    raise ConfigError(f"unsupported repository URL scheme {parsed.scheme!r}; use file:// or s3://")

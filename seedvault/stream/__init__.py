@@ -1,0 +1,1 @@
+"""Streaming stages between a source and a sink (compression, hashing)."""

@@ -1,0 +1,1 @@
+"""Prefect layer: thin over the seedvault engine (filled by later issues)."""
