@@ -23,7 +23,8 @@ def _passphrase(path: Path | None) -> bytes:
     if path is None:
         raise ConfigError("no legacy passphrase: use --passphrase-file or SEEDVAULT_LEGACY_PASSPHRASE_FILE")
     try:
-        return path.read_bytes().rstrip(b"\r\n")
+        # Same rule as openssl's -pass file: the first line, without its newline.
+        return path.read_bytes().split(b"\n", 1)[0]
     except OSError as exc:
         raise ConfigError(f"cannot read passphrase file {path}: {exc.strerror}") from None
 
@@ -39,6 +40,7 @@ def decrypt(
     sidecar: Path = typer.Option(None, "--sidecar", help="sha256sum file (default: FILE.sha256 when present)."),
     no_sidecar: bool = typer.Option(False, "--no-sidecar", help="Do not look for a .sha256 sidecar."),
     iterations: int = typer.Option(100000, "--iter", help="PBKDF2 iterations used by the old pipeline."),
+    not_gzipped: bool = typer.Option(False, "--not-gzipped", help="The payload was encrypted without gzip."),
 ) -> None:
     """Decrypt and gunzip one old backup file; its sidecar checksum is verified before any output."""
     from seedvault.crypto import legacy
@@ -47,7 +49,12 @@ def decrypt(
     passphrase = _passphrase(passphrase_file)
     side = None if no_sidecar else (sidecar or "auto")
     if output is None:
-        legacy.decrypt_file(file, sys.stdout.buffer, passphrase, sidecar=side, iterations=iterations)
+        legacy.decrypt_file(
+            file, sys.stdout.buffer, passphrase, sidecar=side, iterations=iterations, gzip=not not_gzipped
+        )
         sys.stdout.buffer.flush()
         return
-    write_atomically(output, lambda fh: legacy.decrypt_file(file, fh, passphrase, sidecar=side, iterations=iterations))
+    write_atomically(
+        output,
+        lambda fh: legacy.decrypt_file(file, fh, passphrase, sidecar=side, iterations=iterations, gzip=not not_gzipped),
+    )

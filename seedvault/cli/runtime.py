@@ -46,8 +46,8 @@ class AppState:
             from seedvault.storage.open import open_storage
 
             settings = self.settings
-            source = settings.key_source(required=key)
-            self._repo = Repository(open_storage(settings, create=create), source)
+            storage = open_storage(settings, create=create)
+            self._repo = Repository(storage, settings.key_source(required=key))
         return self._repo
 
 

@@ -110,6 +110,9 @@ def parse_raw_key(text: str | bytes, origin: str) -> MasterKey:
         ) from None
     if len(secret) != KEY_BYTES:
         raise InvalidKey(f"key in {origin} must decode to {KEY_BYTES} bytes, got {len(secret)}")
+    from seedvault import process
+
+    process.register_secret(secret)
     return MasterKey(secret, "raw", origin)
 
 
@@ -152,6 +155,9 @@ class KeySource:
             raise ConfigError(f"key file {self.path} is not readable") from None
         if self.kind == "passphrase":
             data = data.rstrip(b"\r\n")
+        from seedvault import process
+
+        process.register_secret(data.strip())
         return data
 
     def resolve(self, kdf: dict | None) -> MasterKey:

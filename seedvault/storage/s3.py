@@ -1,0 +1,743 @@
+"""S3 storage on boto3, written to the plain S3 API (AWS, MinIO, Ceph, any compatible endpoint).
+
+Why it is built this way:
+
+* **Streaming writes, bounded memory.** A writer buffers at most ``part_size`` bytes. An object that stays
+  below ``part_size`` is sent with one ``PutObject`` at commit (the common case for key objects and
+  manifests: one request, nothing to clean up). The first time the buffer fills, a multipart upload is
+  created and full parts are handed to a thread pool of ``max_concurrency`` workers. Before a new part is
+  submitted the writer waits until fewer than ``max_concurrency`` parts are in flight, so at most
+  ``max_concurrency + 1`` part buffers (the in-flight ones plus the one being filled) exist at any time:
+  memory is ``part_size * (max_concurrency + 1)`` whatever the object size. Parts are handed over without
+  a copy; each byte the caller writes is copied exactly once, into the part buffer (it must be, since the
+  upload runs after ``write()`` has returned and the caller may reuse its buffer). With the default 16 MiB
+  parts an object may reach 160 GiB (S3 allows 10,000 parts); larger objects need a larger ``part_size``.
+* **Nothing half-written is visible.** S3 only shows an object once ``PutObject`` or
+  ``CompleteMultipartUpload`` succeeds. Any error, ``abort()`` or leaving the ``with`` block by an
+  exception aborts the multipart upload (best effort, after in-flight parts have finished, never masking
+  the original error). A writer killed outright leaves an unfinished multipart upload, which
+  ``list_partial`` reports (with its start time) and ``abort_partial`` removes.
+* **No overwrite, atomically.** Immutable objects are written with ``If-None-Match: *`` on ``PutObject``
+  and on ``CompleteMultipartUpload`` (conditional writes, supported by AWS since 2024 and by MinIO): the
+  server refuses (412) if the name exists, so two writers can never replace each other's object and
+  there is no check-then-write race. A 412 becomes :class:`~seedvault.errors.ObjectExists`.
+  *Fallback:* an endpoint that rejects the header as ``NotImplemented`` (HTTP 501) is remembered for the
+  lifetime of this storage object; from then on the writer does a ``HeadObject`` immediately before the
+  final ``PutObject``/``CompleteMultipartUpload`` and raises ``ObjectExists`` if the name is taken.
+  That check is racy (two writers may both pass it), so ``capabilities.atomic_no_overwrite`` turns
+  ``False``. An endpoint that silently *ignores* the header cannot be detected here.
+* **Resumable reads.** ``open_read`` streams the body. If the stream breaks (connection reset,
+  incomplete read, read timeout), the reader continues with ``Range: bytes=<offset>-`` pinned to the
+  first response's ETag with ``If-Match``; if the object changed meanwhile the server answers 412 and the
+  reader raises :class:`~seedvault.errors.StorageError` rather than splicing two versions together.
+* **Errors.** Every botocore failure goes through :func:`translate_error`, which maps it to the
+  :mod:`seedvault.errors` storage family (the original chained) with a one-line lowercase message naming
+  bucket and key. Messages are built from error *codes* only, never from server messages (a
+  ``SignatureDoesNotMatch`` body echoes the string-to-sign) and never from credentials; endpoint URLs are
+  shown without user-info or query string.
+* **Checksums.** When the client computes request checksums (botocore's default ``when_supported``), the
+  multipart upload is created with ``ChecksumAlgorithm=CRC32`` and every part's CRC32 is passed to
+  ``CompleteMultipartUpload``, as ``s3transfer`` does. Endpoints that reject checksums can be served by
+  setting ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` (the standard botocore setting).
+* **Addressing.** With an ``endpoint_url`` (MinIO and friends) path-style addressing is used unless
+  ``addressing_style`` says otherwise; against AWS botocore's default (virtual-hosted) applies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from seedvault import faults
+from seedvault.errors import (
+    ConfigError,
+    ObjectExists,
+    ObjectNotFound,
+    PermissionDenied,
+    SeedvaultError,
+    StorageError,
+    StorageUnreachable,
+    TransientStorageError,
+)
+from seedvault.storage.base import Capabilities, ObjectInfo, ObjectWriter, PartialWrite, Storage, validate_key
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB  # S3 minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+DELETE_BATCH = 1000
+READ_RESUMES = 3  # consecutive broken-stream resumes without progress before a read gives up
+FAULT_PART_UPLOADED = "s3-part-uploaded"
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+    "KMS.AccessDeniedException",
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+}
+_PRECONDITION_CODES = {"PreconditionFailed", "412"}
+# Errors of a body stream that broke mid-way; a ranged GET can pick up where it stopped.
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    ConnectionClosedError,
+    HTTPClientError,
+    urllib3.exceptions.HTTPError,
+    http.client.IncompleteRead,
+    http.client.HTTPException,
+    OSError,  # ConnectionResetError, TimeoutError, ...
+)
+
+
+def _safe_endpoint(url: str | None) -> str:
+    """An endpoint URL fit for a message: no user-info, query or fragment (they may carry secrets)."""
+    if not url:
+        return "(default)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable endpoint)"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _utc(value: datetime) -> datetime:
+    """botocore hands out tz-aware datetimes in tzlocal/tzutc; seedvault uses datetime.UTC throughout."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    err = exc.response.get("Error") or {}
+    status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    code = str(err.get("Code") or status or "unknown")
+    return code, status
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code, status = _error_code(exc)
+    return code in _PRECONDITION_CODES or status == 412
+
+
+def _is_not_implemented(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code, status = _error_code(exc)
+    return code == "NotImplemented" or status == 501
+
+
+def translate_error(exc: BaseException, *, bucket: str, key: str | None, endpoint: str) -> SeedvaultError:
+    """Map a boto3/botocore failure to the seedvault storage family. The one place this happens.
+
+    ``key`` is the seedvault object name (without the storage prefix) or ``None`` for bucket-level calls.
+    Messages use error codes only, never the server's message text or anything credential-shaped.
+    """
+    if isinstance(exc, SeedvaultError):
+        return exc
+    what = f"object {key} in bucket {bucket}" if key else f"bucket {bucket}"
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        if code == "NoSuchBucket":
+            return StorageUnreachable(f"bucket {bucket} does not exist")
+        if code in _NOT_FOUND_CODES or status == 404:
+            if key is None:
+                return StorageUnreachable(f"bucket {bucket} does not exist")
+            return ObjectNotFound(f"object {key} not found in bucket {bucket}")
+        if code in _DENIED_CODES or status == 403:
+            return PermissionDenied(
+                f"access denied to {what} ({code})",
+                hint="check the credentials and the bucket/key policy",
+            )
+        if code == "NoSuchUpload":
+            return StorageError(f"multipart upload of {what} no longer exists")
+        if code in _PRECONDITION_CODES or status == 412:
+            return StorageError(f"precondition failed on {what}")
+        if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+            return TransientStorageError(f"s3 request on {what} kept failing ({code}) after retries")
+        if code == "InvalidBucketName":
+            return StorageError(f"invalid bucket name {bucket!r}")
+        return StorageError(f"s3 error {code} on {what}")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ProxyConnectionError):
+        return StorageUnreachable(f"cannot reach S3 endpoint {endpoint}")
+    if isinstance(exc, ConnectionClosedError):
+        return StorageUnreachable(f"cannot reach S3 endpoint {endpoint} (connection closed)")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return PermissionDenied(
+            f"no usable s3 credentials for bucket {bucket}",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role",
+        )
+    if isinstance(exc, _STREAM_ERRORS):
+        return TransientStorageError(f"connection to S3 endpoint {endpoint} broke during {what}")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"s3 client error on {what} ({type(exc).__name__})")
+    return StorageError(f"unexpected error on {what} ({type(exc).__name__})")
+
+
+# --- writer --------------------------------------------------------------------------------------------
+
+
+class _S3Writer(ObjectWriter):
+    def __init__(self, storage: S3Storage, key: str, overwrite: bool) -> None:
+        self.key = key
+        self.bytes_written = 0
+        self._s = storage
+        self._full = storage._full_key(key)
+        self._overwrite = overwrite
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[Future[dict[str, str]], int] = {}
+        self._parts: dict[int, dict[str, str]] = {}
+        self._next_part = 1
+        self._done = False
+        self.parts_uploaded = 0  # observable by tests and progress reporting
+        self.max_buffers_seen = 0  # peak of (parts in flight + the buffer being filled)
+
+    # -- public ----------------------------------------------------------------------------------------
+    def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise StorageError(f"object {self.key} already committed or aborted")
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        total = len(mv)
+        try:
+            part_size = self._s.part_size
+            while len(mv):
+                room = part_size - len(self._buf)
+                self._buf += mv[:room]  # the one copy: into the part buffer
+                mv = mv[room:]
+                if len(self._buf) >= part_size:
+                    self._dispatch()
+        except BaseException as exc:
+            self._abort_quietly()
+            self._reraise(exc)
+        self.bytes_written += total
+
+    def commit(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"object {self.key} already committed or aborted")
+        try:
+            if self._upload_id is None:
+                self._put_single()
+            else:
+                if self._buf:
+                    self._dispatch()
+                while self._pending:
+                    self._collect(block=True)
+                self._complete()
+        except BaseException as exc:
+            self._abort_quietly()
+            self._reraise(exc)
+        self._done = True
+        self._shutdown()
+        self._buf = bytearray()
+        # Neither PutObject nor CompleteMultipartUpload returns LastModified; a HEAD per object is not
+        # worth it, so the commit time stands in for it.
+        return ObjectInfo(self.key, self.bytes_written, datetime.now(UTC))
+
+    def abort(self) -> None:
+        self._abort_quietly()
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _reraise(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, SeedvaultError) or not isinstance(exc, Exception):
+            raise exc  # already ours, or KeyboardInterrupt/SystemExit: as is
+        raise self._s._translate(exc, self.key) from exc
+
+    def _start_multipart(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self._s.bucket, "Key": self._full, **self._s._write_args}
+        if self._s._part_checksums():
+            kwargs["ChecksumAlgorithm"] = "CRC32"
+        resp = self._s._client.create_multipart_upload(**kwargs)
+        self._upload_id = resp["UploadId"]
+        self._executor = ThreadPoolExecutor(max_workers=self._s.max_concurrency, thread_name_prefix="seedvault-s3-part")
+
+    def _dispatch(self) -> None:
+        """Hand the full buffer to the pool, first waiting for a free slot (this bounds memory)."""
+        if self._upload_id is None:
+            self._start_multipart()
+        if self._next_part > MAX_PARTS:
+            raise StorageError(
+                f"object {self.key} needs more than {MAX_PARTS} parts of {self._s.part_size} bytes",
+                hint="raise part_size",
+            )
+        self._collect(block=False)
+        while len(self._pending) >= self._s.max_concurrency:
+            self._collect(block=True)
+        self.max_buffers_seen = max(self.max_buffers_seen, len(self._pending) + 1)
+        body, self._buf = self._buf, bytearray()
+        number = self._next_part
+        self._next_part += 1
+        assert self._executor is not None
+        future = self._executor.submit(self._upload_part, number, body)
+        self._pending[future] = number
+
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, str]:
+        kwargs: dict[str, Any] = {
+            "Bucket": self._s.bucket,
+            "Key": self._full,
+            "UploadId": self._upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
+        checksums = self._s._part_checksums()
+        if checksums:
+            kwargs["ChecksumAlgorithm"] = "CRC32"
+        resp = self._s._client.upload_part(**kwargs)
+        part = {"PartNumber": number, "ETag": resp["ETag"]}
+        if checksums and resp.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        return part
+
+    def _collect(self, *, block: bool) -> None:
+        """Harvest finished part uploads (raising the first failure) and mark each for crash tests."""
+        if not self._pending:
+            return
+        if block:
+            done, _ = wait(list(self._pending), return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self._pending if f.done()]
+        for future in sorted(done, key=lambda f: self._pending[f]):
+            number = self._pending.pop(future)
+            self._parts[number] = future.result()
+            self.parts_uploaded += 1
+            faults.reached(FAULT_PART_UPLOADED)
+
+    def _ensure_absent(self) -> None:
+        """The racy fallback for endpoints without conditional writes: HEAD right before publishing."""
+        try:
+            self._s._client.head_object(Bucket=self._s.bucket, Key=self._full)
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code in _NOT_FOUND_CODES or status == 404:
+                return
+            raise
+        raise self._exists()
+
+    def _exists(self) -> ObjectExists:
+        return ObjectExists(f"object {self.key} already exists in bucket {self._s.bucket}; seedvault never overwrites")
+
+    def _conditional_call(self, call, kwargs: dict[str, Any]) -> None:
+        """Publish with If-None-Match: * (or the head-check fallback) unless overwriting is allowed."""
+        if self._overwrite:
+            call(**kwargs)
+            return
+        if self._s._conditional_writes:
+            try:
+                call(**kwargs)
+                return
+            except ClientError as exc:
+                if _is_precondition_failed(exc):
+                    raise self._exists() from exc
+                if not _is_not_implemented(exc):
+                    raise
+                self._s._disable_conditional_writes()
+        self._ensure_absent()
+        call(**kwargs)
+
+    def _put_single(self) -> None:
+        kwargs: dict[str, Any] = {
+            "Bucket": self._s.bucket,
+            "Key": self._full,
+            "Body": self._buf,
+            **self._s._write_args,
+        }
+        self._conditional_call(self._s._client.put_object, kwargs)
+
+    def _complete(self) -> None:
+        parts = [self._parts[n] for n in sorted(self._parts)]
+        kwargs: dict[str, Any] = {
+            "Bucket": self._s.bucket,
+            "Key": self._full,
+            "UploadId": self._upload_id,
+            "MultipartUpload": {"Parts": parts},
+        }
+        self._conditional_call(self._s._client.complete_multipart_upload, kwargs)
+        self._upload_id = None  # completed: nothing left to abort
+
+    def _shutdown(self) -> None:
+        if self._executor is not None:
+            # Let in-flight parts finish (S3 may keep parts uploaded after an abort otherwise).
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._pending.clear()
+
+    def _abort_quietly(self) -> None:
+        """Best effort, idempotent, never raises: the caller's error is the one that matters."""
+        if self._done:
+            return
+        self._done = True
+        self._buf = bytearray()
+        try:
+            self._shutdown()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            try:
+                self._s._client.abort_multipart_upload(Bucket=self._s.bucket, Key=self._full, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - best effort; list_partial/cleanup catches leftovers
+                pass
+        self._parts.clear()
+
+
+# --- reader --------------------------------------------------------------------------------------------
+
+
+class _S3Reader(io.RawIOBase):
+    """A streaming body that resumes with a ranged, ETag-pinned GET when the connection breaks."""
+
+    def __init__(self, storage: S3Storage, key: str, response: dict[str, Any]) -> None:
+        super().__init__()
+        self.key = key
+        self._s = storage
+        self._full = storage._full_key(key)
+        self._body = response["Body"]
+        self.etag: str = response.get("ETag", "")
+        self.size: int = int(response.get("ContentLength", 0))
+        self._pos = 0
+        self.resumes = 0  # total resumes, for tests and logs
+
+    def readable(self) -> bool:
+        return True
+
+    def _read_some(self, n: int) -> bytes:
+        failures = 0
+        while True:
+            if self._pos >= self.size:
+                return b""
+            try:
+                chunk = self._body.read(n)
+                if not chunk:
+                    # StreamingBody normally raises IncompleteReadError itself; be defensive.
+                    raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self.size)
+            except _STREAM_ERRORS as exc:
+                failures += 1
+                if failures > READ_RESUMES:
+                    raise TransientStorageError(
+                        f"reading object {self.key} from bucket {self._s.bucket} broke off at byte "
+                        f"{self._pos} of {self.size}; gave up after {READ_RESUMES} resumes"
+                    ) from exc
+                self._resume()
+                continue
+            self._pos += len(chunk)
+            return chunk
+
+    def _resume(self) -> None:
+        try:
+            self._body.close()
+        except Exception:  # noqa: BLE001 - the old stream is dead anyway
+            pass
+        kwargs: dict[str, Any] = {"Bucket": self._s.bucket, "Key": self._full, "Range": f"bytes={self._pos}-"}
+        if self.etag:
+            kwargs["IfMatch"] = self.etag
+        try:
+            resp = self._s._client.get_object(**kwargs)
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                raise StorageError(
+                    f"object {self.key} in bucket {self._s.bucket} changed while being read; "
+                    "refusing to splice two versions"
+                ) from exc
+            raise self._s._translate(exc, self.key) from exc
+        except Exception as exc:
+            raise self._s._translate(exc, self.key) from exc
+        content_range = str(resp.get("ContentRange") or "")
+        if not content_range.startswith(f"bytes {self._pos}-"):
+            resp["Body"].close()
+            raise StorageError(f"s3 endpoint ignored the range request while resuming object {self.key}")
+        self._body = resp["Body"]
+        self.resumes += 1
+
+    def readinto(self, buffer) -> int:
+        mv = memoryview(buffer).cast("B")
+        data = self._read_some(len(mv))
+        mv[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        self._checkClosed()
+        if size is None or size < 0:
+            return self.readall()
+        return self._read_some(size) if size else b""
+
+    def readall(self) -> bytes:
+        self._checkClosed()
+        out = bytearray()
+        while True:
+            chunk = self._read_some(max(1 * MiB, self.size - self._pos))
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._body.close()
+            except Exception:  # noqa: BLE001
+                pass
+        super().close()
+
+
+# --- storage -------------------------------------------------------------------------------------------
+
+
+class S3Storage(Storage):
+    """Objects in one S3 bucket below an optional prefix."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        storage_class: str | None = None,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        part_size: int = 16 * MiB,
+        max_concurrency: int = 4,
+        max_attempts: int = 5,
+        connect_timeout: float = 5,
+        read_timeout: float = 60,
+        addressing_style: str | None = None,
+        session: boto3.Session | None = None,
+        client: Any = None,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ConfigError(f"invalid s3 bucket name {bucket!r}")
+        if sse not in (None, "AES256", "aws:kms"):
+            raise ConfigError(f"unsupported s3 server-side encryption {sse!r} (use AES256 or aws:kms)")
+        if sse_kms_key_id and sse != "aws:kms":
+            raise ConfigError("sse_kms_key_id needs sse='aws:kms'")
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ConfigError(f"s3 part size must be between 5 MiB and 5 GiB, not {part_size} bytes")
+        if max_concurrency < 1:
+            raise ConfigError("s3 max_concurrency must be at least 1")
+        segments = [p for p in prefix.split("/") if p]
+        if any(p in (".", "..") for p in segments):
+            raise ConfigError(f"invalid s3 prefix {prefix!r}")
+        self.bucket = bucket
+        self.prefix = "/".join(segments)
+        self._key_prefix = self.prefix + "/" if self.prefix else ""
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.capabilities = Capabilities(atomic_no_overwrite=True, range_reads=True, multipart=True)
+        self._conditional_writes = True
+        self._lock = threading.Lock()
+        self._write_args: dict[str, str] = {}
+        if storage_class:
+            self._write_args["StorageClass"] = storage_class
+        if sse:
+            self._write_args["ServerSideEncryption"] = sse
+        if sse_kms_key_id:
+            self._write_args["SSEKMSKeyId"] = sse_kms_key_id
+        self._owns_client = client is None
+        if client is None:
+            style = addressing_style or ("path" if endpoint_url else None)
+            config = Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_pool_connections=max(10, max_concurrency + 2),
+                s3={"addressing_style": style} if style else None,
+            )
+            try:
+                client = (session or boto3.Session()).client(
+                    "s3", endpoint_url=endpoint_url, region_name=region, config=config
+                )
+            except Exception as exc:  # invalid endpoint URL, unknown region, bad config file ...
+                raise ConfigError(
+                    f"cannot set up s3 client for bucket {bucket} at {_safe_endpoint(endpoint_url)} "
+                    f"({type(exc).__name__})"
+                ) from exc
+        self._client = client
+        self.endpoint = _safe_endpoint(endpoint_url or getattr(getattr(client, "meta", None), "endpoint_url", None))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _full_key(self, key: str) -> str:
+        return self._key_prefix + validate_key(key)
+
+    def _strip(self, full: str) -> str:
+        return full[len(self._key_prefix) :]
+
+    def _translate(self, exc: BaseException, key: str | None) -> SeedvaultError:
+        return translate_error(exc, bucket=self.bucket, key=key, endpoint=self.endpoint)
+
+    def _part_checksums(self) -> bool:
+        config = getattr(getattr(self._client, "meta", None), "config", None)
+        return getattr(config, "request_checksum_calculation", None) == "when_supported"
+
+    def _disable_conditional_writes(self) -> None:
+        with self._lock:
+            self._conditional_writes = False
+            self.capabilities = Capabilities(atomic_no_overwrite=False, range_reads=True, multipart=True)
+
+    def _list_prefix(self, prefix: str) -> str:
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise StorageError(f"invalid listing prefix {prefix!r}")
+        return self._key_prefix + prefix
+
+    # -- Storage ---------------------------------------------------------------------------------------
+    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
+        return _S3Writer(self, key, overwrite)
+
+    def open_read(self, key: str) -> BinaryIO:
+        full = self._full_key(key)
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        return _S3Reader(self, key, resp)  # type: ignore[return-value]
+
+    def head(self, key: str) -> ObjectInfo:
+        full = self._full_key(key)
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        return ObjectInfo(key, int(resp["ContentLength"]), _utc(resp["LastModified"]))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full_prefix = self._list_prefix(prefix)
+        rows: list[ObjectInfo] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    name = self._strip(item["Key"])
+                    if not name or name.endswith("/"):
+                        continue  # "folder" markers made by consoles
+                    rows.append(ObjectInfo(name, int(item["Size"]), _utc(item["LastModified"])))
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+        rows.sort(key=lambda info: info.key)  # S3 sorts by UTF-8 bytes, but directory buckets do not
+        yield from rows
+
+    def delete(self, keys: Iterable[str]) -> None:
+        batch: list[str] = []
+        for key in keys:
+            batch.append(self._full_key(key))
+            if len(batch) == DELETE_BATCH:
+                self._delete_batch(batch)
+                batch = []
+        if batch:
+            self._delete_batch(batch)
+
+    def _delete_batch(self, fulls: list[str]) -> None:
+        try:
+            resp = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in fulls], "Quiet": True}
+            )
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+        failed = [e for e in resp.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+        if not failed:
+            return
+        names = ", ".join(f"{self._strip(e.get('Key', '?'))} ({e.get('Code', 'unknown')})" for e in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        message = f"could not delete {len(failed)} object(s) from bucket {self.bucket}: {names}{more}"
+        if all(e.get("Code") in _DENIED_CODES for e in failed):
+            raise PermissionDenied(message)
+        if all(e.get("Code") in _TRANSIENT_CODES for e in failed):
+            raise TransientStorageError(message)
+        raise StorageError(message)
+
+    def list_partial(self, prefix: str = "") -> Iterator[PartialWrite]:
+        full_prefix = self._list_prefix(prefix)
+        rows: list[PartialWrite] = []
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=full_prefix
+            )
+            for page in pages:
+                for up in page.get("Uploads", ()):
+                    rows.append(PartialWrite(self._strip(up["Key"]), _utc(up["Initiated"]), up["UploadId"]))
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+        rows.sort(key=lambda p: (p.key, p.started))
+        yield from rows
+
+    def abort_partial(self, partial: PartialWrite) -> None:
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self._key_prefix + partial.key, UploadId=partial.handle
+            )
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code == "NoSuchUpload" or (status == 404 and code != "NoSuchBucket"):
+                return
+            raise self._translate(exc, partial.key) from exc
+        except Exception as exc:
+            raise self._translate(exc, partial.key) from exc
+
+    def check(self) -> None:
+        """One cheap list call below the prefix: proves endpoint, bucket, credentials and list rights."""
+        try:
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self._key_prefix, MaxKeys=1)
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+
+    def close(self) -> None:
+        if self._owns_client:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass

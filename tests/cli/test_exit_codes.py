@@ -1,0 +1,31 @@
+"""Exit codes are a contract (scripts and restore_command branch on them): pin every one."""
+
+from __future__ import annotations
+
+import inspect
+
+from seedvault import errors
+
+PINNED = {
+    "SeedvaultError": 1, "UsageError": 2, "ConfigError": 3,
+    "StorageError": 10, "ObjectNotFound": 11, "BackupNotFound": 12, "PermissionDenied": 13,
+    "StorageUnreachable": 14, "TransientStorageError": 15, "ObjectExists": 16,
+    "IntegrityError": 20, "AuthenticationFailed": 21, "ChecksumMismatch": 22, "TruncatedStream": 23,
+    "VerificationFailed": 24,
+    "KeyError_": 30, "WrongKey": 31, "KeyMissing": 32, "InvalidKey": 33,
+    "FormatError": 40, "UnsupportedVersion": 41, "MandatoryFeatureUnsupported": 42,
+    "SourceError": 50, "TargetError": 51, "DatabaseUnreachable": 52, "ToolMissing": 53,
+    "RestoreVerificationFailed": 54,
+    "LockHeld": 60, "Interrupted": 130,
+}
+
+
+def test_every_error_class_has_its_pinned_code():
+    classes = {name: cls for name, cls in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(cls, errors.SeedvaultError)}
+    assert {n: c.exit_code for n, c in classes.items()} == PINNED
+
+
+def test_one_line_with_hint():
+    exc = errors.WrongKey("wrong key:\n  backup x", hint="use the\nother key")
+    assert exc.one_line() == "wrong key: backup x (HINT: use the other key)"
