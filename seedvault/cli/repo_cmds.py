@@ -129,7 +129,7 @@ def list_(
             _human(r["stored_size"]),
             status,
         )
-    Console(soft_wrap=True).print(table)
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @handle_errors

@@ -357,7 +357,6 @@ class _S3Writer(ObjectWriter):
             number = self._pending.pop(future)
             self._parts[number] = future.result()
             self.parts_uploaded += 1
-            faults.reached(FAULT_PART_UPLOADED)
 
     def _ensure_absent(self) -> None:
         """The racy fallback for endpoints without conditional writes: HEAD right before publishing."""
@@ -380,7 +379,7 @@ class _S3Writer(ObjectWriter):
             return
         if self._s._conditional_writes:
             try:
-                call(**kwargs)
+                call(**kwargs, IfNoneMatch="*")
                 return
             except ClientError as exc:
                 if _is_precondition_failed(exc):
