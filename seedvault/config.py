@@ -37,7 +37,7 @@ class Settings:
     passphrase_file: str | None = None
     compression: str = "zstd"
     zstd_level: int = 3
-    zstd_threads: int = -1
+    zstd_threads: int = 0
     chunk_size: int = 1024 * 1024
     cleanup_grace: str = "24h"
 

@@ -36,6 +36,7 @@ from seedvault.format import manifest as mf
 from seedvault.format.chunk import open_chunks
 from seedvault.storage.base import Storage
 from seedvault.stream.compress import decompress
+from seedvault.stream.prefetch import prefetch
 
 if TYPE_CHECKING:
     from seedvault.writer import BackupWriter
@@ -243,7 +244,7 @@ class Repository:
         raw = self.storage.open_read(layout.data_key(backup_id, name))
         with raw:
             hashing = _HashingReader(raw)
-            plain = open_chunks(hashing, data_key, backup_id, name)
+            plain = prefetch(open_chunks(hashing, data_key, backup_id, name))
             produced = 0
             for piece in decompress(body["compression"]["name"], plain, what):
                 produced += len(piece)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,11 +73,18 @@ class ObjectStats:
 
 
 class ObjectStream:
-    """A writable stream for one data object of a backup in progress (``write`` plaintext, then ``close``)."""
+    """A writable stream for one data object of a backup in progress (``write`` plaintext, then ``close``).
+
+    Two threads share the work so both cores stay busy: the caller's thread compresses (zstd releases
+    the GIL), a worker thread seals chunks, hashes and writes them to storage. They are joined by a
+    bounded queue, so memory stays at a few chunks whatever the stream size. An error on either side
+    stops both; the storage writer is then aborted and nothing becomes visible.
+    """
+
+    QUEUE_DEPTH = 8
 
     def __init__(self, backup: BackupWriter, name: str) -> None:
         self.stats = ObjectStats(name)
-        self._backup = backup
         self._compress = compressor(backup.compression, level=backup.level, threads=backup.threads)
         self._seal = ChunkSealer(
             backup.data_key,
@@ -88,58 +97,94 @@ class ObjectStream:
         self._sink = backup.repo.storage.open_write(layout.data_key(backup.backup_id, name))
         self._started = time.perf_counter()
         self._closed = False
-        self._announced = False
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_DEPTH)
+        self._failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._drain, name=f"seal-{name}", daemon=True)
+        self._worker.start()
 
+    # --- caller's thread ------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        t = self.stats.times
         t0 = time.perf_counter()
         compressed = self._compress.feed(data)
-        t1 = time.perf_counter()
-        t.compress += t1 - t0
+        self.stats.times.compress += time.perf_counter() - t0
         self.stats.raw_size += len(data)
-        sealed = self._seal.feed(compressed)
-        t.encrypt += time.perf_counter() - t1
-        self._emit(sealed, len(compressed))
+        if compressed:
+            self._send(compressed)
 
-    def _emit(self, pieces: list[bytes], compressed_len: int) -> None:
-        t = self.stats.times
-        self.stats.compressed_size += compressed_len
-        for piece in pieces:
-            t1 = time.perf_counter()
-            self._sha.update(piece)
-            t2 = time.perf_counter()
-            self._sink.write(piece)
-            t3 = time.perf_counter()
-            t.hash += t2 - t1
-            t.upload += t3 - t2
-            self.stats.stored_size += len(piece)
-            self.stats.chunks += 1
-            if not self._announced and self.stats.chunks > 2:
-                self._announced = True
-                faults.reached("data-streaming")
+    def _send(self, item: bytes | None) -> None:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._worker.is_alive():
+                    raise self._failure or FormatError("sealing worker stopped unexpectedly") from None
 
     def close(self) -> ObjectStats:
         if self._closed:
             return self.stats
-        t = self.stats.times
         t0 = time.perf_counter()
         tail = self._compress.finish()
-        t1 = time.perf_counter()
-        sealed = self._seal.feed(tail) + self._seal.finish()
-        t.compress += t1 - t0
-        t.encrypt += time.perf_counter() - t1
-        self._emit(sealed, len(tail))
-        self._sink.commit()
+        self.stats.times.compress += time.perf_counter() - t0
+        try:
+            if tail:
+                self._send(tail)
+            self._send(None)
+            self._worker.join()
+            if self._failure is not None:
+                raise self._failure
+            self._sink.commit()
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
-        self.stats.chunks -= 1  # the header was counted as a piece
         self.stats.sha256 = self._sha.hexdigest()
         self.stats.seconds = time.perf_counter() - self._started
         return self.stats
 
     def abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sink.abort()
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._worker.join(timeout=30)
+        self._sink.abort()
+
+    # --- worker thread --------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        t = self.stats.times
+        announced = False
+        try:
+            while not self._stop.is_set():
+                item = self._queue.get()
+                t0 = time.perf_counter()
+                if item is None:
+                    pieces = self._seal.finish()
+                else:
+                    self.stats.compressed_size += len(item)
+                    pieces = self._seal.feed(item)
+                t.encrypt += time.perf_counter() - t0
+                for piece in pieces:
+                    t1 = time.perf_counter()
+                    self._sha.update(piece)
+                    t2 = time.perf_counter()
+                    self._sink.write(piece)
+                    t.hash += t2 - t1
+                    t.upload += time.perf_counter() - t2
+                    self.stats.stored_size += len(piece)
+                self.stats.chunks = self._seal.chunks
+                if not announced and self.stats.chunks >= 2:
+                    announced = True
+                    faults.reached("data-streaming")
+                if item is None:
+                    return
+        except BaseException as exc:  # handed to the caller's thread
+            self._failure = exc
 
 
 class BackupWriter:
@@ -155,7 +200,7 @@ class BackupWriter:
         parent: str | None = None,
         compression: str = "zstd",
         level: int = 3,
-        threads: int = -1,
+        threads: int = 0,
         chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         self.repo = repo

@@ -43,8 +43,12 @@ def generate(
 @handle_errors
 def key_id(ctx: typer.Context) -> None:
     """Print the id of the configured master key (safe to share: it reveals nothing of the key)."""
-    repo = state(ctx).repository()
-    sys.stdout.write(repo.master.key_id + "\n")
+    st = state(ctx)
+    source = st.settings.key_source()
+    assert source is not None
+    # A raw key's id needs no repository; a passphrase needs the repository's KDF salt.
+    master = source.resolve(None) if source.kind == "raw" else st.repository().master
+    sys.stdout.write(master.key_id + "\n")
 
 
 def _new_source(key_file: Path | None, passphrase_file: Path | None) -> KeySource:

@@ -99,29 +99,52 @@ class ChunkSealer:
         self._index = 0
         self._started = False
 
-    def _seal(self, plain: bytes | memoryview, flags: int) -> bytes:
-        ct = self._aead.encrypt(_nonce(self._index, flags), bytes(plain), self._header_bytes)
+    @property
+    def chunks(self) -> int:
+        """Chunks sealed so far."""
+        return self._index
+
+    def _seal(self, plain: bytes | memoryview, flags: int) -> list[bytes]:
+        ct = self._aead.encrypt(_nonce(self._index, flags), plain, self._header_bytes)
         self._index += 1
-        return CHUNK_HEAD.pack(flags, len(ct)) + ct
+        return [CHUNK_HEAD.pack(flags, len(ct)), ct]
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Return the stored bytes that are ready; a full chunk is held back until more data or finish."""
+        """Return the stored pieces that are ready; a full chunk is held back until more data or finish.
+
+        Pieces are returned unjoined (5-byte chunk head, then ciphertext) to avoid copying each chunk.
+        """
         out: list[bytes] = []
         if not self._started:
             out.append(self._header_bytes)
             self._started = True
         if not data:
             return out
+        if not self._buf and len(data) > self._chunk:
+            # Fast path: seal straight out of the caller's buffer, no copy into ours.
+            view = memoryview(data)
+            pos = 0
+            while len(data) - pos > self._chunk:
+                out += self._seal(view[pos : pos + self._chunk], 0)
+                pos += self._chunk
+            self._buf += view[pos:]
+            return out
         self._buf += data
         # Keep at least one byte buffered: the last chunk must carry the final flag.
-        while len(self._buf) > self._chunk:
-            out.append(self._seal(memoryview(self._buf)[: self._chunk], 0))
-            del self._buf[: self._chunk]
+        if len(self._buf) > self._chunk:
+            view = memoryview(self._buf)
+            pos = 0
+            while len(self._buf) - pos > self._chunk:
+                out += self._seal(view[pos : pos + self._chunk], 0)
+                pos += self._chunk
+            rest = bytes(view[pos:])
+            view.release()
+            self._buf = bytearray(rest)
         return out
 
     def finish(self) -> list[bytes]:
         out = self.feed(b"")
-        out.append(self._seal(self._buf, FINAL))
+        out += self._seal(bytes(self._buf), FINAL)
         self._buf = bytearray()
         return out
 

@@ -61,7 +61,8 @@ def cleanup(repo: Repository, *, grace_seconds: float, dry_run: bool = False) ->
         report.objects_removed.extend(data + keys)
     for p in partials:
         bid = layout.backup_id_of(p.key)
-        if p.started > cutoff or (bid and bid in complete and p.key == layout.manifest_key(bid)):
+        # A partial write of a backup whose other traces are young belongs to a running backup: keep it.
+        if p.started > cutoff or (bid and bid in report.kept_young):
             continue
         if not dry_run:
             storage.abort_partial(p)

@@ -33,7 +33,7 @@ TEMP_MARKER = ".tmp."
 
 def validate_key(key: str) -> str:
     """Reject names that could escape a prefix or collide with temporary names, before any driver runs."""
-    if not _KEY_RE.match(key) or ".." in key.split("/") or TEMP_MARKER in key or len(key) > 900:
+    if not _KEY_RE.fullmatch(key) or ".." in key.split("/") or TEMP_MARKER in key or len(key) > 900:
         raise StorageError(f"invalid object name {key!r}")
     return key
 

@@ -62,6 +62,8 @@ class _LocalWriter(ObjectWriter):
         self._done = False
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise StorageError(f"object {self.key} already committed or aborted")
         try:
             self._fh.write(data)
         except OSError as exc:

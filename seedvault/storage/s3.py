@@ -20,7 +20,9 @@ Why it is built this way:
 * **No overwrite, atomically.** Immutable objects are written with ``If-None-Match: *`` on ``PutObject``
   and on ``CompleteMultipartUpload`` (conditional writes, supported by AWS since 2024 and by MinIO): the
   server refuses (412) if the name exists, so two writers can never replace each other's object and
-  there is no check-then-write race. A 412 becomes :class:`~seedvault.errors.ObjectExists`.
+  there is no check-then-write race. A 412 becomes :class:`~seedvault.errors.ObjectExists`, except when
+  it answers botocore's *retry* of a request whose first attempt did land (its response lost) and the
+  stored ETag is exactly the one our bytes produce: that is our own object, so the write succeeded.
   *Fallback:* an endpoint that rejects the header as ``NotImplemented`` (HTTP 501) is remembered for the
   lifetime of this storage object; from then on the writer does a ``HeadObject`` immediately before the
   final ``PutObject``/``CompleteMultipartUpload`` and raises ``ObjectExists`` if the name is taken.
@@ -45,6 +47,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import threading
@@ -246,7 +249,7 @@ class _S3Writer(ObjectWriter):
         self._next_part = 1
         self._done = False
         self.parts_uploaded = 0  # observable by tests and progress reporting
-        self.max_buffers_seen = 0  # peak of (parts in flight + the buffer being filled)
+        self.max_buffers_seen = 0  # peak of part buffers alive: in flight + the one being filled
 
     # -- public ----------------------------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
@@ -320,13 +323,14 @@ class _S3Writer(ObjectWriter):
         self._collect(block=False)
         while len(self._pending) >= self._s.max_concurrency:
             self._collect(block=True)
-        self.max_buffers_seen = max(self.max_buffers_seen, len(self._pending) + 1)
         body, self._buf = self._buf, bytearray()
         number = self._next_part
         self._next_part += 1
         assert self._executor is not None
         future = self._executor.submit(self._upload_part, number, body)
         self._pending[future] = number
+        # Part buffers alive from here on: the ones in flight plus the next one being filled.
+        self.max_buffers_seen = max(self.max_buffers_seen, len(self._pending) + 1)
 
     def _upload_part(self, number: int, body: bytearray) -> dict[str, str]:
         kwargs: dict[str, Any] = {
@@ -357,6 +361,7 @@ class _S3Writer(ObjectWriter):
             number = self._pending.pop(future)
             self._parts[number] = future.result()
             self.parts_uploaded += 1
+            faults.reached(FAULT_PART_UPLOADED)
 
     def _ensure_absent(self) -> None:
         """The racy fallback for endpoints without conditional writes: HEAD right before publishing."""
@@ -382,13 +387,42 @@ class _S3Writer(ObjectWriter):
                 call(**kwargs, IfNoneMatch="*")
                 return
             except ClientError as exc:
-                if _is_precondition_failed(exc):
-                    raise self._exists() from exc
+                if _is_precondition_failed(exc) or _error_code(exc)[0] == "NoSuchUpload":
+                    if self._landed_earlier(exc):
+                        return
+                    if _is_precondition_failed(exc):
+                        raise self._exists() from exc
+                    raise
                 if not _is_not_implemented(exc):
                     raise
                 self._s._disable_conditional_writes()
         self._ensure_absent()
         call(**kwargs)
+
+    def _landed_earlier(self, exc: ClientError) -> bool:
+        """Did an earlier attempt of this very request succeed, its response lost to a broken connection?
+
+        botocore retries a request whose response never arrived; if the first attempt had in fact
+        published the object, the retry meets our own object (412, or NoSuchUpload for a completed
+        multipart upload). Only then, and only if the stored ETag is exactly what our bytes produce
+        (MD5 for a single PUT; MD5 of the part MD5s plus ``-N`` for multipart), is it taken as success.
+        A first-attempt 412 is always ``ObjectExists``, as with every other driver.
+        """
+        if not int((exc.response.get("ResponseMetadata") or {}).get("RetryAttempts") or 0):
+            return False
+        if self._upload_id is None:
+            expected = hashlib.md5(self._buf, usedforsecurity=False).hexdigest()
+        else:
+            try:
+                digests = b"".join(bytes.fromhex(self._parts[n]["ETag"].strip('"')) for n in sorted(self._parts))
+            except ValueError:  # part ETags that are not MD5s (SSE-KMS, some gateways): cannot tell
+                return False
+            expected = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(self._parts)}"
+        try:
+            head = self._s._client.head_object(Bucket=self._s.bucket, Key=self._full)
+        except Exception:  # noqa: BLE001 - cannot confirm: report the original outcome
+            return False
+        return str(head.get("ETag", "")).strip('"') == expected
 
     def _put_single(self) -> None:
         kwargs: dict[str, Any] = {
