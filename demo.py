@@ -27,16 +27,20 @@ def sh(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProces
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seedvault-demo-") as tmp:
         work = Path(tmp)
-        env = {**os.environ, "SEEDVAULT_REPOSITORY": f"file://{work / 'repo'}",
-               "SEEDVAULT_KEY_FILE": str(work / "master.key")}
+        env = {
+            **os.environ,
+            "SEEDVAULT_REPOSITORY": f"file://{work / 'repo'}",
+            "SEEDVAULT_KEY_FILE": str(work / "master.key"),
+        }
         sh(["key", "generate", "-o", str(work / "master.key")], env)
         data = work / "sample.bin"
         with open(data, "wb") as fh:  # 64 MiB: half random, half compressible CSV-like rows
             for i in range(32):
                 fh.write(os.urandom(1 << 20))
                 fh.write((f"{i},sensor-{i % 7},2026-11-25T02:00:00Z,{i * 0.5}\n" * 40000).encode()[: 1 << 20])
-        backup_id = sh(["put", "--label", "demo-file", "--input", str(data)], env,
-                       capture_output=True, text=True).stdout.strip()
+        backup_id = sh(
+            ["put", "--label", "demo-file", "--input", str(data)], env, capture_output=True, text=True
+        ).stdout.strip()
         print(backup_id)
         sh(["list"], env)
         sh(["verify", backup_id], env)

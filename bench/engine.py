@@ -33,7 +33,7 @@ def mixed_block_source(total: int, seed: int = 11):
         n = min(block, total - produced)
         if i % 2:
             off = rng.randrange(0, len(pool) - n)
-            data = pool[off:off + n]
+            data = pool[off : off + n]
         else:
             line = f"{i:09d},sensor-{i % 113},2026-11-25T02:{i % 60:02d}:00Z,{rng.random():.6f},ok\n".encode()
             data = (line * (n // len(line) + 1))[:n]
@@ -54,8 +54,9 @@ def timed_shell(cmd: str, env: dict[str, str]) -> tuple[float, int]:
 
 
 def rss_of_put(total: int, env: dict[str, str]) -> int:
-    proc = subprocess.Popen(CLI + ["put", "--label", f"rss-{total}"], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        CLI + ["put", "--label", f"rss-{total}"], env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
     for block in mixed_block_source(total, seed=total % 97):
         proc.stdin.write(block)
     proc.stdin.close()
@@ -86,33 +87,41 @@ def main() -> None:
                 fh.write(block)
         (work / "pass").write_text("bench-throwaway-passphrase\n")
         key = work / "master.key"
-        env = {**os.environ, "SEEDVAULT_REPOSITORY": f"file://{work / 'repo'}", "SEEDVAULT_KEY_FILE": str(key),
-               "CI": "1"}
+        env = {
+            **os.environ,
+            "SEEDVAULT_REPOSITORY": f"file://{work / 'repo'}",
+            "SEEDVAULT_KEY_FILE": str(key),
+            "CI": "1",
+        }
         subprocess.run(CLI + ["key", "generate", "-o", str(key)], env=env, check=True, capture_output=True)
         subprocess.run(CLI + ["init"], env=env, check=True, capture_output=True)
         pf = f"file:{work / 'pass'}"
         cmds = {
             "seedvault put": f"{' '.join(CLI)} put --label bench --input {src} > {work}/id",
             "zstd -T0 | openssl ctr": f"zstd -T0 -3 -q -c {src} | openssl enc -aes-256-ctr -pbkdf2 -iter 1 "
-                                      f"-pass {pf} > {work}/anchor.zst.enc",
+            f"-pass {pf} > {work}/anchor.zst.enc",
             "gzip | openssl cbc (old)": f"gzip -c {src} | openssl enc -aes-256-cbc -salt -pbkdf2 -iter 100000 "
-                                        f"-pass {pf} > {work}/old.gz.enc",
+            f"-pass {pf} > {work}/old.gz.enc",
         }
         best: dict[str, float] = {}
         for _ in range(args.runs):
             for name, cmd in cmds.items():
                 if name == "seedvault put" and (work / "id").exists():  # same conditions each run
-                    subprocess.run(CLI + ["delete", (work / "id").read_text().strip(), "--yes"], env=env,
-                                   check=True, capture_output=True)
+                    subprocess.run(
+                        CLI + ["delete", (work / "id").read_text().strip(), "--yes"],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
                 secs, _ = timed_shell(cmd, env)
                 best[name] = min(best.get(name, secs), secs)
         last_id = (work / "id").read_text().strip()
         restore = {
             "seedvault get": f"{' '.join(CLI)} get {last_id} > /dev/null",
             "openssl ctr -d | zstd -d": f"openssl enc -d -aes-256-ctr -pbkdf2 -iter 1 -pass {pf} "
-                                        f"< {work}/anchor.zst.enc | zstd -d -q -c > /dev/null",
+            f"< {work}/anchor.zst.enc | zstd -d -q -c > /dev/null",
             "openssl cbc -d | gunzip (old)": f"openssl enc -d -aes-256-cbc -pbkdf2 -iter 100000 -pass {pf} "
-                                             f"< {work}/old.gz.enc | gzip -d -c > /dev/null",
+            f"< {work}/old.gz.enc | gzip -d -c > /dev/null",
         }
         for _ in range(args.runs):
             for name, cmd in restore.items():
@@ -137,8 +146,9 @@ def main() -> None:
             },
             "peak_rss_mb_put": rss,
             "stored_mib": {
-                "seedvault": round(sum(p.stat().st_size for p in (work / "repo").rglob("*") if p.is_file())
-                                   / (1 << 20), 1),
+                "seedvault": round(
+                    sum(p.stat().st_size for p in (work / "repo").rglob("*") if p.is_file()) / (1 << 20), 1
+                ),
                 "zstd|openssl": round((work / "anchor.zst.enc").stat().st_size / (1 << 20), 1),
                 "old": round((work / "old.gz.enc").stat().st_size / (1 << 20), 1),
             },
@@ -146,7 +156,9 @@ def main() -> None:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"input: {mib:.0f} MiB mixed (half random, half CSV-like); {os.cpu_count()} cores; best of {args.runs}")
+            print(
+                f"input: {mib:.0f} MiB mixed (half random, half CSV-like); {os.cpu_count()} cores; best of {args.runs}"
+            )
             for k, v in result["throughput_mib_s"].items():
                 print(f"  {k:34s} {v:8.1f} MiB/s")
             for k, v in result["ratios"].items():

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
@@ -29,6 +28,7 @@ from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.format.chunk import DEFAULT_CHUNK, ChunkSealer
 from seedvault.stream.compress import compressor
+from seedvault.stream.pipe import Pipe, PipeBroken
 
 if TYPE_CHECKING:
     from seedvault.repository import Repository
@@ -72,119 +72,164 @@ class ObjectStats:
         }
 
 
-class ObjectStream:
-    """A writable stream for one data object of a backup in progress (``write`` plaintext, then ``close``).
+class ObjectPlan:
+    """The four streaming stages of one data object, to run concurrently joined by bounded pipes.
 
-    Two threads share the work so both cores stay busy: the caller's thread compresses (zstd releases
-    the GIL), a worker thread seals chunks, hashes and writes them to storage. They are joined by a
-    bounded queue, so memory stays at a few chunks whatever the stream size. An error on either side
-    stops both; the storage writer is then aborted and nothing becomes visible.
+    ``read(reader, out)`` -> ``compress(inp, out)`` -> ``encrypt(inp, out)`` -> ``upload(inp)``.
+    The CLI runs them as threads (:meth:`run`); the Prefect layer submits each as a task with the same
+    functions. Each stage measures its own bytes and seconds. If any stage fails, the pipes carry the
+    failure to every other stage, the storage writer is aborted and the object never becomes visible;
+    a retry must start a new plan (fresh pipes, fresh salt), never resume one.
     """
 
-    QUEUE_DEPTH = 8
-
     def __init__(self, backup: BackupWriter, name: str) -> None:
+        self.backup = backup
+        self.name = name
         self.stats = ObjectStats(name)
-        self._compress = compressor(backup.compression, level=backup.level, threads=backup.threads)
-        self._seal = ChunkSealer(
-            backup.data_key,
-            backup.backup_id,
-            name,
-            compression=backup.compression,
-            chunk_size=backup.chunk_size,
+        self._compressor = compressor(backup.compression, level=backup.level, threads=backup.threads)
+        self._sealer = ChunkSealer(
+            backup.data_key, backup.backup_id, name, compression=backup.compression, chunk_size=backup.chunk_size
         )
-        self._sha = hashlib.sha256()
-        self._sink = backup.repo.storage.open_write(layout.data_key(backup.backup_id, name))
         self._started = time.perf_counter()
-        self._closed = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_DEPTH)
-        self._failure: BaseException | None = None
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._drain, name=f"seal-{name}", daemon=True)
-        self._worker.start()
+        self.done = False
 
-    # --- caller's thread ------------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        t0 = time.perf_counter()
-        compressed = self._compress.feed(data)
-        self.stats.times.compress += time.perf_counter() - t0
-        self.stats.raw_size += len(data)
-        if compressed:
-            self._send(compressed)
+    def pipes(self) -> tuple[Pipe, Pipe, Pipe]:
+        return Pipe(name=f"{self.name}:raw"), Pipe(name=f"{self.name}:compressed"), Pipe(name=f"{self.name}:sealed")
 
-    def _send(self, item: bytes | None) -> None:
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                if not self._worker.is_alive():
-                    raise self._failure or FormatError("sealing worker stopped unexpectedly") from None
+    def read(self, reader: BinaryIO, out: Pipe, progress: Callable[[int], None] | None = None) -> int:
+        """Source stage: pull pieces from a file-like object (a dump's stdout, stdin, a file)."""
+        t = self.stats.times
+        with _stage(None, out):
+            while True:
+                t0 = time.perf_counter()
+                data = reader.read(READ_SIZE)
+                t.read += time.perf_counter() - t0
+                if not data:
+                    break
+                out.put(data)
+                self.stats.raw_size += len(data)
+                if progress:
+                    progress(len(data))
+            out.close()
+        return self.stats.raw_size
 
-    def close(self) -> ObjectStats:
-        if self._closed:
-            return self.stats
-        t0 = time.perf_counter()
-        tail = self._compress.finish()
-        self.stats.times.compress += time.perf_counter() - t0
-        try:
+    def compress(self, inp: Pipe, out: Pipe) -> int:
+        t = self.stats.times
+        with _stage(inp, out):
+            for data in inp:
+                t0 = time.perf_counter()
+                packed = self._compressor.feed(data)
+                t.compress += time.perf_counter() - t0
+                if packed:
+                    out.put(packed)
+                    self.stats.compressed_size += len(packed)
+            t0 = time.perf_counter()
+            tail = self._compressor.finish()
+            t.compress += time.perf_counter() - t0
             if tail:
-                self._send(tail)
-            self._send(None)
-            self._worker.join()
-            if self._failure is not None:
-                raise self._failure
-            self._sink.commit()
+                out.put(tail)
+                self.stats.compressed_size += len(tail)
+            out.close()
+        return self.stats.compressed_size
+
+    def encrypt(self, inp: Pipe, out: Pipe) -> int:
+        t = self.stats.times
+        with _stage(inp, out):
+            for data in inp:
+                t0 = time.perf_counter()
+                pieces = self._sealer.feed(data)
+                t.encrypt += time.perf_counter() - t0
+                for piece in pieces:
+                    out.put(piece)
+            t0 = time.perf_counter()
+            pieces = self._sealer.finish()
+            t.encrypt += time.perf_counter() - t0
+            for piece in pieces:
+                out.put(piece)
+            out.close()
+        self.stats.chunks = self._sealer.chunks
+        return self.stats.chunks
+
+    def upload(self, inp: Pipe) -> ObjectStats:
+        """Sink stage: SHA-256 over the stored bytes, write to storage, commit only after a clean end."""
+        t = self.stats.times
+        sha = hashlib.sha256()
+        sink = self.backup.repo.storage.open_write(layout.data_key(self.backup.backup_id, self.name))
+        announced = False
+        try:
+            with _stage(inp, None):
+                for piece in inp:
+                    t0 = time.perf_counter()
+                    sha.update(piece)
+                    t1 = time.perf_counter()
+                    sink.write(piece)
+                    t.hash += t1 - t0
+                    t.upload += time.perf_counter() - t1
+                    self.stats.stored_size += len(piece)
+                    if not announced and self.stats.stored_size > 2 * self.backup.chunk_size:
+                        announced = True
+                        faults.reached("data-streaming")
+                t0 = time.perf_counter()
+                sink.commit()
+                t.upload += time.perf_counter() - t0
         except BaseException:
-            self.abort()
+            sink.abort()
             raise
-        self._closed = True
-        self.stats.sha256 = self._sha.hexdigest()
+        self.stats.sha256 = sha.hexdigest()
         self.stats.seconds = time.perf_counter() - self._started
         return self.stats
 
-    def abort(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        self._worker.join(timeout=30)
-        self._sink.abort()
+    def run(self, reader: BinaryIO, progress: Callable[[int], None] | None = None) -> ObjectStats:
+        """Run all four stages: reading in this thread, the others in threads of their own."""
+        raw, packed, sealed = self.pipes()
+        errors: list[BaseException] = []
 
-    # --- worker thread --------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        t = self.stats.times
-        announced = False
+        def guard(fn: Callable[..., object], *args: object) -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=guard, args=(self.compress, raw, packed), name=f"compress-{self.name}"),
+            threading.Thread(target=guard, args=(self.encrypt, packed, sealed), name=f"encrypt-{self.name}"),
+            threading.Thread(target=guard, args=(self.upload, sealed), name=f"upload-{self.name}"),
+        ]
+        for th in threads:
+            th.start()
         try:
-            while not self._stop.is_set():
-                item = self._queue.get()
-                t0 = time.perf_counter()
-                if item is None:
-                    pieces = self._seal.finish()
-                else:
-                    self.stats.compressed_size += len(item)
-                    pieces = self._seal.feed(item)
-                t.encrypt += time.perf_counter() - t0
-                for piece in pieces:
-                    t1 = time.perf_counter()
-                    self._sha.update(piece)
-                    t2 = time.perf_counter()
-                    self._sink.write(piece)
-                    t.hash += t2 - t1
-                    t.upload += time.perf_counter() - t2
-                    self.stats.stored_size += len(piece)
-                self.stats.chunks = self._seal.chunks
-                if not announced and self.stats.chunks >= 2:
-                    announced = True
-                    faults.reached("data-streaming")
-                if item is None:
-                    return
-        except BaseException as exc:  # handed to the caller's thread
-            self._failure = exc
+            self.read(reader, raw, progress)
+        except BaseException as exc:
+            errors.insert(0, exc)
+        for th in threads:
+            th.join()
+        if errors:
+            raise _root_cause(errors)
+        return self.backup.finish_object(self)
+
+
+@contextlib.contextmanager
+def _stage(inp: Pipe | None, out: Pipe | None) -> Iterator[None]:
+    """Propagate a stage's failure both ways along its pipes."""
+    try:
+        yield
+    except BaseException as exc:
+        if inp is not None:
+            inp.abandon(exc)
+        if out is not None:
+            out.fail(exc)
+        raise
+
+
+def _root_cause(errors: list[BaseException]) -> BaseException:
+    """Of the errors the stages raised, the one that started it (not the PipeBroken echoes)."""
+    for exc in errors:
+        if not isinstance(exc, PipeBroken):
+            return exc
+    first = errors[0]
+    while isinstance(first, PipeBroken) and first.__cause__ is not None:
+        first = first.__cause__
+    return first
 
 
 class BackupWriter:
@@ -213,7 +258,6 @@ class BackupWriter:
         self.backup_id = layout.new_backup_id()
         self.started = _now()
         self.objects: list[ObjectStats] = []
-        self._open: ObjectStream | None = None
         self.committed = False
         self.body: dict | None = None
         config = repo.config(create=True)
@@ -232,37 +276,25 @@ class BackupWriter:
         else:
             self.abandon()
 
-    def open_object(self, name: str) -> ObjectStream:
+    def plan_object(self, name: str) -> ObjectPlan:
+        """Prepare the streaming stages of a new data object (see :class:`ObjectPlan`)."""
         if not layout.OBJECT_NAME_RE.match(name) or any(o.name == name for o in self.objects):
             raise FormatError(f"invalid or duplicate object name {name!r}")
-        if self._open is not None:
-            raise FormatError("one object at a time: close the previous object first")
-        self._open = ObjectStream(self, name)
-        return self._open
+        return ObjectPlan(self, name)
 
-    def close_object(self, stream: ObjectStream) -> ObjectStats:
-        stats = stream.close()
-        self.objects.append(stats)
-        self._open = None
-        return stats
+    def finish_object(self, plan: ObjectPlan) -> ObjectStats:
+        """Record a fully uploaded object (all four stages finished) for the manifest."""
+        if plan.done or not plan.stats.sha256:
+            raise FormatError(f"object {plan.name} is not completely uploaded")
+        plan.done = True
+        self.objects.append(plan.stats)
+        return plan.stats
 
     def write_object(
         self, name: str, reader: BinaryIO, *, progress: Callable[[int], None] | None = None
     ) -> ObjectStats:
         """Stream everything ``reader`` yields into object ``name``."""
-        stream = self.open_object(name)
-        read_time = 0.0
-        while True:
-            t0 = time.perf_counter()
-            data = reader.read(READ_SIZE)
-            read_time += time.perf_counter() - t0
-            if not data:
-                break
-            stream.write(data)
-            if progress:
-                progress(len(data))
-        stream.stats.times.read += read_time
-        return self.close_object(stream)
+        return self.plan_object(name).run(reader, progress)
 
     def manifest_body(self) -> dict:
         master = self.master
@@ -299,8 +331,6 @@ class BackupWriter:
 
     def commit(self) -> dict:
         """Write the manifest: from now on the backup is complete and listed."""
-        if self._open is not None:
-            raise FormatError(f"object {self._open.stats.name} is still open")
         if not self.objects:
             raise FormatError("a backup needs at least one object")
         faults.reached("data-complete")
@@ -323,9 +353,6 @@ class BackupWriter:
 
     def abandon(self) -> None:
         """Remove what this writer stored (best effort; cleanup catches the rest)."""
-        if self._open is not None:
-            self._open.abort()
-            self._open = None
         if self.committed:
             return
         with contextlib.suppress(SeedvaultError):

@@ -22,9 +22,13 @@ def test_one_gib_local_round_trip(local_repo):
 @pytest.mark.slow
 def test_one_gib_s3_round_trip_multipart(moto_server, s3_bucket, tmp_path):
     key = tmp_path / "k"
-    env = base_env(SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/big", SEEDVAULT_S3_ENDPOINT=moto_server.endpoint_url,
-                   SEEDVAULT_KEY_FILE=str(key), SEEDVAULT_S3_PART_SIZE=str(16 << 20),
-                   SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace"))
+    env = base_env(
+        SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/big",
+        SEEDVAULT_S3_ENDPOINT=moto_server.endpoint_url,
+        SEEDVAULT_KEY_FILE=str(key),
+        SEEDVAULT_S3_PART_SIZE=str(16 << 20),
+        SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace"),
+    )
     run_cli(["key", "generate", "-o", str(key)], env, check=True)
     backup_id, sha_in, sha_out = pipe_through(["put", "--label", "big"], ["get"], env, GIB)
     assert sha_in == sha_out

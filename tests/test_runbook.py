@@ -40,8 +40,12 @@ def _legacy_file(work: Path) -> tuple[Path, Path]:
     enc = work / "old.sql.gz.enc"
     gz = subprocess.run(["gzip", "-c"], input=b"CREATE TABLE t (id int);\n" * 100, capture_output=True, check=True)
     with open(enc, "wb") as out:
-        subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000",
-                        "-pass", f"file:{pw}"], input=gz.stdout, stdout=out, check=True)
+        subprocess.run(
+            ["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000", "-pass", f"file:{pw}"],
+            input=gz.stdout,
+            stdout=out,
+            check=True,
+        )
     (work / "old.sql.gz.enc.sha256").write_text(f"{hashlib.sha256(enc.read_bytes()).hexdigest()}  old.sql.gz.enc\n")
     return enc, pw
 
@@ -54,8 +58,9 @@ def _run_blocks(env: dict[str, str]) -> None:
     shim.chmod(0o755)
     env = dict(env, PATH=f"{bindir}:{env['PATH']}")
     for section, script in runbook_blocks():
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True,
-                              cwd=env["WORK"], timeout=300)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, cwd=env["WORK"], timeout=300
+        )
         assert proc.returncode == 0, f"RUNBOOK section '{section}' failed:\n{script}\n{proc.stderr.decode()}"
 
 
@@ -64,8 +69,12 @@ def test_runbook_blocks_run(where, tmp_path, request):
     work = tmp_path / "work"
     work.mkdir()
     enc, pw = _legacy_file(work)
-    env = base_env(WORK=str(work), SEEDVAULT_KEY_FILE=str(tmp_path / "master.key"), LEGACY_FILE=str(enc),
-                   SEEDVAULT_LEGACY_PASSPHRASE_FILE=str(pw))
+    env = base_env(
+        WORK=str(work),
+        SEEDVAULT_KEY_FILE=str(tmp_path / "master.key"),
+        LEGACY_FILE=str(enc),
+        SEEDVAULT_LEGACY_PASSPHRASE_FILE=str(pw),
+    )
     if where == "local":
         env["SEEDVAULT_REPOSITORY"] = f"file://{tmp_path / 'repo'}"
     else:

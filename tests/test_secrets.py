@@ -62,8 +62,16 @@ def _run_all(env: dict[str, str], tmp_path: Path, storage_root: Path | None, leg
 
     bid = run(["put", "--label", "secret-test"], input=b"payload" * 5000).stdout.decode().strip()
     assert bid, "put must succeed"
-    for args in (["list"], ["list", "--json"], ["show", bid], ["show", bid, "--json"], ["verify", "--all"],
-                 ["get", bid], ["cleanup", "--grace", "0"], ["key", "id"]):
+    for args in (
+        ["list"],
+        ["list", "--json"],
+        ["show", bid],
+        ["show", bid, "--json"],
+        ["verify", "--all"],
+        ["get", bid],
+        ["cleanup", "--grace", "0"],
+        ["key", "id"],
+    ):
         assert run(args).returncode == 0
     # Error paths: missing backup, bad id, wrong key, corrupt key file, empty passphrase, legacy errors.
     assert run(["get", "20200101T000000Z-abcdef"]).returncode != 0
@@ -83,8 +91,12 @@ def _run_all(env: dict[str, str], tmp_path: Path, storage_root: Path | None, leg
     assert run(["get", bid], env_=dict(penv, SEEDVAULT_PASSPHRASE_FILE=str(empty))).returncode != 0
     legacy_file = tmp_path / "old.enc"
     with open(legacy_file, "wb") as out:
-        subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000",
-                        "-pass", f"file:{legacy_pass}"], input=b"\x1f\x8b not gzip", stdout=out, check=True)
+        subprocess.run(
+            ["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000", "-pass", f"file:{legacy_pass}"],
+            input=b"\x1f\x8b not gzip",
+            stdout=out,
+            check=True,
+        )
     assert run(["legacy", "decrypt", str(legacy_file), "--passphrase-file", str(legacy_pass)]).returncode != 0
     assert run(["legacy", "decrypt", str(legacy_file), "--passphrase-file", str(wrong)]).returncode != 0
     if storage_root is not None:
@@ -100,8 +112,7 @@ def test_no_secret_in_outputs_or_local_repository(secret_files, tmp_path):
     key, pw, legacy = secret_files
     audit = tmp_path / "spawn-audit.jsonl"
     root = tmp_path / "repo"
-    env = base_env(SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_KEY_FILE=str(key),
-                   SEEDVAULT_SPAWN_AUDIT=str(audit))
+    env = base_env(SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_KEY_FILE=str(key), SEEDVAULT_SPAWN_AUDIT=str(audit))
     for i, out in enumerate(_run_all(env, tmp_path, root, legacy)):
         _assert_clean(out, f"output #{i}")
     for path in root.rglob("*"):
@@ -120,13 +131,18 @@ def test_no_secret_in_outputs_or_local_repository(secret_files, tmp_path):
 
 def test_no_secret_with_s3(secret_files, tmp_path, moto_server, s3_bucket):
     key, _, legacy = secret_files
-    env = base_env(SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/sec", SEEDVAULT_S3_ENDPOINT=moto_server.endpoint_url,
-                   SEEDVAULT_KEY_FILE=str(key))
+    env = base_env(
+        SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/sec",
+        SEEDVAULT_S3_ENDPOINT=moto_server.endpoint_url,
+        SEEDVAULT_KEY_FILE=str(key),
+    )
     for i, out in enumerate(_run_all(env, tmp_path, None, legacy)):
         _assert_clean(out, f"output #{i}")
     # Unreachable endpoint and missing bucket: one clean line, no secret.
-    for bad_env in (dict(env, SEEDVAULT_S3_ENDPOINT="http://127.0.0.1:9", SEEDVAULT_S3_MAX_ATTEMPTS="1"),
-                    dict(env, SEEDVAULT_REPOSITORY="s3://no-such-bucket-here/x")):
+    for bad_env in (
+        dict(env, SEEDVAULT_S3_ENDPOINT="http://127.0.0.1:9", SEEDVAULT_S3_MAX_ATTEMPTS="1"),
+        dict(env, SEEDVAULT_REPOSITORY="s3://no-such-bucket-here/x"),
+    ):
         proc = run_cli(["put", "--label", "x"], bad_env, input=b"abc")
         assert proc.returncode != 0 and proc.stderr.decode().count("\n") == 1, proc.stderr
         _assert_clean(proc.stdout + proc.stderr, "S3 error output")

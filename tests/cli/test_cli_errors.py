@@ -30,8 +30,12 @@ def test_no_repository_and_no_key(tmp_path):
 
 def test_unreachable_s3_endpoint_is_quick_and_clear(tmp_path, s3_credentials):
     key = tmp_path / "k"
-    env = base_env(SEEDVAULT_REPOSITORY="s3://bucket/p", SEEDVAULT_S3_ENDPOINT="http://127.0.0.1:9",
-                   SEEDVAULT_KEY_FILE=str(key), SEEDVAULT_S3_MAX_ATTEMPTS="1")
+    env = base_env(
+        SEEDVAULT_REPOSITORY="s3://bucket/p",
+        SEEDVAULT_S3_ENDPOINT="http://127.0.0.1:9",
+        SEEDVAULT_KEY_FILE=str(key),
+        SEEDVAULT_S3_MAX_ATTEMPTS="1",
+    )
     run_cli(["key", "generate", "-o", str(key)], env, check=True)
     proc = run_cli(["put", "--label", "x"], env, input=b"abc", timeout=60)
     assert proc.returncode == StorageUnreachable.exit_code and "127.0.0.1:9" in _one_line(proc)
@@ -51,11 +55,16 @@ def test_config_file_and_precedence(tmp_path, local_repo):
     run_cli(["put", "--label", "t"], env, input=b"toml", check=True)
     assert (tmp_path / "from-toml" / "v1" / "repository.json").exists()
     # The environment beats the file; an option beats the environment.
-    run_cli(["put", "--label", "t"], dict(env, SEEDVAULT_REPOSITORY=f"file://{tmp_path}/from-env"), input=b"e",
-            check=True)
+    run_cli(
+        ["put", "--label", "t"], dict(env, SEEDVAULT_REPOSITORY=f"file://{tmp_path}/from-env"), input=b"e", check=True
+    )
     assert (tmp_path / "from-env" / "v1" / "repository.json").exists()
-    run_cli(["--repository", f"file://{tmp_path}/from-opt", "put", "--label", "t"],
-            dict(env, SEEDVAULT_REPOSITORY=f"file://{tmp_path}/from-env"), input=b"o", check=True)
+    run_cli(
+        ["--repository", f"file://{tmp_path}/from-opt", "put", "--label", "t"],
+        dict(env, SEEDVAULT_REPOSITORY=f"file://{tmp_path}/from-env"),
+        input=b"o",
+        check=True,
+    )
     assert (tmp_path / "from-opt" / "v1" / "repository.json").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text("bogus_setting = 1\n")

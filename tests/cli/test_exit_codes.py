@@ -7,22 +7,42 @@ import inspect
 from seedvault import errors
 
 PINNED = {
-    "SeedvaultError": 1, "UsageError": 2, "ConfigError": 3,
-    "StorageError": 10, "ObjectNotFound": 11, "BackupNotFound": 12, "PermissionDenied": 13,
-    "StorageUnreachable": 14, "TransientStorageError": 15, "ObjectExists": 16,
-    "IntegrityError": 20, "AuthenticationFailed": 21, "ChecksumMismatch": 22, "TruncatedStream": 23,
+    "SeedvaultError": 1,
+    "UsageError": 2,
+    "ConfigError": 3,
+    "StorageError": 10,
+    "ObjectNotFound": 11,
+    "BackupNotFound": 12,
+    "PermissionDenied": 13,
+    "StorageUnreachable": 14,
+    "TransientStorageError": 15,
+    "ObjectExists": 16,
+    "IntegrityError": 20,
+    "AuthenticationFailed": 21,
+    "ChecksumMismatch": 22,
+    "TruncatedStream": 23,
     "VerificationFailed": 24,
-    "KeyError_": 30, "WrongKey": 31, "KeyMissing": 32, "InvalidKey": 33,
-    "FormatError": 40, "UnsupportedVersion": 41, "MandatoryFeatureUnsupported": 42,
-    "SourceError": 50, "TargetError": 51, "DatabaseUnreachable": 52, "ToolMissing": 53,
+    "KeyError_": 30,
+    "WrongKey": 31,
+    "KeyMissing": 32,
+    "InvalidKey": 33,
+    "FormatError": 40,
+    "UnsupportedVersion": 41,
+    "MandatoryFeatureUnsupported": 42,
+    "SourceError": 50,
+    "TargetError": 51,
+    "DatabaseUnreachable": 52,
+    "ToolMissing": 53,
     "RestoreVerificationFailed": 54,
-    "LockHeld": 60, "Interrupted": 130,
+    "LockHeld": 60,
+    "Interrupted": 130,
 }
 
 
 def test_every_error_class_has_its_pinned_code():
-    classes = {name: cls for name, cls in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(cls, errors.SeedvaultError)}
+    classes = {
+        name: cls for name, cls in inspect.getmembers(errors, inspect.isclass) if issubclass(cls, errors.SeedvaultError)
+    }
     assert {n: c.exit_code for n, c in classes.items()} == PINNED
 
 

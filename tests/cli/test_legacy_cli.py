@@ -18,8 +18,12 @@ def _old_pipeline(tmp_path, payload: bytes, passphrase: str):
     enc = tmp_path / "dump.sql.gz.enc"
     with open(enc, "wb") as out:
         gz = subprocess.Popen(["gzip", "-c", str(src)], stdout=subprocess.PIPE)
-        subprocess.run(["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000",
-                        "-pass", f"file:{pw}"], stdin=gz.stdout, stdout=out, check=True)
+        subprocess.run(
+            ["openssl", "enc", "-aes-256-cbc", "-salt", "-pbkdf2", "-iter", "100000", "-pass", f"file:{pw}"],
+            stdin=gz.stdout,
+            stdout=out,
+            check=True,
+        )
         gz.wait()
     digest = hashlib.sha256(enc.read_bytes()).hexdigest()
     (tmp_path / "dump.sql.gz.enc.sha256").write_text(f"{digest}  dump.sql.gz.enc\n")

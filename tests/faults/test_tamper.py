@@ -33,8 +33,8 @@ def _split_chunks(blob: bytes) -> tuple[bytes, list[bytes]]:
     """Parse a data object per FORMAT.md: 28-byte header, then [flags u8][length u32][length bytes]."""
     header, pos, chunks = blob[:HEADER], HEADER, []
     while pos < len(blob):
-        _, length = struct.unpack(">BI", blob[pos:pos + 5])
-        chunks.append(blob[pos:pos + 5 + length])
+        _, length = struct.unpack(">BI", blob[pos : pos + 5])
+        chunks.append(blob[pos : pos + 5 + length])
         pos += 5 + length
     assert pos == len(blob)
     return header, chunks

@@ -16,8 +16,10 @@ def _tree_bytes(root, prefix: str) -> dict[str, bytes]:
 
 def test_rotate_then_retire(local_repo, tmp_path):
     payloads = [bytes([i]) * (200_000 + i) for i in range(3)]
-    ids = [run_cli(["put", "--label", f"b{i}"], local_repo.env, input=p, check=True).stdout.decode().strip()
-           for i, p in enumerate(payloads)]
+    ids = [
+        run_cli(["put", "--label", f"b{i}"], local_repo.env, input=p, check=True).stdout.decode().strip()
+        for i, p in enumerate(payloads)
+    ]
     old_kid = run_cli(["key", "id"], local_repo.env, check=True).stdout.decode().strip()
     immutable_before = _tree_bytes(local_repo.root, "v1/backups")
 
