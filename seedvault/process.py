@@ -76,3 +76,122 @@ def run(
     _check_argv(argv)
     _audit(argv, extra_env)
     return subprocess.run(argv, env=child_env(extra_env), **kwargs)
+
+
+class _StderrTail:
+    """Collect the last bytes of a child's stderr in a thread (a full pipe would block the child)."""
+
+    def __init__(self, stream, limit: int = 65536) -> None:
+        import threading
+
+        self._buf = bytearray()
+        self._limit = limit
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream) -> None:
+        for line in iter(lambda: stream.read(4096), b""):
+            self._buf += line
+            if len(self._buf) > self._limit:
+                del self._buf[: len(self._buf) - self._limit]
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return self._buf.decode("utf-8", "replace")
+
+
+def error_line(stderr: str, tool: str) -> str:
+    """The most useful single line of a tool's stderr (its first error, else its last line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        low = ln.lower()
+        if "error" in low or "fatal" in low or "failed" in low:
+            return ln[:400]
+    return lines[-1][:400] if lines else f"{tool} failed"
+
+
+class ChildReader:
+    """A child's stdout as a file-like reader that fails, at end of stream, if the child failed.
+
+    So a dump that dies half-way is seen by the pipeline as an error, not as a short but clean stream.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], *, error: type[Exception], extra_env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        self.tool = os.path.basename(str(argv[0]))
+        self._error = error
+        self.proc = spawn(
+            argv,
+            extra_env=extra_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+        self._stderr = _StderrTail(self.proc.stderr)
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.proc.stdout.read(n)
+        if not data and not self._done:
+            self._done = True
+            self.wait()
+        return data
+
+    def wait(self) -> None:
+        rc = self.proc.wait()
+        if rc != 0:
+            raise self._error(f"{self.tool} failed (exit {rc}): {error_line(self._stderr.text(), self.tool)}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+class ChildWriter:
+    """A child's stdin as a sink; :meth:`finish` closes it and fails if the child failed."""
+
+    def __init__(
+        self, argv: Sequence[str], *, error: type[Exception], extra_env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        self.tool = os.path.basename(str(argv[0]))
+        self._error = error
+        self.proc = spawn(
+            argv, extra_env=extra_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
+        )
+        self._output = _StderrTail(self.proc.stdout)
+        self.closed_early = False
+
+    def write(self, data: bytes) -> bool:
+        """Feed the child; False once it has exited successfully without reading everything.
+
+        (``pg_restore --list`` or ``--use-list`` stop reading once they have what they need.)
+        """
+        if self.closed_early:
+            return False
+        try:
+            self.proc.stdin.write(data)
+            return True
+        except BrokenPipeError:
+            self.finish()  # raises with the child's own message if it failed
+            self.closed_early = True
+            return False
+
+    def finish(self) -> str:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = self.proc.wait()
+        out = self._output.text()
+        if rc != 0:
+            raise self._error(f"{self.tool} failed (exit {rc}): {error_line(out, self.tool)}")
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

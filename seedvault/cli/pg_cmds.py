@@ -1,0 +1,110 @@
+"""``seedvault backup postgres`` and ``seedvault restore postgres``: no Prefect server needed.
+
+Passwords never come from the command line: a DSN with a password is refused; use PGPASSFILE/~/.pgpass
+or PGPASSWORD in the environment (handed to pg_dump/pg_restore only through theirs).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from seedvault.cli.runtime import handle_errors, print_json, progress_bar, state
+
+backup_app = typer.Typer(no_args_is_help=True, help="Back up a database.")
+restore_app = typer.Typer(no_args_is_help=True, help="Restore a database from a backup.")
+
+
+@backup_app.command("postgres")
+@handle_errors
+def backup_postgres_cmd(
+    ctx: typer.Context,
+    dsn: str = typer.Option(..., "--dsn", help="postgresql://user@host:port/db (no password)."),
+    label: str = typer.Option(None, "--label", help="Name for the backup (default: the database name)."),
+    estimate_above: int = typer.Option(
+        None, "--estimate-above", help="Record planner estimates instead of exact counts above this many rows."
+    ),
+    checksums: bool = typer.Option(False, "--checksums", help="Record a SHA-256 of every table's rows (PK order)."),
+    no_globals: bool = typer.Option(False, "--no-globals", help="Skip pg_dumpall --globals-only."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Logical backup (pg_dump -Fc from an exported snapshot, counts in the same snapshot, plus globals)."""
+    from seedvault.ops.postgres_backup import backup_postgres
+    from seedvault.sources.postgres.connection import PgTarget
+    from seedvault.sources.postgres.logical import LogicalOptions
+
+    st = state(ctx)
+    target = PgTarget.from_dsn(dsn)
+    repo = st.repository(create=True)
+    options = LogicalOptions(estimate_above=estimate_above, checksums=checksums, with_globals=not no_globals)
+    with progress_bar(f"backup {target.dbname}") as progress:
+        report = backup_postgres(repo, st.settings, target, options, label=label, progress=progress)
+    summary = report.summary()
+    if json_out:
+        print_json(summary)
+    else:
+        sys.stdout.write(
+            f"{summary['id']}  {summary['database']}: {summary['tables']} tables, {summary['total_rows']} rows, "
+            f"{summary['raw_size']} bytes raw -> {summary['stored_size']} stored in {summary['seconds']['total']} s\n"
+        )
+
+
+@restore_app.command("postgres")
+@handle_errors
+def restore_postgres_cmd(
+    ctx: typer.Context,
+    backup_id: str = typer.Argument(..., help="Backup id (seedvault list)."),
+    target_dsn: str = typer.Option(..., "--target-dsn", help="Database to create (or replace), no password."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an existing database, keeping a safety copy."),
+    drop_previous: bool = typer.Option(
+        False, "--drop-previous", help="With --replace: back up and verify the safety copy, then drop it."
+    ),
+    jobs: int = typer.Option(None, "--jobs", "-j", help="Parallel pg_restore (spools the archive locally)."),
+    spool_dir: Path = typer.Option(None, "--spool-dir", help="Where --jobs spools (default: TMPDIR)."),
+    with_globals: bool = typer.Option(False, "--with-globals", help="Apply roles/tablespaces first."),
+    schema: list[str] = typer.Option(None, "--schema", help="Restore only this schema (repeatable)."),
+    table: list[str] = typer.Option(None, "--table", help="Restore only this table [schema.]name (repeatable)."),
+    into_existing: bool = typer.Option(False, "--into-existing", help="Selective restore into an existing scratch DB."),
+    no_owner: bool = typer.Option(False, "--no-owner", help="Do not restore ownership and privileges."),
+    no_checksums: bool = typer.Option(False, "--no-checksums", help="Skip content checksum comparison."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restore a logical backup into a new database (or --replace one), verifying every table's row count."""
+    from seedvault.ops.postgres_restore import RestoreOptions, restore_postgres
+    from seedvault.sources.postgres.connection import PgTarget
+
+    st = state(ctx)
+    target = PgTarget.from_dsn(target_dsn)
+    repo = st.repository()
+    opts = RestoreOptions(
+        replace=replace,
+        drop_previous=drop_previous,
+        jobs=jobs,
+        spool_dir=spool_dir,
+        with_globals=with_globals,
+        schemas=list(schema or []),
+        tables=list(table or []),
+        into_existing=into_existing,
+        no_owner=no_owner,
+        checksums=not no_checksums,
+    )
+    with progress_bar(f"restore {target.dbname}") as progress:
+        report = restore_postgres(repo, backup_id, target, opts, progress=progress, settings=st.settings)
+    if json_out:
+        print_json(report.as_dict())
+        return
+    line = (
+        f"restored {backup_id} into {report.database}: {report.tables_verified} tables, "
+        f"{report.rows_verified} rows verified"
+    )
+    if report.checksums_verified:
+        line += f", {report.checksums_verified} checksums"
+    if report.safety_copy:
+        line += f"; previous database kept as {report.safety_copy}"
+    if report.safety_backup:
+        line += f" (backed up as {report.safety_backup} and dropped)"
+    sys.stdout.write(line + "\n")
+    for note in report.notes:
+        sys.stderr.write(f"note: {note}\n")

@@ -1,0 +1,428 @@
+"""``restore postgres``: storage -> decrypt -> decompress -> pg_restore, verified, never destroying live data.
+
+* New database (default): created from template0 with the backup's encoding and locale; refused if it
+  exists. On any failure it is dropped again.
+* ``--replace``: restore into a temporary database, verify it, then rename the live database to a safety
+  copy ``<db>_before_<stamp>`` and the restored one into its name. A failure at any point before the swap
+  leaves the original untouched; a failure during the swap renames it back. The safety copy stays until
+  ``--drop-previous`` (which first takes and verifies a seedvault backup of it) or an operator drops it.
+* ``--jobs N``: pg_restore -j cannot read a pipe, so the archive is spooled to a local directory (free
+  space checked first, removed afterwards). Without it nothing touches local disk.
+* ``--schema`` / ``--table``: a partial restore with each table's indexes, constraints, triggers and
+  sequences (see toc.py) into a new (or ``--into-existing`` scratch) database.
+* TimescaleDB: extension created at the backup's version, ``timescaledb_pre_restore()`` before and
+  ``timescaledb_post_restore()`` after pg_restore; a target without that extension version is refused.
+* Verification: every restored table's row count against the manifest, and its content checksum where
+  the backup recorded one; a mismatch fails the restore naming the tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from seedvault.errors import (
+    RestoreVerificationFailed,
+    SeedvaultError,
+    StorageError,
+    TargetError,
+    ToolMissing,
+    UsageError,
+)
+from seedvault.process import ChildWriter
+from seedvault.repository import Repository
+from seedvault.sources.postgres import toc
+from seedvault.sources.postgres.binaries import PgBinaries, find_client_binaries
+from seedvault.sources.postgres.connection import PgTarget
+from seedvault.sources.postgres.inspect import table_checksum
+from seedvault.sources.postgres.logical import LogicalOptions
+
+KIND = "postgres-logical"
+
+
+@dataclass
+class RestoreOptions:
+    replace: bool = False
+    drop_previous: bool = False
+    jobs: int | None = None
+    spool_dir: Path | None = None
+    with_globals: bool = False
+    schemas: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    into_existing: bool = False
+    no_owner: bool = False
+    checksums: bool = True  # compare checksums where the backup has them
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    database: str
+    tables_verified: int = 0
+    rows_verified: int = 0
+    checksums_verified: int = 0
+    estimated_skipped: list[str] = field(default_factory=list)
+    safety_copy: str | None = None
+    safety_backup: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _major(version: str) -> int:
+    m = re.search(r"(\d+)(?:\.\d+)?", version)
+    return int(m.group(1)) if m else 0
+
+
+def _db_exists(admin: psycopg.Connection, name: str) -> bool:
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def _short_stamp(backup_id: str) -> str:
+    return backup_id.split("-")[0].lower()
+
+
+def _db_name(base: str, suffix: str) -> str:
+    return base[: 63 - len(suffix)] + suffix
+
+
+class _Restore:
+    def __init__(
+        self,
+        repo: Repository,
+        backup_id: str,
+        target: PgTarget,
+        opts: RestoreOptions,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.repo, self.backup_id, self.target, self.opts, self.progress = repo, backup_id, target, opts, progress
+        self.data_key = repo.data_key(backup_id)
+        self.body = repo.manifest(backup_id, self.data_key)
+        if self.body["kind"] != KIND:
+            raise UsageError(f"backup {backup_id} is a {self.body['kind']} backup, not a PostgreSQL logical backup")
+        self.source = self.body["source"]
+        self.report = RestoreReport(backup_id, target.dbname)
+        self.binaries: PgBinaries | None = None
+        self.timescale = self.source.get("timescaledb")
+
+    # --- checks ---------------------------------------------------------------------------------------------
+    def preflight(self, admin: psycopg.Connection) -> None:
+        opts = self.opts
+        selective = bool(opts.schemas or opts.tables)
+        if opts.replace and selective:
+            raise UsageError("--replace restores a whole database; restore --schema/--table into a new database")
+        if opts.drop_previous and not opts.replace:
+            raise UsageError("--drop-previous only makes sense with --replace")
+        if opts.jobs is not None and opts.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        num = admin.execute("SELECT current_setting('server_version_num')::int").fetchone()[0]
+        self.binaries = find_client_binaries(num // 10000, tools=("pg_restore", "psql", "pg_dump", "pg_dumpall"))
+        made_with = _major(self.source.get("tools", {}).get("pg_dump", "0"))
+        if self.binaries.major < made_with:
+            raise ToolMissing(
+                f"the backup was made by pg_dump {made_with}; pg_restore {self.binaries.major} cannot read it",
+                hint="install a newer PostgreSQL client or set PG_BIN",
+            )
+        exists = _db_exists(admin, self.target.dbname)
+        if exists and not opts.replace and not (selective and opts.into_existing):
+            raise TargetError(
+                f"database {self.target.dbname} already exists on {self.target.display()}",
+                hint="restore into a new name, or use --replace (keeps a safety copy)",
+            )
+        if opts.replace and not exists:
+            raise TargetError(f"--replace: database {self.target.dbname} does not exist to be replaced")
+        if self.timescale:
+            version = self.timescale["version"]
+            row = admin.execute(
+                "SELECT 1 FROM pg_available_extension_versions WHERE name = 'timescaledb' AND version = %s", (version,)
+            ).fetchone()
+            if row is None:
+                raise TargetError(
+                    f"the backup needs the timescaledb extension version {version}, which the target server lacks",
+                    hint="install that TimescaleDB version on the target (shared_preload_libraries too)",
+                )
+
+    # --- streaming ------------------------------------------------------------------------------------------
+    def _pieces(self, name: str):
+        return self.repo.read_object(
+            self.backup_id, name, body=self.body, data_key=self.data_key, progress=self.progress
+        )
+
+    def _feed(self, writer: ChildWriter, name: str) -> str:
+        pieces = self._pieces(name)
+        try:
+            for piece in pieces:
+                if not writer.write(piece):
+                    break  # the child has everything it needs (a partial restore)
+        except BaseException:
+            writer.kill()
+            raise
+        finally:
+            pieces.close()
+        return writer.finish()
+
+    def list_toc(self) -> str:
+        assert self.binaries is not None
+        writer = ChildWriter([self.binaries.tool("pg_restore"), "--list"], error=TargetError)
+        pieces = self._pieces("dump")
+        try:
+            for piece in pieces:
+                if not writer.write(piece):
+                    break  # pg_restore --list stops reading after the table of contents
+        finally:
+            pieces.close()
+        return writer.finish()
+
+    def restore_globals(self) -> None:
+        assert self.binaries is not None
+        admin = self.target.with_db("postgres")
+        writer = ChildWriter(
+            [
+                self.binaries.tool("psql"),
+                "--no-psqlrc",
+                "--quiet",
+                "--no-password",
+                f"--dbname={admin.conninfo()}",
+                "--set=ON_ERROR_STOP=0",
+                "--file=-",
+            ],
+            error=TargetError,
+            extra_env=admin.child_env(),
+        )
+        output = self._feed(writer, "globals")
+        errors = [ln for ln in output.splitlines() if "ERROR:" in ln and "already exists" not in ln]
+        if errors:
+            raise TargetError(f"applying globals failed: {errors[0].strip()}")
+
+    def run_pg_restore(self, dbname: str, listing: str | None) -> None:
+        assert self.binaries is not None
+        work = self.target.with_db(dbname)
+        argv: list[Any] = [
+            self.binaries.tool("pg_restore"),
+            "--no-password",
+            "--exit-on-error",
+            f"--dbname={work.conninfo()}",
+        ]
+        if self.opts.no_owner:
+            argv += ["--no-owner", "--no-privileges"]
+        spool: Path | None = None
+        list_file: Path | None = None
+        try:
+            if listing is not None or self.opts.jobs:
+                spool = Path(tempfile.mkdtemp(prefix=f"seedvault-restore-{self.backup_id}-", dir=self.opts.spool_dir))
+            if listing is not None:
+                assert spool is not None
+                list_file = spool / "restore.list"
+                list_file.write_text(listing)
+                argv.append(f"--use-list={list_file}")
+            if self.opts.jobs:
+                assert spool is not None
+                archive = self._spool(spool)
+                argv += [f"--jobs={self.opts.jobs}", archive]
+                writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
+                writer.finish()
+            else:
+                writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
+                self._feed(writer, "dump")
+        finally:
+            if spool is not None:
+                shutil.rmtree(spool, ignore_errors=True)
+
+    def _spool(self, spool: Path) -> Path:
+        entry = next(o for o in self.body["objects"] if o["name"] == "dump")
+        free = shutil.disk_usage(spool).free
+        needed = int(entry["raw_size"] * 1.05) + (64 << 20)
+        if free < needed:
+            raise StorageError(
+                f"--jobs needs {needed >> 20} MiB to spool the archive in {spool.parent}, only {free >> 20} MiB free",
+                hint="use --spool-dir on a larger disk, or restore without --jobs (streams, no spool)",
+            )
+        archive = spool / "dump.pgcustom"
+        with open(archive, "wb") as fh:
+            for piece in self._pieces("dump"):
+                fh.write(piece)
+        return archive
+
+    # --- database lifecycle ------------------------------------------------------------------------------------
+    def create_database(self, admin: psycopg.Connection, name: str) -> None:
+        src = self.source
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                sql.Identifier(name),
+                sql.Literal(src.get("encoding", "UTF8")),
+                sql.Literal(src.get("collate", "C")),
+                sql.Literal(src.get("ctype", "C")),
+            )
+        )
+
+    def timescale_hook(self, dbname: str, phase: str) -> None:
+        if not self.timescale:
+            return
+        with self.target.connect(dbname=dbname) as conn:
+            if phase == "pre":
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS timescaledb VERSION {}").format(
+                        sql.Literal(self.timescale["version"])
+                    )
+                )
+                conn.execute("SELECT timescaledb_pre_restore()")
+            else:
+                conn.execute("SELECT timescaledb_post_restore()")
+
+    def verify(self, dbname: str, tables: set[str] | None) -> None:
+        mismatches: list[str] = []
+        with self.target.connect(dbname=dbname) as conn, conn.cursor() as cur:
+            for t in self.source.get("tables", []):
+                key = f"{t['schema']}.{t['name']}"
+                if tables is not None and key not in tables:
+                    continue
+                qualified = sql.SQL("{}.{}").format(sql.Identifier(t["schema"]), sql.Identifier(t["name"]))
+                try:
+                    cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(qualified))
+                except psycopg.errors.UndefinedTable:
+                    conn.rollback()
+                    mismatches.append(f"{key} missing")
+                    continue
+                rows = cur.fetchone()[0]
+                if t.get("estimated"):
+                    self.report.estimated_skipped.append(key)
+                elif rows != t["rows"]:
+                    mismatches.append(f"{key} has {rows} rows, backup had {t['rows']}")
+                    continue
+                self.report.tables_verified += 1
+                self.report.rows_verified += rows
+                if self.opts.checksums and t.get("sha256"):
+                    if table_checksum(cur, t["schema"], t["name"]) != t["sha256"]:
+                        mismatches.append(f"{key} content checksum differs")
+                    else:
+                        self.report.checksums_verified += 1
+        if mismatches:
+            shown = "; ".join(mismatches[:5]) + (f"; and {len(mismatches) - 5} more" if len(mismatches) > 5 else "")
+            raise RestoreVerificationFailed(
+                f"restored database {dbname} does not match backup {self.backup_id}: {shown}"
+            )
+
+
+def restore_postgres(
+    repo: Repository,
+    backup_id: str,
+    target: PgTarget,
+    opts: RestoreOptions | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+    settings: Any = None,
+) -> RestoreReport:
+    opts = opts or RestoreOptions()
+    started = time.perf_counter()
+    job = _Restore(repo, backup_id, target, opts, progress)
+    report = job.report
+    final = target.dbname
+    selective = bool(opts.schemas or opts.tables)
+    with target.connect(dbname="postgres") as admin:
+        job.preflight(admin)
+        if opts.with_globals:
+            job.restore_globals()
+        listing: str | None = None
+        restored_tables: set[str] | None = None
+        if selective or job.timescale:
+            entries = toc.parse(job.list_toc())
+            chosen, notes = toc.select(
+                entries,
+                job.source.get("tables", []),
+                schemas=opts.schemas,
+                tables=opts.tables,
+                skip_extensions=("timescaledb",) if job.timescale else (),
+            )
+            report.notes += notes
+            listing = toc.render(chosen)
+            if selective:
+                restored_tables = {f"{e.schema}.{e.tag}" for e in chosen if e.desc == "TABLE"}
+                if not restored_tables:
+                    raise UsageError("nothing to restore: no table of the backup matches --schema/--table")
+        work = _db_name(final, f"_sv_{_short_stamp(backup_id)}") if opts.replace else final
+        if opts.replace and _db_exists(admin, work):
+            raise TargetError(f"database {work} exists (left by an earlier replace?); drop it or rename it first")
+        created = False
+        try:
+            if not (selective and opts.into_existing and _db_exists(admin, work)):
+                job.create_database(admin, work)
+                created = True
+            t0 = time.perf_counter()
+            job.timescale_hook(work, "pre")
+            job.run_pg_restore(work, listing)
+            job.timescale_hook(work, "post")
+            report.seconds["pg_restore"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            job.verify(work, restored_tables)
+            report.seconds["verify"] = time.perf_counter() - t0
+            if opts.replace:
+                report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{_short_stamp(backup_id)}"))
+                created = False  # the restored database is now the live one
+        except BaseException:
+            if created:
+                with contextlib.suppress(psycopg.Error):
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
+            raise
+    if opts.replace and opts.drop_previous and report.safety_copy:
+        report.safety_backup = _drop_safety_copy(repo, target, report.safety_copy, settings)
+    report.seconds["total"] = time.perf_counter() - started
+    return report
+
+
+def _swap(admin: psycopg.Connection, live: str, restored: str, safety: str) -> str:
+    """Rename live -> safety and restored -> live; on failure put the live database back."""
+    if _db_exists(admin, safety):
+        raise TargetError(f"safety copy name {safety} is taken; drop or rename that database first")
+    ident = sql.Identifier
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident(live)))
+    try:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (live,),
+        )
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(safety)))
+    except psycopg.Error as exc:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live)))
+        raise TargetError(f"could not move database {live} aside: {str(exc).splitlines()[0]}") from None
+    try:
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(restored), ident(live)))
+    except psycopg.Error as exc:
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(safety), ident(live)))
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live)))
+        raise TargetError(f"could not rename the restored database into place: {str(exc).splitlines()[0]}") from None
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(safety)))
+    return safety
+
+
+def _drop_safety_copy(repo: Repository, target: PgTarget, safety: str, settings: Any) -> str:
+    """Back up the safety copy through seedvault and verify that backup before dropping it."""
+    from seedvault.config import Settings
+    from seedvault.ops.postgres_backup import backup_postgres
+    from seedvault.ops.verify import verify_backup
+
+    settings = settings or Settings()
+    report = backup_postgres(
+        repo,
+        settings,
+        target.with_db(safety),
+        LogicalOptions(with_globals=False),
+        label=f"{target.dbname}-before-restore",
+    )
+    check = verify_backup(repo, report.body["id"])
+    if not check.ok:
+        raise SeedvaultError(f"safety backup of {safety} failed verification; {safety} kept: {check.problems[0]}")
+    with target.connect(dbname="postgres") as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(safety)))
+    return report.body["id"]

@@ -1,0 +1,1 @@
+"""Database sources: the engines seedvault backs up (PostgreSQL/TimescaleDB, Neo4j)."""

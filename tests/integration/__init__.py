@@ -1,0 +1,1 @@
+"""Integration tests: real servers (PostgreSQL clusters started by seedvault itself)."""

@@ -1,0 +1,261 @@
+"""Logical PostgreSQL backup and restore against a real server (the pg_server fixture)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seedvault.errors import (
+    ConfigError,
+    DatabaseUnreachable,
+    RestoreVerificationFailed,
+    TargetError,
+)
+from seedvault.sources.postgres.sample import load_sample
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def sample_db(pg_server, pg_db):
+    with pg_server.connect(pg_db) as conn:
+        counts = load_sample(conn)
+    return pg_db, counts
+
+
+@pytest.fixture
+def pg_env(local_repo, pg_server):
+    return dict(local_repo.env, **pg_server.env())
+
+
+def _dsn(pg_server, db: str) -> str:
+    return f"postgresql://{pg_server.user}@{pg_server.host}:{pg_server.port}/{db}"
+
+
+def _backup(pg_env, pg_server, db, *extra) -> dict:
+    res = run_cli(["backup", "postgres", "--dsn", _dsn(pg_server, db), "--json", *extra], pg_env, check=True)
+    return json.loads(res.stdout)
+
+
+def _counts(pg_server, db) -> dict[str, int]:
+    with pg_server.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname IN ('public', 'telemetry') ORDER BY 1"
+        ).fetchall()
+        return {r[0]: conn.execute(f"SELECT count(*) FROM {r[0]}").fetchone()[0] for r in rows}
+
+
+def test_backup_records_snapshot_metadata(pg_env, pg_server, sample_db):
+    db, counts = sample_db
+    summary = _backup(pg_env, pg_server, db, "--checksums")
+    body = json.loads(run_cli(["show", summary["id"], "--json"], pg_env, check=True).stdout)
+    src = body["source"]
+    assert body["kind"] == "postgres-logical" and [o["name"] for o in body["objects"]] == ["dump", "globals"]
+    assert src["server_major"] == pg_server.major and src["snapshot"] and src["database_size"] > 0
+    assert "plpgsql" in src["extensions"]
+    tables = {f"{t['schema']}.{t['name']}": t for t in src["tables"]}
+    assert tables["public.orders"]["rows"] == counts["orders"]
+    assert tables["telemetry.readings"]["rows"] == counts["readings"]
+    assert all(not t["estimated"] and len(t["sha256"]) == 64 for t in tables.values())
+    assert "orders_customer_idx" in tables["public.orders"]["dependents"]["index"]
+    assert tables["public.order_items"]["fk_targets"]
+    # The manifest never carries the password; the globals object is encrypted like the dump.
+    assert pg_server.password not in json.dumps(body)
+
+
+def test_round_trip_into_new_database_verifies_counts(pg_env, pg_server, sample_db):
+    db, _ = sample_db
+    summary = _backup(pg_env, pg_server, db, "--checksums")
+    target = f"{db}_restored"
+    try:
+        res = run_cli(
+            ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--json"],
+            pg_env,
+            check=True,
+        )
+        report = json.loads(res.stdout)
+        assert report["tables_verified"] == 4 and report["checksums_verified"] == 4
+        assert _counts(pg_server, target) == _counts(pg_server, db)
+        # Refuses to overwrite an existing database without --replace.
+        again = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target)], pg_env)
+        assert again.returncode == TargetError.exit_code and b"already exists" in again.stderr
+    finally:
+        pg_server.drop_database(target)
+
+
+def test_parallel_restore_spools_and_cleans_up(pg_env, pg_server, sample_db, tmp_path):
+    db, _ = sample_db
+    summary = _backup(pg_env, pg_server, db)
+    target = f"{db}_par"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    try:
+        run_cli(
+            [
+                "restore",
+                "postgres",
+                summary["id"],
+                "--target-dsn",
+                _dsn(pg_server, target),
+                "--jobs",
+                "2",
+                "--spool-dir",
+                str(spool),
+            ],
+            pg_env,
+            check=True,
+        )
+        assert _counts(pg_server, target) == _counts(pg_server, db)
+        assert list(spool.iterdir()) == [], "the spooled archive must be removed"
+    finally:
+        pg_server.drop_database(target)
+
+
+def test_replace_keeps_safety_copy_and_failure_leaves_original(pg_env, pg_server, sample_db):
+    db, _ = sample_db
+    summary = _backup(pg_env, pg_server, db)
+    with pg_server.connect(db) as conn:
+        conn.execute("DELETE FROM order_items WHERE order_id > 100")
+        conn.execute("INSERT INTO customers (name, email) VALUES ('after', 'after@example.test')")
+    damaged = _counts(pg_server, db)
+    res = run_cli(
+        ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, db), "--replace", "--json"],
+        pg_env,
+        check=True,
+    )
+    report = json.loads(res.stdout)
+    safety = report["safety_copy"]
+    try:
+        assert safety.startswith(f"{db}_before_")
+        assert _counts(pg_server, safety) == damaged
+        restored = _counts(pg_server, db)
+        assert restored["public.order_items"] == 6000 and restored["public.customers"] == 200
+    finally:
+        pg_server.drop_database(safety)
+
+
+def test_selective_table_restore_brings_indexes_and_constraints(pg_env, pg_server, sample_db):
+    db, counts = sample_db
+    summary = _backup(pg_env, pg_server, db)
+    scratch = f"{db}_one"
+    try:
+        res = run_cli(
+            [
+                "restore",
+                "postgres",
+                summary["id"],
+                "--target-dsn",
+                _dsn(pg_server, scratch),
+                "--table",
+                "public.orders",
+                "--table",
+                "public.customers",
+            ],
+            pg_env,
+            check=True,
+        )
+        assert b"2 tables" in res.stdout
+        with pg_server.connect(scratch) as conn:
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+                )
+            }
+            assert tables == {"orders", "customers"}
+            idx = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'orders'")}
+            assert {"orders_pkey", "orders_customer_idx"} <= idx
+            cons = {r[0] for r in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'orders'::regclass")}
+            assert any(c.endswith("_fkey") for c in cons) and any(c.endswith("_check") for c in cons)
+            assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == counts["orders"]
+            # the sequence came along and continues after the restored ids
+            new_id = conn.execute("INSERT INTO customers (name, email) VALUES ('n', 'n@x') RETURNING id").fetchone()[0]
+            assert new_id == counts["customers"] + 1
+        res = run_cli(
+            [
+                "restore",
+                "postgres",
+                summary["id"],
+                "--target-dsn",
+                _dsn(pg_server, f"{db}_ts"),
+                "--schema",
+                "telemetry",
+            ],
+            pg_env,
+            check=True,
+        )
+        with pg_server.connect(f"{db}_ts") as conn:
+            assert conn.execute("SELECT count(*) FROM telemetry.readings").fetchone()[0] == counts["readings"]
+    finally:
+        pg_server.drop_database(scratch)
+        pg_server.drop_database(f"{db}_ts")
+
+
+def test_verification_names_differing_tables(pg_env, pg_server, sample_db, local_repo, monkeypatch):
+    db, _ = sample_db
+    summary = _backup(pg_env, pg_server, db)
+    monkeypatch.setenv("PGPASSFILE", str(pg_server.pgpass_file))
+    # The restored side is the live database; the manifest's count is altered in memory only.
+    from seedvault.ops.postgres_restore import RestoreOptions, _Restore
+    from seedvault.sources.postgres.connection import PgTarget
+
+    target = PgTarget.from_dsn(_dsn(pg_server, db))
+    job = _Restore(local_repo.repository(), summary["id"], target, RestoreOptions(), None)
+    for t in job.source["tables"]:
+        if t["name"] == "orders":
+            t["rows"] += 1
+    with pytest.raises(RestoreVerificationFailed, match=r"public\.orders has 2000 rows, backup had 2001"):
+        job.verify(db, None)
+
+
+def test_clear_errors(pg_env, pg_server, sample_db):
+    db, _ = sample_db
+    res = run_cli(
+        ["backup", "postgres", "--dsn", f"postgresql://postgres:secret@127.0.0.1:{pg_server.port}/{db}"], pg_env
+    )
+    assert res.returncode == ConfigError.exit_code and b"password" in res.stderr and b"secret" not in res.stderr
+    res = run_cli(["backup", "postgres", "--dsn", "postgresql://postgres@127.0.0.1:1/x"], pg_env)
+    assert res.returncode == DatabaseUnreachable.exit_code and res.stderr.count(b"\n") == 1
+    assert run_cli(["list", "--json"], pg_env, check=True).stdout.strip() == b"[]"  # nothing half-written listed
+    res = run_cli(["backup", "postgres", "--dsn", _dsn(pg_server, "no_such_db")], pg_env)
+    assert res.returncode == DatabaseUnreachable.exit_code and b"no_such_db" in res.stderr
+
+
+def test_failed_restore_leaves_original_untouched(pg_env, pg_server, sample_db, local_repo):
+    from seedvault.format import layout
+
+    db, _ = sample_db
+    summary = _backup(pg_env, pg_server, db)
+    before = _counts(pg_server, db)
+    obj = local_repo.root / layout.data_key(summary["id"], "dump")
+    blob = bytearray(obj.read_bytes())
+    blob[len(blob) // 2] ^= 0x40  # corruption deep inside the dump: pg_restore has already started
+    obj.write_bytes(bytes(blob))
+    res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, db), "--replace"], pg_env)
+    assert res.returncode != 0 and b"authentication" in res.stderr
+    assert _counts(pg_server, db) == before
+    with pg_server.connect() as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    assert not any(n.startswith(f"{db}_sv_") or n.startswith(f"{db}_before_") for n in names)
+    res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, f"{db}_new")], pg_env)
+    assert res.returncode != 0
+    with pg_server.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (f"{db}_new",)).fetchone() is None
+
+
+def test_failing_pg_dump_never_yields_a_backup(pg_env, pg_server, sample_db):
+    db, _ = sample_db
+    with pg_server.connect(db) as conn:
+        conn.execute("DROP ROLE IF EXISTS sv_limited")
+        conn.execute("CREATE ROLE sv_limited LOGIN PASSWORD 'limited-pw-1'")
+        conn.execute("GRANT SELECT ON customers TO sv_limited")  # but not the other tables
+    dsn = f"postgresql://sv_limited@{pg_server.host}:{pg_server.port}/{db}"
+    # PGPASSWORD in seedvault's environment is one of the supported password sources.
+    res = run_cli(["backup", "postgres", "--dsn", dsn, "--no-globals"], dict(pg_env, PGPASSWORD="limited-pw-1"))
+    assert res.returncode != 0 and b"permission denied" in res.stderr, res.stderr
+    assert res.stderr.count(b"\n") == 1 and b"limited-pw-1" not in res.stderr
+    assert json.loads(run_cli(["list", "--json"], pg_env, check=True).stdout) == []
+    with pg_server.connect(db) as conn:
+        conn.execute("REVOKE ALL ON customers FROM sv_limited")
+        conn.execute("DROP ROLE sv_limited")
