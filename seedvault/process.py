@@ -55,27 +55,39 @@ def _audit(argv: Sequence[str], extra_env: Mapping[str, str] | None) -> None:
             fh.write(json.dumps({"argv": list(argv), "env": sorted(extra_env or {})}) + "\n")
 
 
-def child_env(extra_env: Mapping[str, str] | None = None, *, drop: Sequence[str] = ()) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+# What a child started under another identity (the PostgreSQL server) may inherit: nothing secret.
+MINIMAL_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR")
+
+
+def child_env(extra_env: Mapping[str, str] | None = None, *, inherit: bool = True) -> dict[str, str]:
+    """The child's environment: ours (or only MINIMAL_ENV when ``inherit`` is false) plus ``extra_env``.
+
+    Servers run as another user get ``inherit=False``: seedvault's environment can hold AWS credentials
+    or PGPASSWORD, which that user must not be able to read from /proc/<pid>/environ.
+    """
+    env = dict(os.environ) if inherit else {k: v for k, v in os.environ.items() if k in MINIMAL_ENV}
     env.update(extra_env or {})
     return env
 
 
-def spawn(argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+def spawn(
+    argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None, inherit_env: bool = True, **kwargs: Any
+) -> subprocess.Popen:
     """Start a child; secrets go in ``extra_env`` (never argv). Same keywords as ``subprocess.Popen``."""
     argv = [str(a) for a in argv]
     _check_argv(argv)
     _audit(argv, extra_env)
-    return subprocess.Popen(argv, env=child_env(extra_env), **kwargs)
+    return subprocess.Popen(argv, env=child_env(extra_env, inherit=inherit_env), **kwargs)
 
 
 def run(
-    argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None, **kwargs: Any
+    argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None, inherit_env: bool = True, **kwargs: Any
 ) -> subprocess.CompletedProcess:
+    """Run a child to completion; same rules as :func:`spawn`."""
     argv = [str(a) for a in argv]
     _check_argv(argv)
     _audit(argv, extra_env)
-    return subprocess.run(argv, env=child_env(extra_env), **kwargs)
+    return subprocess.run(argv, env=child_env(extra_env, inherit=inherit_env), **kwargs)
 
 
 class _StderrTail:

@@ -9,7 +9,7 @@ import typer
 
 from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
-from seedvault.errors import UsageError, VerificationFailed
+from seedvault.errors import BackupNotFound, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import verify_all, verify_backup
@@ -87,12 +87,17 @@ def list_(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="JSON for scripts."),
     no_verify: bool = typer.Option(False, "--no-verify", help="List without a key (manifests not authenticated)."),
+    kind: str = typer.Option(None, "--kind", help="Only this kind (put, postgres-logical, ...)."),
+    label: str = typer.Option(None, "--label", help="Only backups with this name label."),
+    latest: bool = typer.Option(False, "--latest", help="Print only the id of the newest matching good backup."),
 ) -> None:
     """List complete backups, oldest first (manifests authenticated with the configured key)."""
     repo = state(ctx).repository(key=not no_verify)
     rows = []
     for entry in repo.entries(authenticate=not no_verify):
         b = entry.body or {}
+        if (kind and b.get("kind") != kind) or (label and b.get("labels", {}).get("name") != label):
+            continue
         rows.append(
             {
                 "id": entry.backup_id,
@@ -106,6 +111,12 @@ def list_(
                 "problem": entry.problem,
             }
         )
+    if latest:
+        good = [r for r in rows if r["problem"] is None]
+        if not good:
+            raise BackupNotFound("no matching complete backup", hint="check --kind/--label and 'seedvault list'")
+        sys.stdout.write(good[-1]["id"] + "\n")
+        return
     if json_out:
         print_json(rows)
         return

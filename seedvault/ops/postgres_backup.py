@@ -94,6 +94,11 @@ def backup_postgres(
         t0 = time.perf_counter()
         try:
             objects["dump"] = run_object(backup, "dump", dump)
+        except BaseException as exc:
+            counter.join()
+            # A failed inspection aborts the snapshot's transaction, which then fails pg_dump too:
+            # report the cause, not the echo.
+            raise (failure[0] if failure else exc) from None
         finally:
             dump.close()
             counter.join()

@@ -339,3 +339,20 @@ def test_chown_tree_gives_a_tree_to_run_as(pg_base_dir: Path) -> None:
     for path in [tree, tree / "a", tree / "a" / "b", tree / "a" / "b" / "f", tree / "link"]:
         assert os.lstat(path).st_uid == cluster.uid, path
     assert os.stat("/etc/passwd").st_uid == 0  # symlinks are not followed
+
+
+def test_server_does_not_inherit_our_secrets(pg_base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The postgres-owned server must not be able to read AWS credentials or passwords from its environ."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sv-env-secret-should-not-reach-server")
+    monkeypatch.setenv("PGPASSWORD", "sv-env-pgpassword-should-not-reach-server")
+    cluster = LocalCluster(pg_base_dir / "envcheck" / "data")
+    cluster.initdb(sync=False)
+    cluster.start()
+    try:
+        pid = cluster.pid()
+        assert pid
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"sv-env-secret" not in environ and b"sv-env-pgpassword" not in environ
+        assert b"PATH=" in environ
+    finally:
+        cluster.destroy()

@@ -201,7 +201,10 @@ class LocalCluster:
     def _run(self, argv: list[Any], *, timeout: float) -> subprocess.CompletedProcess:
         log.debug("running as %s: %s", self.run_as, " ".join(map(str, argv)))
         try:
-            return process.run(argv, capture_output=True, text=True, timeout=timeout, **self._as_run_as())
+            # The server must not inherit our environment (AWS credentials, PGPASSWORD): minimal env only.
+            return process.run(
+                argv, capture_output=True, text=True, timeout=timeout, inherit_env=False, **self._as_run_as()
+            )
         except subprocess.TimeoutExpired as exc:
             raise SourceError(f"{Path(str(argv[0])).name} timed out after {timeout:.0f}s on {self.data_dir}") from exc
         except OSError as exc:
