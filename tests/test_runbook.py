@@ -50,6 +50,21 @@ def _legacy_file(work: Path) -> tuple[Path, Path]:
     return enc, pw
 
 
+def _drop_safety_copies(pg_server, db: str) -> list:
+    with pg_server.connect() as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{db}_before_%",))]
+    for name in names:
+        pg_server.drop_database(name)
+    return names
+
+
+def _drop_safety_copies(pg_server, db: str) -> None:
+    with pg_server.connect() as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{db}_before_%",)).fetchall()
+    for (name,) in rows:
+        pg_server.drop_database(name)
+
+
 def _run_blocks(env: dict[str, str]) -> None:
     bindir = Path(env["WORK"]) / "bin"
     bindir.mkdir()
@@ -65,16 +80,34 @@ def _run_blocks(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_runbook_blocks_run(where, tmp_path, request):
+def test_runbook_blocks_run(where, tmp_path, request, pg_server, pg_db):
+    from seedvault.sources.postgres.sample import load_sample
+
+    with pg_server.connect(pg_db) as conn:
+        load_sample(conn)
     work = tmp_path / "work"
     work.mkdir()
     enc, pw = _legacy_file(work)
+    base = f"postgresql://{pg_server.user}@{pg_server.host}:{pg_server.port}"
     env = base_env(
         WORK=str(work),
         SEEDVAULT_KEY_FILE=str(tmp_path / "master.key"),
         LEGACY_FILE=str(enc),
         SEEDVAULT_LEGACY_PASSPHRASE_FILE=str(pw),
+        PG_DB=pg_db,
+        PG_DSN=f"{base}/{pg_db}",
+        PG_SCRATCH_DSN=f"{base}/{pg_db}_scratch",
+        PG_TABLE_DSN=f"{base}/{pg_db}_table",
+        PG_ADMIN_DSN=f"{base}/postgres",
+        **pg_server.env(),
     )
+
+    def drop_extras() -> None:
+        for suffix in ("_scratch", "_table"):
+            pg_server.drop_database(pg_db + suffix)
+        _drop_safety_copies(pg_server, pg_db)
+
+    request.addfinalizer(drop_extras)
     if where == "local":
         env["SEEDVAULT_REPOSITORY"] = f"file://{tmp_path / 'repo'}"
     else:

@@ -3,7 +3,7 @@
 * New database (default): created from template0 with the backup's encoding and locale; refused if it
   exists. On any failure it is dropped again.
 * ``--replace``: restore into a temporary database, verify it, then rename the live database to a safety
-  copy ``<db>_before_<stamp>`` and the restored one into its name. A failure at any point before the swap
+  copy ``<db>_before_<UTC time of the restore>`` and the restored one into its name. A failure at any point before the swap
   leaves the original untouched; a failure during the swap renames it back. The safety copy stays until
   ``--drop-previous`` (which first takes and verifies a seedvault backup of it) or an operator drops it.
 * ``--jobs N``: pg_restore -j cannot read a pipe, so the archive is spooled to a local directory (free
@@ -368,7 +368,8 @@ def restore_postgres(
             job.verify(work, restored_tables)
             report.seconds["verify"] = time.perf_counter() - t0
             if opts.replace:
-                report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{_short_stamp(backup_id)}"))
+                stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+                report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{stamp}"))
                 created = False  # the restored database is now the live one
         except BaseException:
             if created:
