@@ -259,3 +259,58 @@ def test_failing_pg_dump_never_yields_a_backup(pg_env, pg_server, sample_db):
     with pg_server.connect(db) as conn:
         conn.execute("REVOKE ALL ON customers FROM sv_limited")
         conn.execute("DROP ROLE sv_limited")
+
+
+def test_with_globals_recreates_roles(pg_env, pg_server, pg_db):
+    with pg_server.connect(pg_db) as conn:
+        conn.execute("DROP ROLE IF EXISTS sv_app_owner")
+        conn.execute("CREATE ROLE sv_app_owner NOLOGIN")
+        conn.execute("CREATE TABLE owned (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO owned SELECT generate_series(1, 10)")
+        conn.execute("ALTER TABLE owned OWNER TO sv_app_owner")
+    summary = _backup(pg_env, pg_server, pg_db)
+    pg_server.drop_database(pg_db)
+    with pg_server.connect() as conn:
+        conn.execute("DROP ROLE sv_app_owner")
+    target = f"{pg_db}_g"
+    try:
+        # Without the role, restoring ownership fails, and the half-restored database is removed again.
+        res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target)], pg_env)
+        assert res.returncode == TargetError.exit_code and b"sv_app_owner" in res.stderr
+        run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--with-globals"],
+                pg_env, check=True)
+        with pg_server.connect(target) as conn:
+            owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'owned'").fetchone()[0]
+            assert owner == "sv_app_owner"
+    finally:
+        pg_server.drop_database(target)
+        with pg_server.connect() as conn:
+            conn.execute("DROP ROLE IF EXISTS sv_app_owner")
+
+
+def test_database_password_never_leaks(local_repo, pg_server, sample_db, tmp_path):
+    db, _ = sample_db
+    audit = tmp_path / "audit.jsonl"
+    # The password reaches seedvault only as PGPASSWORD in its environment.
+    env = dict(local_repo.env, PGPASSWORD=pg_server.password, SEEDVAULT_SPAWN_AUDIT=str(audit),
+               PGHOST=pg_server.host, PGPORT=str(pg_server.port))
+    outputs = []
+    res = run_cli(["backup", "postgres", "--dsn", _dsn(pg_server, db), "--json"], env, check=True)
+    outputs += [res.stdout, res.stderr]
+    bid = json.loads(res.stdout)["id"]
+    target = f"{db}_leak"
+    try:
+        res = run_cli(["restore", "postgres", bid, "--target-dsn", _dsn(pg_server, target), "--json"], env, check=True)
+        outputs += [res.stdout, res.stderr]
+        res = run_cli(["restore", "postgres", bid, "--target-dsn", _dsn(pg_server, target)], env)  # exists: error
+        outputs += [res.stdout, res.stderr]
+    finally:
+        pg_server.drop_database(target)
+    secret = pg_server.password.encode()
+    assert all(secret not in out for out in outputs)
+    assert audit.exists() and secret not in audit.read_bytes()
+    rows = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert any(r["argv"][0].endswith("pg_dump") for r in rows)
+    for path in local_repo.root.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
