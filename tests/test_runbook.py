@@ -52,7 +52,8 @@ def _legacy_file(work: Path) -> tuple[Path, Path]:
 
 def _drop_safety_copies(pg_server, db: str) -> list:
     with pg_server.connect() as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{db}_before_%",))]
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{db}_before_%",))
+        names = [r[0] for r in rows]
     for name in names:
         pg_server.drop_database(name)
     return names
