@@ -63,3 +63,73 @@ def test_hypertable_round_trip(pg_server, pg_base_dir, local_repo, tmp_path):
             assert conn.execute("SELECT count(*) FROM timescaledb_information.hypertables").fetchone()[0] == 1
     finally:
         cluster.destroy()
+
+
+TS_FEATURES_SQL = """
+CREATE TABLE metrics (ts timestamptz NOT NULL, device int NOT NULL, value double precision NOT NULL);
+SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day');
+INSERT INTO metrics SELECT timestamptz '2026-11-01' + g * interval '1 minute', g % 10, g * 0.5
+    FROM generate_series(1, 20000) g;
+ALTER TABLE metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+SELECT compress_chunk(c) FROM show_chunks('metrics', older_than => timestamptz '2026-11-10') c;
+CREATE MATERIALIZED VIEW metrics_hourly WITH (timescaledb.continuous) AS
+    SELECT time_bucket('1 hour', ts) AS bucket, device, avg(value) AS avg_value, count(*) AS n
+    FROM metrics GROUP BY bucket, device WITH NO DATA;
+CALL refresh_continuous_aggregate('metrics_hourly', NULL, NULL);
+"""
+
+
+def _ts_facts(conn) -> dict:
+    """What a TimescaleDB restore must bring back, read through TimescaleDB's own views and the data itself."""
+    one = lambda q: conn.execute(q).fetchone()[0]  # noqa: E731
+    return {
+        "rows": one("SELECT count(*) FROM metrics"),
+        "sum": one("SELECT sum(value) FROM metrics"),
+        "chunks": one("SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics'"),
+        "compressed": one(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'metrics' AND is_compressed"
+        ),
+        "cagg_rows": one("SELECT count(*) FROM metrics_hourly"),
+        "cagg_sum": one("SELECT sum(n) FROM metrics_hourly"),
+        "caggs": one("SELECT count(*) FROM timescaledb_information.continuous_aggregates"),
+    }
+
+
+def test_compressed_chunks_and_continuous_aggregate_parallel_restore(pg_server, pg_base_dir, local_repo, tmp_path):
+    """Hypertable with compressed chunks and a continuous aggregate, restored with --jobs 2 (spooled archive).
+
+    TimescaleDB's documented procedure: create the extension at the backup's version in the new database, run
+    ``timescaledb_pre_restore()`` (which sets ``timescaledb.restoring`` on the database, so every parallel
+    pg_restore connection inherits it), pg_restore, then ``timescaledb_post_restore()``.
+    """
+    if not _has_timescale(pg_server):
+        pytest.skip("timescaledb extension not installed for this PostgreSQL (not packaged on this machine)")
+    cluster = LocalCluster(pg_base_dir / "tsdb-par" / "data", binaries=pg_server.cluster.binaries)
+    pw = tmp_path / "pw"
+    pw.write_text(pg_server.password + "\n")
+    cluster.initdb(password_file=pw, extra_conf={"shared_preload_libraries": "'timescaledb'"}, sync=False)
+    cluster.start()
+    try:
+        with cluster.connect(autocommit=True, password=pg_server.password) as conn:
+            conn.execute("CREATE DATABASE tsfeat")
+        with cluster.connect("tsfeat", autocommit=True, password=pg_server.password) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute(TS_FEATURES_SQL)
+            before = _ts_facts(conn)
+        assert before["compressed"] > 0 and before["cagg_rows"] > 0
+        env = dict(local_repo.env, PGPASSWORD=pg_server.password)
+        dsn = f"postgresql://postgres@127.0.0.1:{cluster.port}"
+        summary = json.loads(
+            run_cli(["backup", "postgres", "--dsn", f"{dsn}/tsfeat", "--json", "--checksums"], env, check=True).stdout
+        )
+        run_cli(
+            ["restore", "postgres", summary["id"], "--target-dsn", f"{dsn}/tsfeat_par", "--jobs", "2"], env, check=True
+        )
+        with cluster.connect("tsfeat_par", autocommit=True, password=pg_server.password) as conn:
+            assert _ts_facts(conn) == before
+            # post_restore ran: the database is out of restoring mode and new rows land in chunks as usual.
+            assert conn.execute("SHOW timescaledb.restoring").fetchone()[0] == "off"
+            conn.execute("INSERT INTO metrics VALUES ('2026-12-01', 1, 1.0)")
+            assert conn.execute("SELECT count(*) FROM metrics").fetchone()[0] == before["rows"] + 1
+    finally:
+        cluster.destroy()
