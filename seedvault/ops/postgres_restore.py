@@ -1,24 +1,42 @@
 """``restore postgres``: storage -> decrypt -> decompress -> pg_restore, verified, never destroying live data.
 
-* New database (default): created from template0 with the backup's encoding and locale; refused if it
-  exists. On any failure it is dropped again.
-* ``--replace``: restore into a temporary database, verify it, then rename the live database to a safety
-  copy ``<db>_before_<UTC time of the restore>`` and the restored one into its name. A failure at any point before the swap
-  leaves the original untouched; a failure during the swap renames it back. The safety copy stays until
-  ``--drop-previous`` (which first takes and verifies a seedvault backup of it) or an operator drops it.
+* Every restore that creates a database (new database, ``--replace``, selective into a new name) works in a
+  temporary database ``<db>_sv_<backup stamp>`` created from template0 with the backup's encoding and locale,
+  marked as seedvault's by its comment (``seedvault restore {"state": "restoring", ...}``). Only after
+  pg_restore and verification succeed is it renamed into place, so a database under the target name is
+  always either untouched or fully verified. On any failure the temporary database is dropped again.
+* New database (default): refused if the target name exists; the verified temporary one is renamed to it.
+* ``--replace``: the swap is ONE transaction on the ``postgres`` database: terminate the live database's
+  sessions, ``RENAME live TO <db>_before_<UTC time>``, ``RENAME restored TO live``, COMMIT. PostgreSQL
+  allows ALTER DATABASE RENAME inside a transaction block (unlike CREATE/DROP DATABASE), so a crash or
+  ``kill -9`` at any moment leaves either both renames or neither: the live name always holds the original
+  or the verified new database, never nothing. Sessions connecting during the swap wait on the database lock
+  and then see the committed state. ``datallowconn`` is never touched, so nothing is left refusing
+  connections. The safety copy stays until ``--drop-previous`` (which first takes and verifies a seedvault
+  backup of it) or an operator drops it.
+* Interrupted runs: a session advisory lock per target name keeps two restores of one target apart (a killed
+  run's lock dies with its connection). The next run therefore knows a leftover temporary database for its
+  target is nobody's work in progress: one still marked "restoring" (or an empty one under the exact
+  temporary name, from a kill during CREATE DATABASE) is dropped and said so in a note; one marked
+  "verified" (killed between verification and the rename) is named in an error saying how to proceed; any
+  other database under that name is refused, never touched.
 * ``--jobs N``: pg_restore -j cannot read a pipe, so the archive is spooled to a local directory (free
   space checked first, removed afterwards). Without it nothing touches local disk.
 * ``--schema`` / ``--table``: a partial restore with each table's indexes, constraints, triggers and
-  sequences (see toc.py) into a new (or ``--into-existing`` scratch) database.
+  sequences (see toc.py) into a new (or ``--into-existing`` scratch, restored in place) database.
 * TimescaleDB: extension created at the backup's version, ``timescaledb_pre_restore()`` before and
   ``timescaledb_post_restore()`` after pg_restore; a target without that extension version is refused.
 * Verification: every restored table's row count against the manifest, and its content checksum where
   the backup recorded one; a mismatch fails the restore naming the tables.
+
+Crash-test points (``seedvault.faults``): pg-restore-db-created, pg-restore-streaming, pg-restore-loaded,
+pg-restore-verified, pg-swap-live-moved, pg-swap-renamed, pg-restore-in-place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import tempfile
@@ -31,7 +49,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from seedvault import faults
 from seedvault.errors import (
+    LockHeld,
     RestoreVerificationFailed,
     SeedvaultError,
     StorageError,
@@ -48,6 +68,8 @@ from seedvault.sources.postgres.inspect import table_checksum
 from seedvault.sources.postgres.logical import LogicalOptions
 
 KIND = "postgres-logical"
+MARKER_PREFIX = "seedvault restore "
+STREAMING_AFTER_PIECES = 2  # pg-restore-streaming fires once pg_restore has this many pieces and wants more
 
 
 @dataclass
@@ -160,12 +182,14 @@ class _Restore:
             self.backup_id, name, body=self.body, data_key=self.data_key, progress=self.progress
         )
 
-    def _feed(self, writer: ChildWriter, name: str) -> str:
+    def _feed(self, writer: ChildWriter, name: str, phase: str | None = None) -> str:
         pieces = self._pieces(name)
         try:
-            for piece in pieces:
+            for count, piece in enumerate(pieces, 1):
                 if not writer.write(piece):
                     break  # the child has everything it needs (a partial restore)
+                if phase and count == STREAMING_AFTER_PIECES:
+                    faults.reached(phase)
         except BaseException:
             writer.kill()
             raise
@@ -235,7 +259,7 @@ class _Restore:
                 writer.finish()
             else:
                 writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
-                self._feed(writer, "dump")
+                self._feed(writer, "dump", phase="pg-restore-streaming")
         finally:
             if spool is not None:
                 shutil.rmtree(spool, ignore_errors=True)
@@ -251,8 +275,10 @@ class _Restore:
             )
         archive = spool / "dump.pgcustom"
         with open(archive, "wb") as fh:
-            for piece in self._pieces("dump"):
+            for count, piece in enumerate(self._pieces("dump"), 1):
                 fh.write(piece)
+                if count == STREAMING_AFTER_PIECES:
+                    faults.reached("pg-restore-streaming")
         return archive
 
     # --- database lifecycle ------------------------------------------------------------------------------------
@@ -324,6 +350,7 @@ def restore_postgres(
     progress: Callable[[int], None] | None = None,
     settings: Any = None,
 ) -> RestoreReport:
+    """Restore one logical backup (see the module docstring for the guarantees around crashes)."""
     opts = opts or RestoreOptions()
     started = time.perf_counter()
     job = _Restore(repo, backup_id, target, opts, progress)
@@ -331,46 +358,41 @@ def restore_postgres(
     final = target.dbname
     selective = bool(opts.schemas or opts.tables)
     with target.connect(dbname="postgres") as admin:
+        _lock_target(admin, target)
         job.preflight(admin)
+        listing, restored_tables = _plan(job)
+        in_place = selective and opts.into_existing and _db_exists(admin, final)
+        work = final if in_place else work_name(final, backup_id)
+        if not in_place:
+            report.notes += _clear_leftovers(admin, target, work)
         if opts.with_globals:
             job.restore_globals()
-        listing: str | None = None
-        restored_tables: set[str] | None = None
-        if selective or job.timescale:
-            entries = toc.parse(job.list_toc())
-            chosen, notes = toc.select(
-                entries,
-                job.source.get("tables", []),
-                schemas=opts.schemas,
-                tables=opts.tables,
-                skip_extensions=("timescaledb",) if job.timescale else (),
-            )
-            report.notes += notes
-            listing = toc.render(chosen)
-            if selective:
-                restored_tables = {f"{e.schema}.{e.tag}" for e in chosen if e.desc == "TABLE"}
-                if not restored_tables:
-                    raise UsageError("nothing to restore: no table of the backup matches --schema/--table")
-        work = _db_name(final, f"_sv_{_short_stamp(backup_id)}") if opts.replace else final
-        if opts.replace and _db_exists(admin, work):
-            raise TargetError(f"database {work} exists (left by an earlier replace?); drop it or rename it first")
         created = False
         try:
-            if not (selective and opts.into_existing and _db_exists(admin, work)):
+            if not in_place:
                 job.create_database(admin, work)
                 created = True
+                _mark(admin, work, "restoring", backup_id, final)
+                faults.reached("pg-restore-db-created")
             t0 = time.perf_counter()
             job.timescale_hook(work, "pre")
             job.run_pg_restore(work, listing)
             job.timescale_hook(work, "post")
             report.seconds["pg_restore"] = time.perf_counter() - t0
+            faults.reached("pg-restore-loaded")
             t0 = time.perf_counter()
             job.verify(work, restored_tables)
             report.seconds["verify"] = time.perf_counter() - t0
-            if opts.replace:
-                stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
-                report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{stamp}"))
+            if not in_place:
+                _mark(admin, work, "verified", backup_id, final)
+                faults.reached("pg-restore-verified")
+                if opts.replace:
+                    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+                    report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{stamp}"))
+                else:
+                    _move_into_place(admin, work, final)
                 created = False  # the restored database is now the live one
+                faults.reached("pg-restore-in-place")
         except BaseException:
             if created:
                 with contextlib.suppress(psycopg.Error):
@@ -382,29 +404,167 @@ def restore_postgres(
     return report
 
 
+def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
+    """The pg_restore -L listing (None: everything) and the tables a selective restore brings back."""
+    opts = job.opts
+    selective = bool(opts.schemas or opts.tables)
+    if not (selective or job.timescale):
+        return None, None
+    entries = toc.parse(job.list_toc())
+    chosen, notes = toc.select(
+        entries,
+        job.source.get("tables", []),
+        schemas=opts.schemas,
+        tables=opts.tables,
+        skip_extensions=("timescaledb",) if job.timescale else (),
+    )
+    job.report.notes += notes
+    if not selective:
+        return toc.render(chosen), None
+    restored_tables = {f"{e.schema}.{e.tag}" for e in chosen if e.desc == "TABLE"}
+    if not restored_tables:
+        raise UsageError("nothing to restore: no table of the backup matches --schema/--table")
+    return toc.render(chosen), restored_tables
+
+
+def work_name(final: str, backup_id: str) -> str:
+    """The temporary database a restore of ``backup_id`` into ``final`` works in."""
+    return _db_name(final, f"_sv_{_short_stamp(backup_id)}")
+
+
+# --- interrupted runs --------------------------------------------------------------------------------------
+def _lock_target(admin: psycopg.Connection, target: PgTarget) -> None:
+    """One restore per target name at a time; the session lock dies with a killed run's connection."""
+    key = f"seedvault restore {target.dbname}"
+    row = admin.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if not row or not row[0]:
+        raise LockHeld(f"another seedvault restore into {target.dbname} is running on {target.display()}")
+
+
+def _mark(admin: psycopg.Connection, name: str, state: str, backup_id: str, final: str) -> None:
+    """Record in the database's comment that it is seedvault's temporary restore, and how far it got."""
+    marker = MARKER_PREFIX + json.dumps({"state": state, "backup": backup_id, "into": final}, sort_keys=True)
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
+
+
+def _marker(comment: str | None) -> dict[str, str] | None:
+    if not comment or not comment.startswith(MARKER_PREFIX):
+        return None
+    try:
+        data = json.loads(comment[len(MARKER_PREFIX) :])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _clear_leftovers(admin: psycopg.Connection, target: PgTarget, work: str) -> list[str]:
+    """Deal with temporary databases an interrupted restore into this target left; return notes.
+
+    Runs under the target's advisory lock, so no seedvault restore is working in any of them.
+    """
+    final = target.dbname
+    notes: list[str] = []
+    rows = admin.execute(
+        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname <> %s", (final,)
+    ).fetchall()
+    for name, comment in rows:
+        marker = _marker(comment)
+        if marker is None or marker.get("into") != final or name != work_name(final, str(marker.get("backup"))):
+            continue
+        if marker.get("state") == "verified":
+            raise TargetError(
+                f"database {name} holds a verified restore of backup {marker.get('backup')} into {final} that an "
+                "interrupted run never moved into place",
+                hint=f"drop database {name} to restore again (or rename it to {final} yourself)",
+            )
+        _drop(admin, name)
+        notes.append(f"dropped {name}, an unverified restore left by an interrupted run")
+    if _db_exists(admin, work):
+        if not _is_empty_database(target, work):
+            raise TargetError(
+                f"database {work} exists and is not an unfinished seedvault restore; seedvault will not touch it",
+                hint="drop or rename it, then run the restore again",
+            )
+        _drop(admin, work)  # created by a run killed before it could mark it: empty, nothing to lose
+        notes.append(f"dropped {work}, an empty database left by an interrupted run")
+    return notes
+
+
+def _is_empty_database(target: PgTarget, name: str) -> bool:
+    """No user-made object at all (every object a user creates gets an OID >= 16384)."""
+    with target.connect(dbname=name) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid >= 16384)"
+            " OR EXISTS (SELECT 1 FROM pg_namespace WHERE oid >= 16384)"
+            " OR EXISTS (SELECT 1 FROM pg_proc WHERE oid >= 16384)"
+            " OR EXISTS (SELECT 1 FROM pg_type WHERE oid >= 16384)"
+            " OR EXISTS (SELECT 1 FROM pg_largeobject_metadata)"
+            " OR EXISTS (SELECT 1 FROM pg_extension WHERE oid >= 16384)"
+        ).fetchone()
+    return not row[0]
+
+
+def _drop(admin: psycopg.Connection, name: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --- putting the restored database in place ----------------------------------------------------------------
+def _move_into_place(admin: psycopg.Connection, work: str, final: str) -> None:
+    """Rename the verified temporary database to the target name (and drop the marker), atomically."""
+    ident = sql.Identifier
+    try:
+        with admin.transaction():
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(work), ident(final)))
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(ident(final)))
+    except psycopg.Error as exc:
+        raise TargetError(f"could not rename the restored database to {final}: {_first_line(exc)}") from None
+
+
+SWAP_ATTEMPTS = 3
+
+
 def _swap(admin: psycopg.Connection, live: str, restored: str, safety: str) -> str:
-    """Rename live -> safety and restored -> live; on failure put the live database back."""
+    """Rename live -> safety and restored -> live in one transaction: both happen, or neither."""
     if _db_exists(admin, safety):
         raise TargetError(f"safety copy name {safety} is taken; drop or rename that database first")
+    comment = admin.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (live,)
+    ).fetchone()
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            _swap_once(admin, live, restored, safety, comment[0] if comment else None)
+            return safety
+        except psycopg.errors.ObjectInUse as exc:
+            # A client reconnected between terminating sessions and the rename's lock: terminate again.
+            if attempt == SWAP_ATTEMPTS:
+                raise TargetError(
+                    f"could not swap in the restored database: {_first_line(exc)}; {live} is unchanged",
+                    hint=f"stop the clients of {live}, then run the restore again",
+                ) from None
+        except psycopg.Error as exc:
+            raise TargetError(
+                f"could not swap in the restored database: {_first_line(exc)}; {live} is unchanged"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _swap_once(admin: psycopg.Connection, live: str, restored: str, safety: str, comment: str | None) -> None:
     ident = sql.Identifier
-    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident(live)))
-    try:
+    with admin.transaction():
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (live,),
         )
+        # Takes the database's lock first: sessions connecting from here on wait for the COMMIT.
         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(safety)))
-    except psycopg.Error as exc:
-        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live)))
-        raise TargetError(f"could not move database {live} aside: {str(exc).splitlines()[0]}") from None
-    try:
+        faults.reached("pg-swap-live-moved")
         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(restored), ident(live)))
-    except psycopg.Error as exc:
-        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(safety), ident(live)))
-        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(live)))
-        raise TargetError(f"could not rename the restored database into place: {str(exc).splitlines()[0]}") from None
-    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident(safety)))
-    return safety
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(live), sql.Literal(comment)))
+        faults.reached("pg-swap-renamed")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _drop_safety_copy(repo: Repository, target: PgTarget, safety: str, settings: Any) -> str:
