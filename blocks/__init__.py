@@ -1,1 +1,12 @@
-"""Prefect layer: thin over the seedvault engine (filled by later issues)."""
+"""Prefect blocks for seedvault: configuration that hands out engine objects, never raw secrets.
+
+Like prefect-aws's credentials blocks, each block keeps its secret in a ``SecretStr`` and unwraps it only at
+the point of use, into an engine object that never formats it: the key block gives a ``KeySource``, the
+PostgreSQL block a ``PgTarget``, the repository block a ``Repository``.
+"""
+
+from blocks.encryption_key import SeedvaultEncryptionKey
+from blocks.postgres_target import PostgresTarget
+from blocks.repository import SeedvaultRepository
+
+__all__ = ["PostgresTarget", "SeedvaultEncryptionKey", "SeedvaultRepository"]

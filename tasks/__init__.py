@@ -1,1 +1,1 @@
-"""Prefect layer: thin over the seedvault engine (filled by later issues)."""
+"""Prefect tasks for seedvault: each a few lines of glue around one engine call or one streaming stage."""

@@ -1,0 +1,96 @@
+"""The repository block: where backups live (a local directory or an S3 bucket) and how they are written.
+
+S3 goes through prefect-aws's ``S3Bucket`` (bucket and key prefix) and its ``AwsCredentials`` (keys as secrets,
+endpoint URL and botocore config in ``aws_client_parameters``): the credentials block hands out a ready boto3
+client, which seedvault's S3 driver uses for everything, so the secret key never passes through seedvault.
+S3 parts are retried individually by that client (botocore's retry policy, tunable through
+``aws_client_parameters.config``); a whole backup is retried by the flow, never one part of a stream.
+"""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from prefect_aws import S3Bucket
+from pydantic import ConfigDict, Field, model_validator
+
+from seedvault.config import Settings
+from seedvault.crypto.keys import KeySource
+from seedvault.repository import Repository
+from seedvault.storage.base import Storage
+from seedvault.storage.local import LocalStorage
+from seedvault.storage.s3 import S3Storage
+
+MiB = 1024 * 1024
+
+
+class SeedvaultRepository(Block):
+    """A seedvault repository: exactly one of ``local_path`` or ``s3_bucket``, plus write settings."""
+
+    _block_type_name = "Seedvault Repository"
+    _block_type_slug = "seedvault-repository"
+    _description = "Where seedvault stores backups (local directory or S3 via prefect-aws) and how it writes them."
+    # A validation error must not echo the input: it holds the secret.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    local_path: str | None = Field(default=None, description="Absolute path of a local repository directory.")
+    s3_bucket: S3Bucket | None = Field(
+        default=None, description="prefect-aws S3Bucket (bucket_folder is the key prefix) with its credentials."
+    )
+    s3_part_size: int = Field(default=16 * MiB, ge=5 * MiB, description="Multipart part size in bytes.")
+    s3_max_concurrency: int = Field(default=4, ge=1, description="Parts uploaded in parallel per object.")
+    s3_storage_class: str | None = None
+    s3_sse: str | None = Field(default=None, description="AES256 or aws:kms")
+    s3_sse_kms_key_id: str | None = None
+    compression: str = Field(default="zstd", description="zstd or none")
+    zstd_level: int = Field(default=3, ge=1, le=22)
+    zstd_threads: int = Field(default=0, description="0: compress in the stage's own thread (fastest here)")
+    chunk_size: int = Field(default=1 * MiB, ge=4096, description="Encrypted chunk size in bytes.")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SeedvaultRepository:
+        if (self.local_path is None) == (self.s3_bucket is None):
+            raise ValueError("set exactly one of local_path or s3_bucket")
+        return self
+
+    @property
+    def url(self) -> str:
+        """Where the repository is, for logs and artifacts (no credentials)."""
+        if self.s3_bucket is not None:
+            folder = (self.s3_bucket.bucket_folder or "").strip("/")
+            return f"s3://{self.s3_bucket.bucket_name}/{folder}".rstrip("/")
+        return f"file://{self.local_path}"
+
+    def settings(self) -> Settings:
+        """The engine settings this block stands for (compression, chunking, S3 tuning)."""
+        return Settings(
+            repository=self.url,
+            s3_storage_class=self.s3_storage_class,
+            s3_sse=self.s3_sse,
+            s3_sse_kms_key_id=self.s3_sse_kms_key_id,
+            s3_part_size=self.s3_part_size,
+            s3_max_concurrency=self.s3_max_concurrency,
+            compression=self.compression,
+            zstd_level=self.zstd_level,
+            zstd_threads=self.zstd_threads,
+            chunk_size=self.chunk_size,
+        )
+
+    def storage(self, *, create: bool = False) -> Storage:
+        if self.s3_bucket is None:
+            assert self.local_path is not None
+            return LocalStorage(self.local_path, create=create)
+        bucket = self.s3_bucket
+        return S3Storage(
+            bucket.bucket_name,
+            bucket.bucket_folder or "",
+            storage_class=self.s3_storage_class,
+            sse=self.s3_sse,
+            sse_kms_key_id=self.s3_sse_kms_key_id,
+            part_size=self.s3_part_size,
+            max_concurrency=self.s3_max_concurrency,
+            client=bucket.credentials.get_s3_client(),
+        )
+
+    def open(self, key: KeySource | None, *, create: bool = False) -> Repository:
+        """The engine repository on this storage; ``create`` makes the directory (local) if missing."""
+        return Repository(self.storage(create=create), key)

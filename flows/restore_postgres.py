@@ -1,0 +1,64 @@
+"""``restore-postgres``: restore a backup (by id, or the latest of a database) into a new database, verified.
+
+The engine does the work and the checking (row counts against the manifest, content checksums where the
+backup recorded them); a failure drops the database it created, and ``replace`` never touches the live
+database before the restored copy is verified. The flow adds blocks, the latest-backup lookup and an artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.utilities.annotations import quote
+
+from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from flows.failures import notify_failure, operator_error
+from seedvault.errors import SeedvaultError
+from seedvault.ops.postgres_restore import RestoreOptions
+from tasks.postgres import latest_backup, preflight, restore_task
+from tasks.reports import publish_failure_artifact, publish_restore_artifact
+
+
+@flow(name="restore-postgres", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+def restore_postgres_flow(
+    repository: str,
+    key: str,
+    target: str,
+    database: str,
+    backup_id: str | None = None,
+    source_database: str | None = None,
+    replace: bool = False,
+    with_globals: bool = False,
+    no_owner: bool = False,
+    checksums: bool = True,
+    jobs: int | None = None,
+    notify_block: str | None = None,
+) -> dict[str, Any]:
+    """Restore into ``database`` on the target block's server; returns the verification report.
+
+    Args:
+        repository, key, target: names of saved seedvault blocks (the target is the server to restore into).
+        database: the database to create (or, with ``replace``, to replace keeping a safety copy).
+        backup_id: the backup to restore; default: the latest backup of ``source_database``.
+        source_database: whose latest backup to take (default: the target block's database).
+        replace, with_globals, no_owner, checksums, jobs: as ``seedvault restore postgres``.
+        notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
+    """
+    blk = PostgresTarget.load(target)
+    pg = blk.pg_target(database)
+    try:
+        repo = SeedvaultRepository.load(repository).open(SeedvaultEncryptionKey.load(key).key_source())
+        preflight(quote(repo), quote(pg), backup=False)
+        if backup_id is None:
+            backup_id = latest_backup(quote(repo), source_database or blk.database)
+        options = RestoreOptions(
+            replace=replace, with_globals=with_globals, no_owner=no_owner, checksums=checksums, jobs=jobs
+        )
+        report = restore_task(quote(repo), backup_id, quote(pg), quote(options))
+    except SeedvaultError as exc:
+        failure = operator_error(exc)
+        publish_failure_artifact("restore", database, failure.message)
+        raise failure from None
+    publish_restore_artifact(report)
+    return report
