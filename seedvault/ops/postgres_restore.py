@@ -15,11 +15,12 @@
   connections. The safety copy stays until ``--drop-previous`` (which first takes and verifies a seedvault
   backup of it) or an operator drops it.
 * Interrupted runs: a session advisory lock per target name keeps two restores of one target apart (a killed
-  run's lock dies with its connection). The next run therefore knows a leftover temporary database for its
-  target is nobody's work in progress: one still marked "restoring" (or an empty one under the exact
-  temporary name, from a kill during CREATE DATABASE) is dropped and said so in a note; one marked
-  "verified" (killed between verification and the rename) is named in an error saying how to proceed; any
-  other database under that name is refused, never touched.
+  run's lock dies with its connection). The marker is removed only by the transaction that renames the
+  database into place, so a database still marked "restoring" was never swapped in and nothing uses it as
+  the target: the next run drops such leftovers for its target (and an empty database under the exact
+  temporary name, which a kill during CREATE DATABASE leaves before it could be marked) and says so in a
+  note. Any other database under the temporary name is refused, never touched. So re-running the same
+  restore is the whole recovery from a crash.
 * ``--jobs N``: pg_restore -j cannot read a pipe, so the archive is spooled to a local directory (free
   space checked first, removed afterwards). Without it nothing touches local disk.
 * ``--schema`` / ``--table``: a partial restore with each table's indexes, constraints, triggers and
@@ -384,11 +385,9 @@ def restore_postgres(
             job.verify(work, restored_tables)
             report.seconds["verify"] = time.perf_counter() - t0
             if not in_place:
-                _mark(admin, work, "verified", backup_id, final)
                 faults.reached("pg-restore-verified")
                 if opts.replace:
-                    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
-                    report.safety_copy = _swap(admin, final, work, _db_name(final, f"_before_{stamp}"))
+                    report.safety_copy = _swap(admin, final, work, _safety_name(admin, final))
                 else:
                     _move_into_place(admin, work, final)
                 created = False  # the restored database is now the live one
@@ -469,14 +468,10 @@ def _clear_leftovers(admin: psycopg.Connection, target: PgTarget, work: str) -> 
     ).fetchall()
     for name, comment in rows:
         marker = _marker(comment)
-        if marker is None or marker.get("into") != final or name != work_name(final, str(marker.get("backup"))):
+        if marker is None or marker.get("into") != final or marker.get("state") != "restoring":
             continue
-        if marker.get("state") == "verified":
-            raise TargetError(
-                f"database {name} holds a verified restore of backup {marker.get('backup')} into {final} that an "
-                "interrupted run never moved into place",
-                hint=f"drop database {name} to restore again (or rename it to {final} yourself)",
-            )
+        if name != work_name(final, str(marker.get("backup"))):
+            continue  # renamed by someone: no longer seedvault's to drop
         _drop(admin, name)
         notes.append(f"dropped {name}, an unverified restore left by an interrupted run")
     if _db_exists(admin, work):
@@ -523,10 +518,18 @@ def _move_into_place(admin: psycopg.Connection, work: str, final: str) -> None:
 SWAP_ATTEMPTS = 3
 
 
+def _safety_name(admin: psycopg.Connection, live: str) -> str:
+    """``<db>_before_<UTC second>``, with ``_2``, ``_3``... when replaces follow each other within a second."""
+    stamp = time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    for n in range(1, 100):
+        name = _db_name(live, f"_before_{stamp}" + (f"_{n}" if n > 1 else ""))
+        if not _db_exists(admin, name):
+            return name
+    raise TargetError(f"no free safety copy name for {live}; drop old {live}_before_* databases first")
+
+
 def _swap(admin: psycopg.Connection, live: str, restored: str, safety: str) -> str:
     """Rename live -> safety and restored -> live in one transaction: both happen, or neither."""
-    if _db_exists(admin, safety):
-        raise TargetError(f"safety copy name {safety} is taken; drop or rename that database first")
     comment = admin.execute(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (live,)
     ).fetchone()

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors as pgerr
 from psycopg import sql
 
+from seedvault.errors import TargetError
 from seedvault.sources.postgres.binaries import find_client_binaries
-from tests.helpers import run_cli
+from seedvault.sources.postgres.sample import load_sample
+from tests.fixtures.repo import new_key_file
+from tests.helpers import CLI, base_env, run_cli
 
 READER_ROLE = "sv_acc_reader"
 
@@ -410,3 +417,241 @@ def test_inserts_during_backup_never_break_it(local_repo, pg_server, pg_db):
         assert live > manifest["public.hot"] >= HOT_ROWS + before_snapshot
     finally:
         pg_server.drop_database(copy)
+
+
+# --- 3. --replace killed at any moment ---------------------------------------------------------------------
+LIVE = "kill_live"
+
+
+@dataclass
+class ReplaceCase:
+    """A backup (content ``new``) and a template holding the different content ``original`` of the live DB."""
+
+    pg_server: object
+    env: dict[str, str]
+    backup_id: str
+    new: dict[str, str]
+    original: dict[str, str]
+    template: str
+
+    def fresh_live(self, *, keep_leftovers: bool = False) -> str:
+        """Drop the databases of an earlier attempt and recreate the live one with the original content."""
+        for name in database_names(self.pg_server):
+            if name.startswith(LIVE) and not (keep_leftovers and name.startswith(f"{LIVE}_sv_")):
+                self.pg_server.drop_database(name)
+        with self.pg_server.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(LIVE),
+                                                                          sql.Identifier(self.template)))
+        return LIVE
+
+    def restore(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return _restore(env or self.env, self.pg_server, self.backup_id, LIVE, "--replace", *extra)
+
+    def live_state(self) -> str:
+        """'original' or 'new': the live name holds one of them, accepts connections, and nothing refuses any."""
+        with self.pg_server.connect() as conn:
+            rows = conn.execute("SELECT datname, datallowconn FROM pg_database WHERE datname LIKE %s",
+                                (LIVE + "%",)).fetchall()
+        assert LIVE in {name for name, _ in rows}, f"nothing under the live name: {rows}"
+        assert all(allow for _, allow in rows), f"a database was left refusing connections: {rows}"
+        hashes = content_hashes(self.pg_server, LIVE)
+        if hashes == self.original:
+            return "original"
+        assert hashes == self.new, "the live database is neither the original nor the verified restore"
+        return "new"
+
+    def leftovers(self) -> set[str]:
+        return {n for n in database_names(self.pg_server) if n.startswith(f"{LIVE}_sv_")}
+
+    def safety_copies(self) -> dict[str, str]:
+        names = sorted(n for n in database_names(self.pg_server) if n.startswith(f"{LIVE}_before_"))
+        return {n: ("original" if content_hashes(self.pg_server, n) == self.original else "other") for n in names}
+
+
+@pytest.fixture(scope="module")
+def replace_case(pg_server, tmp_path_factory) -> Iterator[ReplaceCase]:
+    root = tmp_path_factory.mktemp("replace-case")
+    env = base_env(SEEDVAULT_REPOSITORY=f"file://{root / 'repo'}", SEEDVAULT_KEY_FILE=str(new_key_file(root)),
+                   **pg_server.env())
+    src, template = "kill_src", "kill_original"
+    pg_server.create_database(src)
+    try:
+        with pg_server.connect(src) as conn:
+            load_sample(conn, customers=200, orders=2000, readings=20000)
+        # Small chunks, so pg_restore is demonstrably mid-stream at pg-restore-streaming.
+        backup_id = _backup(dict(env, SEEDVAULT_CHUNK_SIZE=str(16 << 10)), pg_server, src, "--checksums",
+                            "--no-globals")["id"]
+        new = content_hashes(pg_server, src)
+        with pg_server.connect() as conn:
+            conn.execute(f"CREATE DATABASE {template} TEMPLATE {src}")
+        with pg_server.connect(template) as conn:
+            conn.execute("DELETE FROM order_items WHERE order_id > 100")
+            conn.execute("UPDATE telemetry.readings SET value = value + 1 WHERE sensor_id = 3")
+            conn.execute("INSERT INTO customers (name, email) VALUES ('after', 'after@example.test')")
+        original = content_hashes(pg_server, template)
+        assert original != new
+        yield ReplaceCase(pg_server, env, backup_id, new, original, template)
+    finally:
+        drop_databases(pg_server, LIVE)
+        pg_server.drop_database(template)
+        pg_server.drop_database(src)
+
+
+# (phase, what the live name must hold right after a kill there)
+KILL_POINTS = [
+    ("pg-restore-db-created", "original"),
+    ("pg-restore-streaming", "original"),
+    ("pg-restore-loaded", "original"),
+    ("pg-restore-verified", "original"),
+    ("pg-swap-live-moved", "original"),  # between the two renames: the transaction dies with the process
+    ("pg-swap-renamed", "original"),  # both renames done, not committed
+    ("pg-restore-in-place", "new"),
+]
+
+
+def _one_error_line(res: subprocess.CompletedProcess) -> str:
+    lines = res.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seedvault: error: "), res.stderr.decode()
+    return lines[0]
+
+
+@pytest.mark.parametrize(("phase", "expected"), KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
+def test_replace_killed_at_each_phase(replace_case, tmp_path, phase, expected):
+    """kill -9 at every named point leaves the original or the verified new database, and the next run finishes."""
+    replace_case.fresh_live()
+    trace = tmp_path / "trace"
+    killed = replace_case.restore(env=dict(replace_case.env, SEEDVAULT_FAULT_KILL_AT=phase,
+                                           SEEDVAULT_FAULT_TRACE=str(trace)))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert trace.read_text().split()[-1] == phase
+    assert replace_case.live_state() == expected
+    if expected == "new":
+        assert list(replace_case.safety_copies().values()) == ["original"]
+        assert not replace_case.leftovers()
+
+    again = replace_case.restore()  # the recovery: run the same restore again
+    assert again.returncode == 0, again.stderr.decode()
+    if expected == "original":
+        assert b"note: dropped kill_live_sv_" in again.stderr and b"unverified" in again.stderr
+    assert replace_case.live_state() == "new"
+    assert not replace_case.leftovers()
+    assert "original" in replace_case.safety_copies().values()
+
+
+def _killed_run(case: ReplaceCase, trace: Path, wait_for: str | None, delay: float) -> tuple[str, int]:
+    """Start a --replace restore, wait for a phase (if any) plus ``delay`` seconds, SIGKILL it; (last phase, rc)."""
+    argv = ["restore", "postgres", case.backup_id, "--target-dsn", _dsn(case.pg_server, LIVE), "--replace"]
+    trace.unlink(missing_ok=True)
+    env = dict(case.env, SEEDVAULT_FAULT_TRACE=str(trace))
+    proc = subprocess.Popen(CLI + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while wait_for and proc.poll() is None and time.monotonic() < deadline:
+        if trace.exists() and wait_for in trace.read_text():
+            break
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    return (trace.read_text().split() or ["(none)"])[-1] if trace.exists() else "(none)", proc.returncode
+
+
+def _calibrate(case: ReplaceCase, trace: Path) -> tuple[float, float]:
+    """Seconds from start to pg-restore-db-created, and from there to the end, of one unkilled run."""
+    case.fresh_live()
+    env = dict(case.env, SEEDVAULT_FAULT_TRACE=str(trace))
+    argv = ["restore", "postgres", case.backup_id, "--target-dsn", _dsn(case.pg_server, LIVE), "--replace"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(CLI + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    created = None
+    while proc.poll() is None:
+        if created is None and trace.exists() and "pg-restore-db-created" in trace.read_text():
+            created = time.monotonic()
+        time.sleep(0.005)
+    end = time.monotonic()
+    assert proc.returncode == 0 and case.live_state() == "new"
+    created = created or end
+    return created - t0, end - created
+
+
+def test_replace_killed_at_random_moments(replace_case, tmp_path):
+    """kill -9 at random moments (fixed seed) of successive runs: never neither; the next full run recovers.
+
+    Leftovers are not cleaned between kills: each run must cope with what the previous kill left.
+    """
+    before_create, restore_window = _calibrate(replace_case, tmp_path / "calibrate")
+    rng = random.Random(20261201)
+    replace_case.fresh_live()
+    state = "original"
+    outcomes = []
+    plan = [(None, rng.uniform(0, before_create))] + [
+        ("pg-restore-db-created", rng.uniform(0, restore_window)) for _ in range(5)
+    ]
+    for i, (wait_for, delay) in enumerate(plan):
+        reached, rc = _killed_run(replace_case, tmp_path / f"trace{i}", wait_for, delay)
+        previous, state = state, replace_case.live_state()  # asserts: something valid is under the live name
+        outcomes.append((wait_for, round(delay, 2), reached, rc, state))
+        if rc == 0 or reached == "pg-restore-in-place":
+            assert state == "new", outcomes
+        elif reached in ("(none)", "pg-restore-db-created", "pg-restore-streaming", "pg-restore-loaded"):
+            assert state == previous, outcomes
+        if state == "new":
+            replace_case.fresh_live(keep_leftovers=True)
+            state = "original"
+    done = replace_case.restore()
+    assert done.returncode == 0, (outcomes, done.stderr.decode())
+    assert replace_case.live_state() == "new" and not replace_case.leftovers()
+    assert len({o[2] for o in outcomes}) >= 3, f"kills should land in different phases: {outcomes}"
+
+
+def test_leftovers_under_the_temporary_name(replace_case):
+    """An empty database under the temporary name (kill during CREATE DATABASE) is cleared; anything else is not."""
+    from seedvault.ops.postgres_restore import work_name
+
+    work = work_name(LIVE, replace_case.backup_id)
+    replace_case.fresh_live()
+    replace_case.pg_server.create_database(work)  # what a kill while CREATE DATABASE ran leaves: empty, unmarked
+    res = replace_case.restore()
+    assert res.returncode == 0 and f"note: dropped {work}, an empty database".encode() in res.stderr
+    assert replace_case.live_state() == "new"
+
+    replace_case.fresh_live()
+    replace_case.pg_server.create_database(work)
+    with replace_case.pg_server.connect(work) as conn:
+        conn.execute("CREATE TABLE somebody_elses (id int)")
+    before = database_names(replace_case.pg_server)
+    res = replace_case.restore()
+    line = _one_error_line(res)
+    assert res.returncode == TargetError.exit_code and work in line and "not an unfinished seedvault restore" in line
+    assert database_names(replace_case.pg_server) == before and replace_case.live_state() == "original"
+    with replace_case.pg_server.connect(work) as conn:
+        assert conn.execute("SELECT to_regclass('somebody_elses') IS NOT NULL").fetchone()[0]
+
+
+def test_concurrent_restore_of_the_same_target_is_refused(replace_case):
+    """While one restore holds the target, another exits with LockHeld and changes nothing."""
+    from seedvault.errors import LockHeld
+
+    replace_case.fresh_live()
+    before = database_names(replace_case.pg_server)
+    with replace_case.pg_server.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"seedvault restore {LIVE}",))
+        res = replace_case.restore()
+    line = _one_error_line(res)
+    assert res.returncode == LockHeld.exit_code and "another seedvault restore into kill_live" in line
+    assert database_names(replace_case.pg_server) == before and replace_case.live_state() == "original"
+
+
+def test_new_database_restore_killed_leaves_nothing_under_the_name(replace_case, tmp_path):
+    """Without --replace a killed restore never leaves a half-restored database under the target name."""
+    target = f"{LIVE}_fresh"
+    drop_databases(replace_case.pg_server, LIVE)
+    env = dict(replace_case.env, SEEDVAULT_FAULT_KILL_AT="pg-restore-streaming",
+               SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace"))
+    killed = _restore(env, replace_case.pg_server, replace_case.backup_id, target)
+    assert killed.returncode == -signal.SIGKILL
+    names = database_names(replace_case.pg_server)
+    assert target not in names and any(n.startswith(f"{target}_sv_") for n in names)
+    again = _restore(replace_case.env, replace_case.pg_server, replace_case.backup_id, target)
+    assert again.returncode == 0 and b"unverified restore left by an interrupted run" in again.stderr
+    assert content_hashes(replace_case.pg_server, target) == replace_case.new
+    assert not [n for n in database_names(replace_case.pg_server) if n.startswith(f"{target}_sv_")]
