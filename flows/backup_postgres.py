@@ -4,7 +4,7 @@ Shape of a run::
 
     backup-postgres                      flow: blocks by name, preflight, retries the stream, verify, artifact
     ├── preflight                        task: key, repository, database, client tools (retried only if transient)
-    ├── stream-postgres-backup           subflow, retries=stream_retries: ONE complete attempt
+    ├── stream-postgres-backup           subflow, retried (``retries``) as a whole: ONE complete attempt
     │   ├── read / compress / encrypt / upload  [dump]     tasks submitted together, joined by pipes, retries=0
     │   └── read / compress / encrypt / upload  [globals]
     └── verify-backup                    task with its own retry policy (reads a committed backup)
@@ -79,8 +79,8 @@ def backup_postgres_flow(
     with_globals: bool = True,
     estimate_above: int | None = None,
     verify: bool = True,
-    stream_retries: int = 2,
-    stream_retry_delay_seconds: float = 30,
+    retries: int = 2,
+    retry_delay_seconds: float = 30,
     notify_block: str | None = None,
 ) -> dict[str, Any]:
     """Back up ``database`` (default: the target block's) into the repository; returns the summary.
@@ -95,8 +95,9 @@ def backup_postgres_flow(
         with_globals: also store roles and tablespaces (pg_dumpall --globals-only).
         estimate_above: record planner estimates instead of exact counts above this many rows.
         verify: read the whole backup back after writing it.
-        stream_retries: how often a failed stream is restarted from scratch.
-        stream_retry_delay_seconds: pause before such a restart.
+        retries: how often a transient failure is retried: the preflight (database or storage not
+            reachable) and the whole stream (restarted from scratch with a new dump).
+        retry_delay_seconds: pause before each such retry.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
             (default: ``SEEDVAULT_NOTIFY_BLOCK``).
     """
@@ -104,10 +105,9 @@ def backup_postgres_flow(
     pg = PostgresTarget.load(target).pg_target(database)
     try:
         repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
-        preflight(quote(repo), quote(pg), backup=True)
-        stream = stream_postgres_backup.with_options(
-            retries=stream_retries, retry_delay_seconds=stream_retry_delay_seconds
-        )
+        policy = {"retries": retries, "retry_delay_seconds": retry_delay_seconds}
+        preflight.with_options(**policy)(quote(repo), quote(pg), backup=True)
+        stream = stream_postgres_backup.with_options(**policy)
         summary = stream(repository, key, target, database, label, checksums, with_globals, estimate_above)
         if verify:
             summary["verify"] = verify_backup_task(quote(repo), summary["id"])

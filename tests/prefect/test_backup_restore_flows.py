@@ -14,7 +14,7 @@ STAGES = {"read", "compress", "encrypt", "upload"}
 
 
 def test_backup_flow_streams_as_tasks_verifies_and_publishes_artifact(saved_blocks, source_db):
-    state = backup_postgres_flow(**saved_blocks.params(), stream_retry_delay_seconds=0, return_state=True)
+    state = backup_postgres_flow(**saved_blocks.params(), retry_delay_seconds=0, return_state=True)
     summary = state.result()
     assert summary["attempt"] == 1 and summary["database"] == source_db.name
     assert summary["table_rows"]["public.orders"] == source_db.counts["orders"]

@@ -106,7 +106,7 @@ def test_faults_are_retried_and_restore_matches_fault_free_backup(
     killer.start()
     try:
         params = {**saved_blocks.params(), "repository": repo_name}
-        state = backup_postgres_flow(**params, stream_retry_delay_seconds=0, return_state=True)
+        state = backup_postgres_flow(**params, retry_delay_seconds=0, return_state=True)
     finally:
         killer.stop.set()
         killer.join(10)

@@ -1,0 +1,131 @@
+"""Failed runs: the operator-readable reason is raised, the on_failure hook notifies, the automation fires.
+
+Notifications go to a real local HTTP receiver through saved ``CustomWebhookNotificationBlock`` documents;
+the automation runs in the harness server's own services. Nothing secret may appear in what is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from flows.backup_postgres import backup_postgres_flow
+from flows.failures import create_failure_automation
+from flows.restore_postgres import restore_postgres_flow
+from seedvault import process
+from seedvault.errors import ConfigError, DatabaseUnreachable
+from tests.prefect.api import as_fields, child_flow_runs, latest_table, task_runs
+
+
+class Receiver:
+    """Collects the JSON bodies POSTed to it, by path."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, list[dict]] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.bodies.setdefault(self.path, []).append(json.loads(data))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, path: str, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.bodies.get(path):
+                return self.bodies[path]
+            time.sleep(0.1)
+        raise AssertionError(f"nothing was POSTed to {path} within {timeout:.0f} s")
+
+
+@pytest.fixture
+def receiver(prefect_harness) -> Iterator[Receiver]:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    rec = Receiver()
+    for name in ("hook", "automation"):
+        CustomWebhookNotificationBlock(
+            name=name, url=f"{rec.url}/{name}", json_data={"text": "{{subject}} | {{body}}"}
+        ).save(f"sv-{name}", overwrite=True)
+    try:
+        yield rec
+    finally:
+        rec.server.shutdown()
+
+
+def _assert_clean(text: str, saved_blocks, pg_server) -> None:
+    for secret in (saved_blocks.raw_key, pg_server.password):
+        assert not any(form in text for form in process.secret_forms(secret))
+
+
+def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_blocks, pg_server, receiver):
+    automation = create_failure_automation("custom-webhook/sv-automation")
+    try:
+        time.sleep(2)  # let the harness's trigger service load the new automation
+        with pytest.raises(DatabaseUnreachable) as info:
+            backup_postgres_flow(
+                **saved_blocks.params(),
+                database="no_such_database",
+                retries=1,
+                retry_delay_seconds=0,
+                notify_block="custom-webhook/sv-hook",
+                return_state=False,
+            )
+        reason = str(info.value)
+        assert reason.startswith("cannot connect to PostgreSQL postgres@127.0.0.1:")
+        assert 'database "no_such_database" does not exist' in reason and "\n" not in reason
+
+        (hook,) = receiver.wait("/hook")
+        assert hook["text"].startswith("seedvault: backup-postgres failed | backup-postgres run ")
+        assert reason in hook["text"]
+        (auto,) = receiver.wait("/automation")
+        assert "backup-postgres" in auto["text"] and "Failed" in auto["text"] and reason in auto["text"]
+        _assert_clean(json.dumps(receiver.bodies), saved_blocks, pg_server)
+
+        # The preflight was retried (a database may be restarting), the stream never started.
+        fields = as_fields(latest_table("seedvault-backup-no-such-database")[0])
+        assert fields == {"status": "failed", "database": "no_such_database", "reason": reason}
+    finally:
+        automation.delete()
+
+
+def test_flow_run_records_the_preflight_retry_and_no_stream(saved_blocks, pg_server):
+    state = backup_postgres_flow(
+        **saved_blocks.params(), database="no_such_database", retries=1, retry_delay_seconds=0, return_state=True
+    )
+    assert state.is_failed() and "DatabaseUnreachable: cannot connect to PostgreSQL" in state.message
+    run_id = state.state_details.flow_run_id
+    (preflight,) = [t for t in task_runs(run_id) if t.name.startswith("preflight")]
+    assert preflight.run_count == 2
+    assert child_flow_runs(run_id) == []
+
+
+def test_permanent_failure_is_not_retried_and_names_the_fix(saved_blocks, tmp_path, scratch_db):
+    from blocks import SeedvaultRepository
+
+    (tmp_path / "empty").mkdir()
+    SeedvaultRepository(local_path=str(tmp_path / "empty")).save("empty-repo", overwrite=True)
+    state = restore_postgres_flow(
+        **{**saved_blocks.params(), "repository": "empty-repo"}, database=scratch_db, return_state=True
+    )
+    with pytest.raises(ConfigError) as info:
+        state.result()
+    hint = "(HINT: check SEEDVAULT_REPOSITORY, or run 'seedvault init')"
+    assert str(info.value).startswith("no seedvault repository at ") and str(info.value).endswith(hint)
+    (preflight,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name.startswith("preflight")]
+    assert preflight.run_count == 1, "a configuration error is not worth a retry"
