@@ -1,1 +1,1 @@
-"""Prefect layer: thin over the seedvault engine (filled by later issues)."""
+"""Scheduled seedvault deployments: nightly full backup, monthly DR drill (see ``definitions`` and prefect.yaml)."""

@@ -1,0 +1,55 @@
+"""Register and serve the scheduled deployments: ``python -m deployments.serve --repository R --key K --target T``.
+
+``serve`` needs no work pool: this process polls the Prefect API and runs the flows when due. On SIGTERM it
+pauses its deployments' schedules (Prefect's default), so stopping it stops the schedules visibly.
+``--register-only`` creates or updates the deployments and exits (for tests, or to inspect them in the UI);
+``--automation`` also creates the server-side failure automation for ``--notify-block``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from deployments.definitions import build
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--repository", required=True, help="name of the SeedvaultRepository block")
+    p.add_argument("--key", required=True, help="name of the SeedvaultEncryptionKey block")
+    p.add_argument("--target", required=True, help="name of the PostgresTarget block of the source server")
+    p.add_argument("--database", help="database to back up (default: the target block's)")
+    p.add_argument("--drill-target", help="PostgresTarget block of the server to drill on (default: --target)")
+    p.add_argument("--notify-block", help="<block-type-slug>/<name> of a notification block for failures")
+    p.add_argument("--automation", action="store_true", help="create the failure automation for --notify-block")
+    p.add_argument("--register-only", action="store_true", help="create/update the deployments, do not serve")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[object]:
+    args = parse_args(argv)
+    deployments = build(
+        args.repository,
+        args.key,
+        args.target,
+        database=args.database,
+        drill_target=args.drill_target,
+        notify_block=args.notify_block,
+    )
+    if args.automation:
+        if not args.notify_block:
+            raise SystemExit("--automation needs --notify-block")
+        from flows.failures import create_failure_automation
+
+        create_failure_automation(args.notify_block)
+    if args.register_only:
+        return [d.apply() for d in deployments]
+    from prefect import serve
+
+    serve(*deployments)
+    return []
+
+
+if __name__ == "__main__":
+    main()
