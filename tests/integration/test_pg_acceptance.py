@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -25,7 +26,15 @@ import pytest
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from seedvault.errors import TargetError
+from seedvault.errors import (
+    AuthenticationFailed,
+    BackupNotFound,
+    ConfigError,
+    DatabaseUnreachable,
+    TargetError,
+    ToolMissing,
+    WrongKey,
+)
 from seedvault.sources.postgres.binaries import find_client_binaries
 from seedvault.sources.postgres.sample import load_sample
 from tests.fixtures.repo import new_key_file
@@ -341,7 +350,7 @@ def _check_objects_work(pg_server, original: str, copy: str) -> None:
 
 
 # --- 2. inserts during the backup --------------------------------------------------------------------------
-HOT_ROWS = 200_000
+HOT_ROWS = 100_000
 
 
 @dataclass
@@ -463,6 +472,14 @@ class ReplaceCase:
     def leftovers(self) -> set[str]:
         return {n for n in database_names(self.pg_server) if n.startswith(f"{LIVE}_sv_")}
 
+    def marker(self, name: str) -> dict:
+        """seedvault's mark on a temporary database (its comment), which lets the next run drop it."""
+        with self.pg_server.connect() as conn:
+            comment = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                                   (name,)).fetchone()[0]
+        assert comment and comment.startswith("seedvault restore "), comment
+        return json.loads(comment[len("seedvault restore "):])
+
     def safety_copies(self) -> dict[str, str]:
         names = sorted(n for n in database_names(self.pg_server) if n.startswith(f"{LIVE}_before_"))
         return {n: ("original" if content_hashes(self.pg_server, n) == self.original else "other") for n in names}
@@ -477,9 +494,9 @@ def replace_case(pg_server, tmp_path_factory) -> Iterator[ReplaceCase]:
     pg_server.create_database(src)
     try:
         with pg_server.connect(src) as conn:
-            load_sample(conn, customers=200, orders=2000, readings=20000)
+            load_sample(conn, customers=100, orders=1000, readings=8000)
         # Small chunks, so pg_restore is demonstrably mid-stream at pg-restore-streaming.
-        backup_id = _backup(dict(env, SEEDVAULT_CHUNK_SIZE=str(16 << 10)), pg_server, src, "--checksums",
+        backup_id = _backup(dict(env, SEEDVAULT_CHUNK_SIZE=str(4 << 10)), pg_server, src, "--checksums",
                             "--no-globals")["id"]
         new = content_hashes(pg_server, src)
         with pg_server.connect() as conn:
@@ -515,6 +532,12 @@ def _one_error_line(res: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+# Every kill before the swap's COMMIT leaves the same thing for the next run: a temporary database still marked
+# "restoring". The full recovery run is repeated for three representative phases (half-loaded data, inside
+# the swap transaction, after it).
+RECOVERY_RUN_AFTER = {"pg-restore-streaming", "pg-swap-live-moved", "pg-restore-in-place"}
+
+
 @pytest.mark.parametrize(("phase", "expected"), KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
 def test_replace_killed_at_each_phase(replace_case, tmp_path, phase, expected):
     """kill -9 at every named point leaves the original or the verified new database, and the next run finishes."""
@@ -528,6 +551,12 @@ def test_replace_killed_at_each_phase(replace_case, tmp_path, phase, expected):
     if expected == "new":
         assert list(replace_case.safety_copies().values()) == ["original"]
         assert not replace_case.leftovers()
+    else:
+        (leftover,) = replace_case.leftovers()
+        marker = replace_case.marker(leftover)
+        assert marker == {"state": "restoring", "backup": replace_case.backup_id, "into": LIVE}
+    if phase not in RECOVERY_RUN_AFTER:
+        return
 
     again = replace_case.restore()  # the recovery: run the same restore again
     assert again.returncode == 0, again.stderr.decode()
@@ -583,8 +612,9 @@ def test_replace_killed_at_random_moments(replace_case, tmp_path):
     replace_case.fresh_live()
     state = "original"
     outcomes = []
+    kills = 4  # after pg-restore-db-created, one in each quarter of the rest of the run
     plan = [(None, rng.uniform(0, before_create))] + [
-        ("pg-restore-db-created", rng.uniform(0, restore_window)) for _ in range(5)
+        ("pg-restore-db-created", restore_window * (i + rng.random()) / kills) for i in range(kills)
     ]
     for i, (wait_for, delay) in enumerate(plan):
         reached, rc = _killed_run(replace_case, tmp_path / f"trace{i}", wait_for, delay)
@@ -614,7 +644,6 @@ def test_leftovers_under_the_temporary_name(replace_case):
     assert res.returncode == 0 and f"note: dropped {work}, an empty database".encode() in res.stderr
     assert replace_case.live_state() == "new"
 
-    replace_case.fresh_live()
     replace_case.pg_server.create_database(work)
     with replace_case.pg_server.connect(work) as conn:
         conn.execute("CREATE TABLE somebody_elses (id int)")
@@ -622,7 +651,7 @@ def test_leftovers_under_the_temporary_name(replace_case):
     res = replace_case.restore()
     line = _one_error_line(res)
     assert res.returncode == TargetError.exit_code and work in line and "not an unfinished seedvault restore" in line
-    assert database_names(replace_case.pg_server) == before and replace_case.live_state() == "original"
+    assert database_names(replace_case.pg_server) == before and replace_case.live_state() == "new"
     with replace_case.pg_server.connect(work) as conn:
         assert conn.execute("SELECT to_regclass('somebody_elses') IS NOT NULL").fetchone()[0]
 
@@ -655,3 +684,166 @@ def test_new_database_restore_killed_leaves_nothing_under_the_name(replace_case,
     assert again.returncode == 0 and b"unverified restore left by an interrupted run" in again.stderr
     assert content_hashes(replace_case.pg_server, target) == replace_case.new
     assert not [n for n in database_names(replace_case.pg_server) if n.startswith(f"{target}_sv_")]
+
+
+# --- 4. bad input: one clear line, a stable exit code, nothing changed in the target -------------------------
+SOURCE = "bad_src"
+NEW_TARGET = "bad_new"
+
+
+@dataclass
+class BadInputCase:
+    pg_server: object
+    root: Path
+    key: Path
+    env: dict[str, str]
+    backup_id: str
+    content: dict[str, str]
+
+    def repository(self, root: Path | None = None):
+        from seedvault.crypto.keys import KeySource
+        from seedvault.repository import Repository
+        from seedvault.storage.local import LocalStorage
+
+        return Repository(LocalStorage(root or self.root), KeySource("raw", origin="test key", path=self.key))
+
+    def listed(self) -> list[str]:
+        return [b["id"] for b in json.loads(run_cli(["list", "--json"], self.env, check=True).stdout)]
+
+    def corrupted_copy(self, tmp_path: Path) -> dict[str, str]:
+        """A copy of the repository whose dump object has one flipped bit deep inside; env pointing at it."""
+        from seedvault.format import layout
+
+        copy = tmp_path / "corrupted-repo"
+        shutil.copytree(self.root, copy)
+        obj = copy / layout.data_key(self.backup_id, "dump")
+        blob = bytearray(obj.read_bytes())
+        blob[len(blob) * 3 // 4] ^= 0x10  # late: pg_restore has been loading for a while
+        obj.write_bytes(bytes(blob))
+        return dict(self.env, SEEDVAULT_REPOSITORY=f"file://{copy}")
+
+
+@pytest.fixture(scope="module")
+def bad_case(pg_server, tmp_path_factory) -> Iterator[BadInputCase]:
+    base = tmp_path_factory.mktemp("bad-input")
+    key = new_key_file(base)
+    root = base / "repo"
+    env = base_env(SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_KEY_FILE=str(key), **pg_server.env())
+    pg_server.create_database(SOURCE)
+    try:
+        with pg_server.connect(SOURCE) as conn:
+            load_sample(conn, customers=50, orders=300, readings=20000)
+        backup_id = _backup(dict(env, SEEDVAULT_CHUNK_SIZE=str(4 << 10)), pg_server, SOURCE, "--no-globals")["id"]
+        yield BadInputCase(pg_server, root, key, env, backup_id, content_hashes(pg_server, SOURCE))
+    finally:
+        drop_databases(pg_server, SOURCE)
+        drop_databases(pg_server, NEW_TARGET)
+
+
+def _assert_refused(case: BadInputCase, before: set[str], res: subprocess.CompletedProcess, code: int,
+                    fragment: str) -> None:
+    """One line on stderr, nothing on stdout, the catalogued exit code, and the server exactly as it was."""
+    line = _one_error_line(res)
+    assert res.returncode == code, line
+    assert fragment in line, line
+    assert res.stdout == b"", res.stdout
+    assert case.pg_server.password not in line
+    assert database_names(case.pg_server) == before
+    assert content_hashes(case.pg_server, SOURCE) == case.content
+
+
+def _fake_tools(directory: Path, version: str, real: Path | None = None) -> Path:
+    """Client tools answering ``--version`` with ``version``; with ``real``, otherwise exec the real tool."""
+    from seedvault.sources.postgres.binaries import CLIENT_TOOLS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for tool in CLIENT_TOOLS:
+        rest = f'exec "{real / tool}" "$@"' if real else "echo fake >&2; exit 1"
+        script = directory / tool
+        script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{tool} (PostgreSQL) {version}"; exit 0; fi\n'
+                          f"{rest}\n")
+        script.chmod(0o755)
+    return directory
+
+
+BAD_RESTORES = {
+    # name: (target database, --replace?, expected exit code, fragment of the message)
+    "wrong-key": (SOURCE, True, WrongKey.exit_code, "key"),
+    "corrupted-dump-new-database": (NEW_TARGET, False, AuthenticationFailed.exit_code, "authentication"),
+    "corrupted-dump-replace": (SOURCE, True, AuthenticationFailed.exit_code, "authentication"),
+    "missing-backup-id": (NEW_TARGET, False, BackupNotFound.exit_code, "20991231T235959Z-abcdef"),
+    "unreachable-server": (NEW_TARGET, False, DatabaseUnreachable.exit_code, "127.0.0.1:1"),
+    "password-in-dsn": (NEW_TARGET, False, ConfigError.exit_code, "password"),
+    "old-client-tools": (SOURCE, True, ToolMissing.exit_code, "does not fit"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RESTORES))
+def test_bad_restore_input_is_one_clear_line(bad_case, tmp_path, name):
+    target, replace, code, fragment = BAD_RESTORES[name]
+    env, backup_id = dict(bad_case.env), bad_case.backup_id
+    dsn = _dsn(bad_case.pg_server, target)
+    if name == "wrong-key":
+        env["SEEDVAULT_KEY_FILE"] = str(new_key_file(tmp_path, "other.key"))
+    elif name.startswith("corrupted-dump"):
+        env = dict(bad_case.corrupted_copy(tmp_path), SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace"))
+    elif name == "missing-backup-id":
+        backup_id = "20991231T235959Z-abcdef"
+    elif name == "unreachable-server":
+        dsn = f"postgresql://postgres@127.0.0.1:1/{target}"
+    elif name == "password-in-dsn":
+        dsn = f"postgresql://postgres:{bad_case.pg_server.password}@127.0.0.1:{bad_case.pg_server.port}/{target}"
+    elif name == "old-client-tools":
+        env["PG_BIN"] = str(_fake_tools(tmp_path / "bin", f"{bad_case.pg_server.major - 1}.2"))
+    before = database_names(bad_case.pg_server)
+    argv = ["restore", "postgres", backup_id, "--target-dsn", dsn] + (["--replace"] if replace else [])
+    _assert_refused(bad_case, before, run_cli(argv, env), code, fragment)
+    if name.startswith("corrupted-dump"):
+        reached = (tmp_path / "trace").read_text().split()
+        assert "pg-restore-streaming" in reached and "pg-restore-loaded" not in reached, "failed mid-pg_restore"
+
+
+def test_backup_with_unfit_pg_dump_is_refused(bad_case, tmp_path):
+    """A pg_dump older than the server: refused before anything is written; the repository is unchanged."""
+    listed = bad_case.listed()
+    before = database_names(bad_case.pg_server)
+    env = dict(bad_case.env, PG_BIN=str(_fake_tools(tmp_path / "bin", f"{bad_case.pg_server.major - 1}.2")))
+    res = run_cli(["backup", "postgres", "--dsn", _dsn(bad_case.pg_server, SOURCE)], env)
+    _assert_refused(bad_case, before, res, ToolMissing.exit_code, "does not fit")
+    assert bad_case.listed() == listed
+
+
+def test_backup_from_a_newer_pg_dump_is_refused_by_an_older_pg_restore(bad_case, tmp_path):
+    """The manifest records pg_dump's version; an older pg_restore refuses up front instead of failing half-way."""
+    real = find_client_binaries(bad_case.pg_server.major).bindir
+    newer = f"{bad_case.pg_server.major + 1}.0"
+    wrapped = dict(bad_case.env, PG_BIN=str(_fake_tools(tmp_path / "newer", newer, real)))
+    summary = _backup(wrapped, bad_case.pg_server, SOURCE, "--no-globals")
+    assert _manifest(bad_case.env, summary["id"])["source"]["tools"]["pg_dump"] == newer
+    before = database_names(bad_case.pg_server)
+    for target, extra in ((NEW_TARGET, []), (SOURCE, ["--replace"])):
+        res = _restore(bad_case.env, bad_case.pg_server, summary["id"], target, *extra)
+        _assert_refused(bad_case, before, res, ToolMissing.exit_code, f"made by pg_dump {newer.split('.')[0]}")
+
+
+def test_target_lacking_timescaledb_is_refused(bad_case, pg_server, monkeypatch):
+    """A genuine backup whose manifest lists timescaledb (built in-process: manifests cannot be forged)."""
+    from seedvault.config import Settings
+    from seedvault.ops.postgres_backup import backup_postgres
+    from seedvault.sources.postgres import inspect as pg_inspect
+    from seedvault.sources.postgres.connection import PgTarget
+    from seedvault.sources.postgres.logical import LogicalOptions
+
+    hypertables = [{"schema": "telemetry", "table": "readings", "chunks": 4}]
+    monkeypatch.setattr(pg_inspect, "timescale_facts", lambda cur, ext: {"version": "2.99.1",
+                                                                          "hypertables": hypertables})
+    for k, v in pg_server.env().items():
+        monkeypatch.setenv(k, v)
+    report = backup_postgres(bad_case.repository(), Settings(), PgTarget.from_dsn(_dsn(pg_server, SOURCE)),
+                             LogicalOptions(with_globals=False))
+    backup_id = report.body["id"]
+    assert _manifest(bad_case.env, backup_id)["source"]["timescaledb"]["version"] == "2.99.1"
+    before = database_names(pg_server)
+    for target, extra in ((NEW_TARGET, []), (SOURCE, ["--replace"])):
+        res = _restore(bad_case.env, pg_server, backup_id, target, *extra)
+        _assert_refused(bad_case, before, res, TargetError.exit_code, "timescaledb extension version 2.99.1")
