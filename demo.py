@@ -1,57 +1,175 @@
-"""The seedvault demo: protect and restore data through a local repository, on embedded defaults.
+"""The seedvault demo: back up a PostgreSQL database with the ``backup-postgres`` Prefect flow and restore it.
 
-Run with ``python demo.py`` (after ``pip install -e '.[test]'``). Everything happens in a temporary
-directory that is removed at the end; nothing outside it is touched.
+Run ``python3 demo.py`` after ``python3 -m pip install -e ".[test]"``. It needs no running Prefect server and
+no system PostgreSQL:
+
+1. starts a throwaway PostgreSQL server (the machine's PostgreSQL if installed, else the pgserver wheel's;
+   run as an unprivileged user, since PostgreSQL refuses root) under ``/var/tmp/seedvault-demo-*``;
+2. loads sample data: customers -> orders -> order_items and a ``telemetry.readings`` time series;
+3. generates a master key and saves the three seedvault blocks (repository, key, PostgreSQL target with
+   its password as a secret) on a temporary Prefect server (ephemeral mode, its own ``PREFECT_HOME``);
+4. runs the ``backup-postgres`` flow (dump, compress, encrypt and upload as concurrent tasks; verify;
+   artifact) into a local repository, then ``restore-postgres`` into a new database, which verifies every
+   table's row count and content checksum;
+5. prints the counts and the backup's artifact, then removes everything (the server is stopped even when a
+   step fails).
 """
 
 from __future__ import annotations
 
-import hashlib
+import atexit
+import json
 import os
-import subprocess
+import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "seedvault.cli.app"]
+DATABASE = "shop"
+RESTORED = "shop_restored"
 
 
-def sh(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
-    print("$ seedvault " + " ".join(args), flush=True)
-    proc = subprocess.run(CLI + args, env=env, **kw)
-    if proc.returncode != 0:
-        sys.exit(f"demo failed at: seedvault {' '.join(args)} (exit {proc.returncode})")
-    return proc
+def isolate_prefect() -> Path:
+    """Ephemeral Prefect in a temporary home: no server, profile or database of the user's is touched."""
+    home = Path(tempfile.mkdtemp(prefix="seedvault-demo-prefect-"))
+    # Registered before Prefect is imported, so it runs after Prefect's own exit hook stopped the server.
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    for name in [k for k in os.environ if k.startswith("PREFECT_")]:
+        del os.environ[name]
+    os.environ.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    )
+    return home
+
+
+def server_binaries():
+    """PG_BIN if set; else the newest system PostgreSQL; else the pgserver wheel (as the test fixture does)."""
+    from seedvault.errors import SeedvaultError
+    from seedvault.sources.postgres.binaries import ORIGIN_PGSERVER, find_server_binaries, system_majors
+
+    if os.environ.get("PG_BIN", "").strip():
+        return find_server_binaries()
+    for major in sorted(system_majors(), reverse=True):
+        try:
+            binaries = find_server_binaries(major)
+        except SeedvaultError:
+            continue
+        if binaries.origin != ORIGIN_PGSERVER:
+            return binaries
+    return find_server_binaries()
+
+
+def start_cluster(base: Path, password: str):
+    from seedvault.sources.postgres.cluster import LocalCluster
+
+    binaries = server_binaries()
+    print(f"* PostgreSQL {binaries.major} from {binaries.origin} ({binaries.bindir})", flush=True)
+    (base / "pg").mkdir(mode=0o755)
+    cluster = LocalCluster(base / "pg" / "data", binaries=binaries)
+    pwfile = base / ".initdb-password"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (password + "\n").encode())
+    finally:
+        os.close(fd)
+    try:
+        cluster.initdb("postgres", password_file=pwfile, extra_conf={"fsync": "off"}, sync=False)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    cluster.start(timeout=60)
+    return cluster
+
+
+def table_counts(cluster, password: str, dbname: str) -> dict[str, int]:
+    with cluster.connect(dbname, password=password, autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('public', 'telemetry') ORDER BY 1"
+        ).fetchall()
+        return {name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for (name,) in names}
+
+
+def print_artifact(key: str) -> None:
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get(key)
+    if artifact is None:
+        raise SystemExit(f"demo failed: no artifact {key}")
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    print(f"\nartifact {key} ({artifact.description}):")
+    width = max(len(str(r["field"])) for r in rows)
+    for row in rows:
+        print(f"  {row['field']:<{width}}  {row['value']}")
+
+
+def run(base: Path, password: str) -> None:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+    from flows.backup_postgres import backup_postgres_flow
+    from flows.restore_postgres import restore_postgres_flow
+    from seedvault.sources.postgres.cluster import HOST
+    from seedvault.sources.postgres.sample import load_sample
+    from tasks.reports import artifact_key
+
+    cluster = start_cluster(base, password)
+    try:
+        with cluster.connect("postgres", password=password, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+        with cluster.connect(DATABASE, password=password) as conn:
+            load_sample(conn)
+        print(f"* sample data loaded into {DATABASE}: {table_counts(cluster, password, DATABASE)}", flush=True)
+
+        print("* saving blocks (the first Prefect call starts a temporary server, ~20 s)", flush=True)
+        SeedvaultRepository(local_path=str(base / "repository")).save("demo-repository", overwrite=True)
+        SeedvaultEncryptionKey.generate().save("demo-key", overwrite=True)
+        PostgresTarget(host=HOST, port=cluster.port, user="postgres", password=password, database=DATABASE).save(
+            "demo-postgres", overwrite=True
+        )
+        blocks = {"repository": "demo-repository", "key": "demo-key", "target": "demo-postgres"}
+
+        # Heartbeats off only to save a second per run here; production keeps them (crash detection).
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            print("* running flow backup-postgres", flush=True)
+            summary = backup_postgres_flow(**blocks)
+            print(f"* running flow restore-postgres into {RESTORED}", flush=True)
+            report = restore_postgres_flow(**blocks, database=RESTORED, backup_id=summary["id"])
+
+        restored = table_counts(cluster, password, RESTORED)
+        print(f"\nbackup {summary['id']}: {summary['raw_size']} bytes raw -> {summary['stored_size']} stored")
+        print(f"{'table':<24} {'backup rows':>12} {'restored rows':>14}")
+        for name, rows in summary["table_rows"].items():
+            print(f"{name:<24} {rows:>12} {restored.get(name, 'missing'):>14}")
+        print(
+            f"verified counts: {report['tables_verified']} tables, {report['rows_verified']} rows, "
+            f"{report['checksums_verified']} content checksums"
+        )
+        if restored != summary["table_rows"] or report["tables_verified"] != len(summary["table_rows"]):
+            raise SystemExit("demo failed: the restored database does not match the backup")
+        print_artifact(artifact_key("seedvault-backup", DATABASE))
+        print("\ndemo ok: backed up by the backup-postgres flow, restored by restore-postgres, every table verified")
+    finally:
+        cluster.destroy()
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="seedvault-demo-") as tmp:
-        work = Path(tmp)
-        env = {
-            **os.environ,
-            "SEEDVAULT_REPOSITORY": f"file://{work / 'repo'}",
-            "SEEDVAULT_KEY_FILE": str(work / "master.key"),
-        }
-        sh(["key", "generate", "-o", str(work / "master.key")], env)
-        data = work / "sample.bin"
-        with open(data, "wb") as fh:  # 64 MiB: half random, half compressible CSV-like rows
-            for i in range(32):
-                fh.write(os.urandom(1 << 20))
-                fh.write((f"{i},sensor-{i % 7},2026-11-25T02:00:00Z,{i * 0.5}\n" * 40000).encode()[: 1 << 20])
-        backup_id = sh(
-            ["put", "--label", "demo-file", "--input", str(data)], env, capture_output=True, text=True
-        ).stdout.strip()
-        print(backup_id)
-        sh(["list"], env)
-        sh(["verify", backup_id], env)
-        restored = work / "restored.bin"
-        sh(["get", backup_id, "-o", str(restored)], env)
-        a = hashlib.sha256(data.read_bytes()).hexdigest()
-        b = hashlib.sha256(restored.read_bytes()).hexdigest()
-        print(f"original sha256 {a}\nrestored sha256 {b}")
-        if a != b:
-            sys.exit("demo failed: restored bytes differ")
-        print("demo ok: backup written, listed, verified and restored byte-identical")
+    isolate_prefect()
+    base = Path(tempfile.mkdtemp(prefix="seedvault-demo-", dir="/var/tmp"))
+    base.chmod(0o755)  # the server runs as an unprivileged user and must traverse it
+    password = "demo-" + secrets.token_urlsafe(18)
+    try:
+        run(base, password)
+    except Exception as exc:
+        from seedvault.errors import SeedvaultError
+
+        reason = exc.one_line() if isinstance(exc, SeedvaultError) else f"{type(exc).__name__}: {exc}"
+        sys.exit(f"demo failed: {reason}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
