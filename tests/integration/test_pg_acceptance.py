@@ -670,6 +670,24 @@ def test_concurrent_restore_of_the_same_target_is_refused(replace_case):
     assert database_names(replace_case.pg_server) == before and replace_case.live_state() == "original"
 
 
+def test_replace_terminates_sessions_of_the_live_database(replace_case):
+    """Open sessions (one idle in a transaction) on the live database do not block the swap; they are ended."""
+    replace_case.fresh_live()
+    app = replace_case.pg_server.connect(LIVE, autocommit=False)
+    idle = replace_case.pg_server.connect(LIVE)
+    try:
+        app.execute("SELECT count(*) FROM customers")  # idle in transaction, holding a lock on a table
+        res = replace_case.restore()
+        assert res.returncode == 0, res.stderr.decode()
+        assert replace_case.live_state() == "new"
+        for conn in (app, idle):
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+    finally:
+        app.close()
+        idle.close()
+
+
 def test_new_database_restore_killed_leaves_nothing_under_the_name(replace_case, tmp_path):
     """Without --replace a killed restore never leaves a half-restored database under the target name."""
     target = f"{LIVE}_fresh"
