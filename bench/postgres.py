@@ -60,7 +60,7 @@ from seedvault.errors import SeedvaultError
 from seedvault.sources.postgres.binaries import PgBinaries, find_client_binaries, find_server_binaries
 from seedvault.sources.postgres.cluster import HOST, LocalCluster
 
-CLI = [sys.executable, "-m", "seedvault.cli.app"]
+CLI = [sys.executable, "-m", "seedvault.cli.app"]  # --seedvault-cmd replaces it (e.g. a patched build)
 DB = "benchdb"
 GOALS = {"backup": 1.3, "restore": 1.1, "rss_mb": 200.0}
 SERVER_CONF = {
@@ -165,6 +165,19 @@ class Timing:
     cpu: float  # user + system seconds of the process tree (PostgreSQL's own backend not included)
     hwm_kb: int = 0  # the process's own VmHWM, sampled
     stdout: str = ""
+    server_cpu: float = 0.0  # user + system seconds of server backends that exited meanwhile
+
+
+_server_pid: list[int] = []  # the postmaster of the server under test: its reaped backends' CPU is ours
+
+
+def _reaped_cpu(pid: int) -> float:
+    """cutime + cstime of a process: the CPU of its children that exited (PostgreSQL backends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kb(pid: int) -> int:
@@ -180,6 +193,7 @@ def _hwm_kb(pid: int) -> int:
 
 def run(argv: list[str], env: dict[str, str], *, what: str, capture: bool = False) -> Timing:
     """Run one command (argv; pipelines via bash -o pipefail); time it and measure its memory."""
+    server0 = _reaped_cpu(_server_pid[0]) if _server_pid else 0.0
     t0 = time.perf_counter()
     out = tempfile.TemporaryFile() if capture else None  # noqa: SIM115 (closed below, after wait4)
     proc = subprocess.Popen(
@@ -215,7 +229,8 @@ def run(argv: list[str], env: dict[str, str], *, what: str, capture: bool = Fals
         out.seek(0)
         text = out.read().decode()
         out.close()
-    return Timing(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm[0], text)
+    server_cpu = _reaped_cpu(_server_pid[0]) - server0 if _server_pid else 0.0
+    return Timing(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm[0], text, server_cpu)
 
 
 def kill_current() -> None:
@@ -363,15 +378,20 @@ def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
         env: dict[str, str] = {}
         for item in spec.split(","):
             key, sep, value = item.partition("=")
-            if not sep or not re.fullmatch(r"[a-z_0-9]+", key.strip()):
+            key = key.strip()
+            if sep and re.fullmatch(r"[a-z_0-9]+", key):
+                env["SEEDVAULT_" + key.upper()] = value.strip()  # a seedvault setting
+            elif sep and re.fullmatch(r"[A-Z_][A-Z_0-9]*", key):
+                env[key] = value.strip()  # passed as is (for a patched --seedvault-cmd)
+            else:
                 raise SystemExit(f"--variant wants KEY=VALUE[,KEY=VALUE] (seedvault setting names), got {spec!r}")
-            env["SEEDVAULT_" + key.strip().upper()] = value.strip()
         variants[f"seedvault backup [{spec}]"] = env
     return variants
 
 
 def bench_major(srv: Server, args: argparse.Namespace, base_env: dict[str, str], work: Path, log: Any) -> dict:
     shape = generate(srv, args.size_mb, log)
+    _server_pid[:] = [srv.cluster.pid() or 0]
     env = srv.env(base_env)
     d = srv.home
     pg_dump, pg_restore = srv.tool("pg_dump"), srv.tool("pg_restore")
@@ -400,6 +420,12 @@ def bench_major(srv: Server, args: argparse.Namespace, base_env: dict[str, str],
     variants = parse_variants(args.variant)
     for name in variants:
         backups[name] = backups["seedvault backup"]
+    if args.quick:
+        for name in ("old: pg_dump -Fc | gzip | openssl cbc", "pg_dump -Z0 | zstd -T0 -3 | openssl ctr"):
+            del backups[name]
+    # Untimed warm-up: the page cache holds the database for every timed run alike, and the generating
+    # backends are reaped before server CPU is first sampled.
+    run(backups["pg_dump -Fc -Z0 > /dev/null"], env, what="warm-up pg_dump")
     samples = Samples()
     summaries: dict[str, list[dict]] = {}
     last_id: dict[str, str] = {}
@@ -421,6 +447,8 @@ def bench_major(srv: Server, args: argparse.Namespace, base_env: dict[str, str],
         if name != "seedvault backup":
             run([*CLI, "delete", last_id.pop(name), "--yes"], {**env, **variants[name]}, what="seedvault delete")
     backup_id = last_id["seedvault backup"]
+    if args.quick:
+        return report(srv, args, shape, samples, summaries, [], {})
 
     # The local uncompressed archive for the restore anchor (not timed).
     archive = d / "dump.Z0"
@@ -476,6 +504,7 @@ def report(
             "median_s": round(samples.median(name), 2),
             "all_s": [round(t.seconds, 2) for t in ts],
             "cpu_s_best_run": round(min(ts, key=lambda t: t.seconds).cpu, 1),
+            "server_cpu_s_best_run": round(min(ts, key=lambda t: t.seconds).server_cpu, 1),
             "peak_rss_tree_mb": round(max(t.maxrss_kb for t in ts) / 1024, 1),
         }
         if name.startswith("seedvault"):
@@ -484,6 +513,7 @@ def report(
         best = min(sums, key=lambda s: s["seconds"]["total"])
         commands[name]["steps_s"] = best["steps"]
         commands[name]["seconds"] = best["seconds"]
+        commands[name]["stored_mb"] = round(best["stored_size"] / 2**20, 1)
     if restore_reports:
         best_r = min(restore_reports, key=lambda s: s["seconds"]["total"])
         commands["seedvault restore"]["seconds"] = {k: round(v, 2) for k, v in best_r["seconds"].items()}
@@ -495,6 +525,19 @@ def report(
             "pg_dump -Z0 | zstd -T0 -3 | openssl ctr",
         ):
             ratios[f"{name} / raw pg_dump"] = round(samples.best(name) / samples.best(raw), 3)
+    goals = {"backup <= 1.3x raw pg_dump": _goal(ratios["seedvault backup / raw pg_dump"], GOALS["backup"])}
+    if args.quick:
+        rss = max(commands[n]["peak_rss_self_mb"] for n in commands if n.startswith("seedvault"))
+        goals["peak RSS <= 200 MB"] = _goal(rss, GOALS["rss_mb"])
+        return {
+            "pg_major": srv.major,
+            **shape,
+            "runs": args.runs,
+            "commands": commands,
+            "ratios": ratios,
+            "goals": goals,
+            "quick": True,
+        }
     ratios["seedvault backup / zstd|openssl anchor"] = round(
         samples.best("seedvault backup") / samples.best("pg_dump -Z0 | zstd -T0 -3 | openssl ctr"), 3
     )
@@ -508,8 +551,7 @@ def report(
             (samples.best("seedvault restore") - verify) / samples.best(plain), 3
         )
     rss = max(commands[n]["peak_rss_self_mb"] for n in commands if n.startswith("seedvault"))
-    goals = {
-        "backup <= 1.3x raw pg_dump": _goal(ratios["seedvault backup / raw pg_dump"], GOALS["backup"]),
+    goals |= {
         "restore <= 1.1x pg_restore": _goal(ratios["seedvault restore / pg_restore"], GOALS["restore"]),
         "peak RSS <= 200 MB": _goal(rss, GOALS["rss_mb"]),
     }
@@ -541,14 +583,18 @@ def print_table(res: dict) -> None:
         extra = f"  rss tree {c['peak_rss_tree_mb']:6.1f} MB"
         if "peak_rss_self_mb" in c:
             extra += f", self {c['peak_rss_self_mb']:6.1f} MB"
-        print(f"  {name:46s} {c['best_s']:8.1f} s [{c['median_s']:7.1f}]  cpu {c['cpu_s_best_run']:6.1f} s{extra}")
+        print(
+            f"  {name:46s} {c['best_s']:8.1f} s [{c['median_s']:7.1f}]  cpu {c['cpu_s_best_run']:6.1f} s"
+            f" + server {c['server_cpu_s_best_run']:5.1f} s{extra}"
+        )
         if "steps_s" in c:
             print(f"  {'':46s} steps {c['steps_s']}  seconds {c['seconds']}")
         elif "seconds" in c:
             print(f"  {'':46s} seconds {c['seconds']}")
     for k, v in res["ratios"].items():
         print(f"  ratio {k:58s} {v:6.2f}")
-    print(f"  stored MB: {res['stored_mb']}")
+    if "stored_mb" in res:
+        print(f"  stored MB: {res['stored_mb']}")
     for k, g in res["goals"].items():
         print(f"  goal {k:30s} {g['value']:8.2f}  {'met' if g['met'] else 'NOT MET'}")
 
@@ -572,8 +618,12 @@ def main() -> None:
     # Disk, not tmpfs: the server runs as an unprivileged user and must traverse it; both sides write there.
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--variant", action="append", default=[], help="extra seedvault backup row, e.g. zstd_threads=2")
+    ap.add_argument("--quick", action="store_true", help="backup only: raw pg_dump and seedvault (+ variants)")
+    ap.add_argument("--seedvault-cmd", help="how to run seedvault (default: this python -m seedvault.cli.app)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.seedvault_cmd:
+        CLI[:] = args.seedvault_cmd.split()
     if args.runs < 1 or args.size_mb < 1:
         raise SystemExit("--runs and --size-mb must be positive")
     parse_variants(args.variant)
