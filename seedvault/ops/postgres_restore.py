@@ -285,14 +285,16 @@ class _Restore:
     # --- database lifecycle ------------------------------------------------------------------------------------
     def create_database(self, admin: psycopg.Connection, name: str) -> None:
         src = self.source
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-                sql.Identifier(name),
-                sql.Literal(src.get("encoding", "UTF8")),
-                sql.Literal(src.get("collate", "C")),
-                sql.Literal(src.get("ctype", "C")),
-            )
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Identifier(name),
+            sql.Literal(src.get("encoding", "UTF8")),
+            sql.Literal(src.get("collate", "C")),
+            sql.Literal(src.get("ctype", "C")),
         )
+        try:
+            admin.execute(statement)
+        except psycopg.Error as exc:
+            raise TargetError(f"cannot create database {name} on {self.target.display()}: {_first_line(exc)}") from None
 
     def timescale_hook(self, dbname: str, phase: str) -> None:
         if not self.timescale:
@@ -368,39 +370,49 @@ def restore_postgres(
             report.notes += _clear_leftovers(admin, target, work)
         if opts.with_globals:
             job.restore_globals()
-        created = False
-        try:
-            if not in_place:
-                job.create_database(admin, work)
-                created = True
-                _mark(admin, work, "restoring", backup_id, final)
-                faults.reached("pg-restore-db-created")
-            t0 = time.perf_counter()
-            job.timescale_hook(work, "pre")
-            job.run_pg_restore(work, listing)
-            job.timescale_hook(work, "post")
-            report.seconds["pg_restore"] = time.perf_counter() - t0
-            faults.reached("pg-restore-loaded")
-            t0 = time.perf_counter()
-            job.verify(work, restored_tables)
-            report.seconds["verify"] = time.perf_counter() - t0
-            if not in_place:
-                faults.reached("pg-restore-verified")
-                if opts.replace:
-                    report.safety_copy = _swap(admin, final, work, _safety_name(admin, final))
-                else:
-                    _move_into_place(admin, work, final)
-                created = False  # the restored database is now the live one
-                faults.reached("pg-restore-in-place")
-        except BaseException:
-            if created:
-                with contextlib.suppress(psycopg.Error):
-                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
-            raise
+        if in_place:
+            _load(job, final, listing, restored_tables)
+        else:
+            _load_and_place(job, admin, work, listing, restored_tables)
     if opts.replace and opts.drop_previous and report.safety_copy:
         report.safety_backup = _drop_safety_copy(repo, target, report.safety_copy, settings)
     report.seconds["total"] = time.perf_counter() - started
     return report
+
+
+def _load(job: _Restore, dbname: str, listing: str | None, tables: set[str] | None) -> None:
+    """pg_restore (inside the TimescaleDB hooks) into ``dbname``, then verify it against the manifest."""
+    t0 = time.perf_counter()
+    job.timescale_hook(dbname, "pre")
+    job.run_pg_restore(dbname, listing)
+    job.timescale_hook(dbname, "post")
+    job.report.seconds["pg_restore"] = time.perf_counter() - t0
+    faults.reached("pg-restore-loaded")
+    t0 = time.perf_counter()
+    job.verify(dbname, tables)
+    job.report.seconds["verify"] = time.perf_counter() - t0
+
+
+def _load_and_place(
+    job: _Restore, admin: psycopg.Connection, work: str, listing: str | None, tables: set[str] | None
+) -> None:
+    """Restore into a marked temporary database, then rename (or swap) it into place; dropped on any failure."""
+    final = job.target.dbname
+    job.create_database(admin, work)
+    try:
+        _mark(admin, work, "restoring", job.backup_id, final)
+        faults.reached("pg-restore-db-created")
+        _load(job, work, listing, tables)
+        faults.reached("pg-restore-verified")
+        if job.opts.replace:
+            job.report.safety_copy = _swap(admin, final, work, _safety_name(admin, final))
+        else:
+            _move_into_place(admin, work, final)
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            _drop(admin, work)
+        raise
+    faults.reached("pg-restore-in-place")
 
 
 def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
