@@ -129,3 +129,21 @@ def test_permanent_failure_is_not_retried_and_names_the_fix(saved_blocks, tmp_pa
     assert str(info.value).startswith("no seedvault repository at ") and str(info.value).endswith(hint)
     (preflight,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name.startswith("preflight")]
     assert preflight.run_count == 1, "a configuration error is not worth a retry"
+
+
+def test_hook_takes_the_block_from_the_environment_and_survives_a_dead_receiver(receiver, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from flows.failures import NOTIFY_ENV, notify_failure
+
+    flow = SimpleNamespace(name="dr-drill")
+    run = SimpleNamespace(name="brave-run", parameters={"notify_block": None})
+    state = SimpleNamespace(name="Crashed", message="Execution was cancelled by the runtime environment.")
+    monkeypatch.setenv(NOTIFY_ENV, "custom-webhook/sv-hook")
+    notify_failure(flow, run, state)
+    (body,) = receiver.wait("/hook")
+    assert body["text"] == f"seedvault: dr-drill crashed | dr-drill run brave-run Crashed: {state.message}"
+    receiver.server.shutdown()
+    receiver.server.server_close()
+    notify_failure(flow, run, state)  # delivery fails: logged by type, never raised over the flow's own failure
+    assert "could not send the failure notification through block custom-webhook/sv-hook" in caplog.text
