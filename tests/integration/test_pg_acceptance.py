@@ -823,13 +823,27 @@ def test_bad_restore_input_is_one_clear_line(bad_case, tmp_path, name):
         assert "pg-restore-streaming" in reached and "pg-restore-loaded" not in reached, "failed mid-pg_restore"
 
 
-def test_backup_with_unfit_pg_dump_is_refused(bad_case, tmp_path):
-    """A pg_dump older than the server: refused before anything is written; the repository is unchanged."""
+BAD_BACKUPS = {
+    "password-in-dsn": (ConfigError.exit_code, "password"),
+    "unreachable-server": (DatabaseUnreachable.exit_code, "127.0.0.1:1"),
+    "unfit-pg-dump": (ToolMissing.exit_code, "does not fit"),  # older than the server
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BACKUPS))
+def test_bad_backup_input_is_one_clear_line(bad_case, tmp_path, name):
+    """Refused before anything is written: one line, nothing on stdout, the repository and server unchanged."""
+    code, fragment = BAD_BACKUPS[name]
+    env, dsn = dict(bad_case.env), _dsn(bad_case.pg_server, SOURCE)
+    if name == "password-in-dsn":
+        dsn = f"postgresql://postgres:{bad_case.pg_server.password}@127.0.0.1:{bad_case.pg_server.port}/{SOURCE}"
+    elif name == "unreachable-server":
+        dsn = f"postgresql://postgres@127.0.0.1:1/{SOURCE}"
+    else:
+        env["PG_BIN"] = str(_fake_tools(tmp_path / "bin", f"{bad_case.pg_server.major - 1}.2"))
     listed = bad_case.listed()
     before = database_names(bad_case.pg_server)
-    env = dict(bad_case.env, PG_BIN=str(_fake_tools(tmp_path / "bin", f"{bad_case.pg_server.major - 1}.2")))
-    res = run_cli(["backup", "postgres", "--dsn", _dsn(bad_case.pg_server, SOURCE)], env)
-    _assert_refused(bad_case, before, res, ToolMissing.exit_code, "does not fit")
+    _assert_refused(bad_case, before, run_cli(["backup", "postgres", "--dsn", dsn], env), code, fragment)
     assert bad_case.listed() == listed
 
 
