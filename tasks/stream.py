@@ -9,6 +9,8 @@ in the UI with its own bytes and seconds. Rules these tasks follow (shared/PREFE
   subflow that calls :func:`run_object_as_tasks` again with a fresh plan (fresh pipes, a fresh dump).
 * ``NO_CACHE`` and :func:`~prefect.utilities.annotations.quote`: pipes, plans and readers are neither hashed
   nor traversed by Prefect, and never recorded as parameters.
+* Readers reach the read task only as task arguments, never as *flow* parameters: Prefect reads from a
+  file-like flow parameter while recording it (seen here: the first 204 bytes of a stream were gone).
 * A stage that fails breaks its pipes both ways, so its neighbours fail instead of blocking; if a stage
   fails *outside* its function (Prefect could not start it), :func:`run_object_as_tasks` breaks every pipe.
 """

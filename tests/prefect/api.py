@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from uuid import UUID
 
@@ -27,11 +28,17 @@ def child_flow_runs(parent_id: UUID) -> list[Any]:
         )
 
 
-def task_runs(flow_run_id: UUID) -> list[Any]:
+def task_runs(flow_run_id: UUID, timeout: float = 15) -> list[Any]:
+    """The flow run's task runs once all are in a final state (their states reach the API asynchronously)."""
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
-        )
+        while True:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+            )
+            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
 
 
 def latest_table(key: str) -> tuple[list[dict[str, Any]], Any]:
@@ -55,13 +62,23 @@ def run_logs(flow_run_ids: list[UUID]) -> list[str]:
     return [log.message for log in logs]
 
 
+def _all(read, page: int = 200) -> list[Any]:
+    out: list[Any] = []
+    while True:
+        batch = read(limit=page, offset=len(out))
+        out += batch
+        if len(batch) < page:
+            return out
+
+
 def everything_stored() -> str:
     """All flow runs (with parameters and state messages), task runs, logs and artifacts, as one text."""
     with get_client(sync_client=True) as client:
-        parts: list[str] = []
-        runs = client.read_flow_runs(limit=200)
-        parts += [json.dumps(r.model_dump(mode="json"), default=str) for r in runs]
-        parts += [json.dumps(t.model_dump(mode="json"), default=str) for t in client.read_task_runs(limit=200)]
-        parts += [log.message for log in client.read_logs(limit=200)]
-        parts += [json.dumps(a.model_dump(mode="json"), default=str) for a in client.read_artifacts(limit=200)]
+        records = [
+            *_all(client.read_flow_runs),
+            *_all(client.read_task_runs),
+            *_all(client.read_artifacts),
+        ]
+        parts = [json.dumps(r.model_dump(mode="json"), default=str) for r in records]
+        parts += [log.message for log in _all(client.read_logs)]
     return "\n".join(parts)
