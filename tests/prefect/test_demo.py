@@ -11,6 +11,20 @@ from pathlib import Path
 DEMO = Path(__file__).parents[2] / "demo.py"
 
 
+def test_demo_falls_back_to_the_pgserver_wheel_without_a_system_postgresql(monkeypatch):
+    import importlib.util
+
+    from seedvault.sources.postgres import binaries
+
+    spec = importlib.util.spec_from_file_location("seedvault_demo", DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.delenv("PG_BIN", raising=False)
+    monkeypatch.setattr(binaries, "system_majors", lambda: [])
+    monkeypatch.setattr(binaries, "_path_dirs", lambda probe: [])
+    assert demo.server_binaries().origin == binaries.ORIGIN_PGSERVER
+
+
 def test_demo_runs_the_flows_and_prints_verified_counts():
     before = set(glob.glob("/var/tmp/seedvault-demo-*"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SEEDVAULT_"))}
