@@ -108,7 +108,16 @@ def backup_postgres_flow(
         policy = {"retries": retries, "retry_delay_seconds": retry_delay_seconds}
         preflight.with_options(**policy)(quote(repo), quote(pg), backup=True)
         stream = stream_postgres_backup.with_options(**policy)
-        summary = stream(repository, key, target, database, label, checksums, with_globals, estimate_above)
+        summary = stream(
+            repository=repository,
+            key=key,
+            target=target,
+            database=database,
+            label=label,
+            checksums=checksums,
+            with_globals=with_globals,
+            estimate_above=estimate_above,
+        )
         if verify:
             summary["verify"] = verify_backup_task(quote(repo), summary["id"])
     except SeedvaultError as exc:

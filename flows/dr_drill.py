@@ -68,8 +68,8 @@ def dr_drill_flow(
         failure = operator_error(exc)
         publish_failure_artifact("dr-drill", source, failure.message)
         raise failure from None
-    age_hours = datetime.now(UTC) - datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    age = round(age_hours.total_seconds() / 3600, 2)
+    made = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    age = round((datetime.now(UTC) - made).total_seconds() / 3600, 2)
     extra = [
         ("backup finished", finished),
         ("backup age h", age),
