@@ -143,6 +143,16 @@ class DatabaseUnreachable(SourceError):
     exit_code = 52
 
 
+class DatabaseRefused(DatabaseUnreachable):
+    """The server answered but refused us for good: wrong password, unknown role or database, no hba entry.
+
+    A subclass of :class:`DatabaseUnreachable` (callers that catch that still do), but with its own code so
+    schedulers do not retry it as if the server were down: retrying a wrong password only delays the alarm.
+    """
+
+    exit_code = 56
+
+
 class ToolMissing(SourceError):
     """A client binary (pg_dump, neo4j-admin, ...) was not found or does not fit the server."""
 

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from seedvault.errors import (
     BackupNotFound,
+    DatabaseRefused,
     DatabaseUnreachable,
     StorageUnreachable,
     TargetError,
@@ -32,7 +33,8 @@ _TRANSIENT = (DatabaseUnreachable, StorageUnreachable, TransientStorageError)
 
 def _transient_only(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
     """Retry a preflight only for what may heal by itself (server restarting, network), not for bad config."""
-    return isinstance(state.result(raise_on_failure=False), _TRANSIENT)
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, DatabaseRefused)
 
 
 @task(

@@ -34,6 +34,7 @@ PINNED = {
     "DatabaseUnreachable": 52,
     "ToolMissing": 53,
     "RestoreVerificationFailed": 54,
+    "DatabaseRefused": 56,
     "LockHeld": 60,
     "Interrupted": 130,
 }

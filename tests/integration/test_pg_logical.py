@@ -8,6 +8,7 @@ import pytest
 
 from seedvault.errors import (
     ConfigError,
+    DatabaseRefused,
     DatabaseUnreachable,
     RestoreVerificationFailed,
     TargetError,
@@ -219,7 +220,7 @@ def test_clear_errors(pg_env, pg_server, sample_db):
     assert res.returncode == DatabaseUnreachable.exit_code and res.stderr.count(b"\n") == 1
     assert run_cli(["list", "--json"], pg_env, check=True).stdout.strip() == b"[]"  # nothing half-written listed
     res = run_cli(["backup", "postgres", "--dsn", _dsn(pg_server, "no_such_db")], pg_env)
-    assert res.returncode == DatabaseUnreachable.exit_code and b"no_such_db" in res.stderr
+    assert res.returncode == DatabaseRefused.exit_code and b"no_such_db" in res.stderr
 
 
 def test_failed_restore_leaves_original_untouched(pg_env, pg_server, sample_db, local_repo):

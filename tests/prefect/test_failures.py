@@ -19,6 +19,7 @@ from flows.failures import create_failure_automation
 from flows.restore_postgres import restore_postgres_flow
 from seedvault import process
 from seedvault.errors import ConfigError, DatabaseUnreachable
+from tests.fixtures.s3 import free_loopback_port
 from tests.prefect.api import as_fields, child_flow_runs, latest_table, task_runs
 
 
@@ -87,7 +88,7 @@ def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_bloc
                 return_state=False,
             )
         reason = str(info.value)
-        assert reason.startswith("cannot connect to PostgreSQL postgres@127.0.0.1:")
+        assert reason.startswith("PostgreSQL postgres@127.0.0.1:") and "refused the connection" in reason
         assert 'database "no_such_database" does not exist' in reason and "\n" not in reason
 
         (hook,) = receiver.wait("/hook")
@@ -97,7 +98,7 @@ def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_bloc
         assert "backup-postgres" in auto["text"] and "Failed" in auto["text"] and reason in auto["text"]
         _assert_clean(json.dumps(receiver.bodies), saved_blocks, pg_server)
 
-        # The preflight was retried (a database may be restarting), the stream never started.
+        # A refused connection is not retried (the database is missing for good); the stream never started.
         fields = as_fields(latest_table("seedvault-backup-no-such-database")[0])
         assert fields == {"status": "failed", "database": "no_such_database", "reason": reason}
     finally:
@@ -105,14 +106,31 @@ def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_bloc
 
 
 def test_flow_run_records_the_preflight_retry_and_no_stream(saved_blocks, pg_server):
-    state = backup_postgres_flow(
-        **saved_blocks.params(), database="no_such_database", retries=1, retry_delay_seconds=0, return_state=True
-    )
+    from blocks import PostgresTarget
+
+    # Nothing listens on this port: the server may be restarting, so the preflight is retried.
+    PostgresTarget(
+        host="127.0.0.1",
+        port=free_loopback_port(),
+        user=pg_server.user,
+        password=pg_server.password,
+        database="postgres",
+    ).save("down-pg", overwrite=True)
+    params = dict(saved_blocks.params(), target="down-pg")
+    state = backup_postgres_flow(**params, retries=1, retry_delay_seconds=0, return_state=True)
     assert state.is_failed() and "DatabaseUnreachable: cannot connect to PostgreSQL" in state.message
     run_id = state.state_details.flow_run_id
     (preflight,) = [t for t in task_runs(run_id) if t.name.startswith("preflight")]
     assert preflight.run_count == 2
     assert child_flow_runs(run_id) == []
+
+    # The server answers but the database does not exist: permanent, one attempt only.
+    state = backup_postgres_flow(
+        **saved_blocks.params(), database="no_such_database", retries=1, retry_delay_seconds=0, return_state=True
+    )
+    assert state.is_failed() and "DatabaseRefused: PostgreSQL" in state.message
+    (preflight,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name.startswith("preflight")]
+    assert preflight.run_count == 1
 
 
 def test_permanent_failure_is_not_retried_and_names_the_fix(saved_blocks, tmp_path, scratch_db):

@@ -8,13 +8,14 @@ only in their environment, never in argv.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from seedvault import process
-from seedvault.errors import ConfigError, DatabaseUnreachable
+from seedvault.errors import ConfigError, DatabaseRefused, DatabaseUnreachable
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,19 @@ class PgTarget:
         try:
             return psycopg.connect(make_conninfo("", **params), password=self.password, autocommit=autocommit)
         except psycopg.OperationalError as exc:
-            raise DatabaseUnreachable(
-                f"cannot connect to PostgreSQL {self.with_db(params['dbname']).display()}: {_first_line(exc)}"
-            ) from None
+            detail = _first_line(exc)
+            where = self.with_db(params["dbname"]).display()
+            if _REFUSED_RE.search(detail):
+                raise DatabaseRefused(f"PostgreSQL {where} refused the connection: {detail}") from None
+            raise DatabaseUnreachable(f"cannot connect to PostgreSQL {where}: {detail}") from None
+
+
+# libpq reports connection failures without an SQLSTATE; these server answers are permanent (retrying a wrong
+# password or a missing database cannot help), unlike a refused TCP connection or a server starting up.
+_REFUSED_RE = re.compile(
+    r"password authentication failed|authentication failed for user|no password supplied|"
+    r"no pg_hba\.conf entry|(database|role) \"[^\"]*\" does not exist|permission denied for database"
+)
 
 
 def _first_line(exc: BaseException) -> str:
