@@ -42,7 +42,9 @@ class SeedvaultRepository(Block):
     s3_sse: str | None = Field(default=None, description="AES256 or aws:kms")
     s3_sse_kms_key_id: str | None = None
     compression: str = Field(default="zstd", description="zstd or none")
-    zstd_level: int = Field(default=3, ge=1, le=22)
+    zstd_level: int | None = Field(
+        default=None, ge=-7, le=22, description="Empty: the source's default (1 for pg_dump, 3 for other streams)."
+    )
     zstd_threads: int = Field(default=0, description="0: compress in the stage's own thread (fastest here)")
     chunk_size: int = Field(default=1 * MiB, ge=4096, description="Encrypted chunk size in bytes.")
 

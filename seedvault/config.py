@@ -36,10 +36,20 @@ class Settings:
     key_file: str | None = None
     passphrase_file: str | None = None
     compression: str = "zstd"
-    zstd_level: int = 3
+    zstd_level: int | None = None  # None: the source's own default, see zstd_level_for()
     zstd_threads: int = 0
     chunk_size: int = 1024 * 1024
     cleanup_grace: str = "24h"
+
+    def zstd_level_for(self, source_default: int) -> int:
+        """The configured zstd level, else the default of the source being backed up.
+
+        Sources differ in how fast they produce bytes: pg_dump streams ~80 MB/s here, faster than zstd level 3
+        compresses in one thread (~65 MB/s), so PostgreSQL dumps default to level 1, which keeps up with
+        pg_dump (and on dump data compresses about as well); generic streams keep level 3.
+        Measured by ``bench/postgres.py`` and ``bench/engine.py``.
+        """
+        return source_default if self.zstd_level is None else self.zstd_level
 
     def key_source(self, *, required: bool = True) -> KeySource | None:
         if self.key_file and self.passphrase_file:

@@ -23,6 +23,8 @@ from seedvault.writer import ObjectStats
 DATA_OBJECT = "data"
 T = TypeVar("T")
 
+STREAM_ZSTD_LEVEL = 3  # generic streams: no producer-speed limit to keep up with
+
 
 def put(
     repo: Repository,
@@ -39,7 +41,7 @@ def put(
         labels={"name": label, **(labels or {})},
         source={"type": "stream"},
         compression=settings.compression,
-        level=settings.zstd_level,
+        level=settings.zstd_level_for(STREAM_ZSTD_LEVEL),
         threads=settings.zstd_threads,
         chunk_size=settings.chunk_size,
     ) as backup:
