@@ -46,27 +46,11 @@ def isolate_prefect() -> Path:
     return home
 
 
-def server_binaries():
-    """PG_BIN if set; else the newest system PostgreSQL; else the pgserver wheel (as the test fixture does)."""
-    from seedvault.errors import SeedvaultError
-    from seedvault.sources.postgres.binaries import ORIGIN_PGSERVER, find_server_binaries, system_majors
-
-    if os.environ.get("PG_BIN", "").strip():
-        return find_server_binaries()
-    for major in sorted(system_majors(), reverse=True):
-        try:
-            binaries = find_server_binaries(major)
-        except SeedvaultError:
-            continue
-        if binaries.origin != ORIGIN_PGSERVER:
-            return binaries
-    return find_server_binaries()
-
-
 def start_cluster(base: Path, password: str):
+    from seedvault.sources.postgres.binaries import preferred_server_binaries
     from seedvault.sources.postgres.cluster import LocalCluster
 
-    binaries = server_binaries()
+    binaries = preferred_server_binaries()
     print(f"* PostgreSQL {binaries.major} from {binaries.origin} ({binaries.bindir})", flush=True)
     (base / "pg").mkdir(mode=0o755)
     cluster = LocalCluster(base / "pg" / "data", binaries=binaries)

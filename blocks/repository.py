@@ -17,8 +17,7 @@ from seedvault.config import Settings
 from seedvault.crypto.keys import KeySource
 from seedvault.repository import Repository
 from seedvault.storage.base import Storage
-from seedvault.storage.local import LocalStorage
-from seedvault.storage.s3 import S3Storage
+from seedvault.storage.open import open_storage
 
 MiB = 1024 * 1024
 
@@ -78,20 +77,9 @@ class SeedvaultRepository(Block):
         )
 
     def storage(self, *, create: bool = False) -> Storage:
-        if self.s3_bucket is None:
-            assert self.local_path is not None
-            return LocalStorage(self.local_path, create=create)
-        bucket = self.s3_bucket
-        return S3Storage(
-            bucket.bucket_name,
-            bucket.bucket_folder or "",
-            storage_class=self.s3_storage_class,
-            sse=self.s3_sse,
-            sse_kms_key_id=self.s3_sse_kms_key_id,
-            part_size=self.s3_part_size,
-            max_concurrency=self.s3_max_concurrency,
-            client=bucket.credentials.get_s3_client(),
-        )
+        """The engine's driver for this location; S3 gets the credentials block's client (endpoint, region)."""
+        client = self.s3_bucket.credentials.get_s3_client() if self.s3_bucket is not None else None
+        return open_storage(self.settings(), create=create, client=client)
 
     def open(self, key: KeySource | None, *, create: bool = False) -> Repository:
         """The engine repository on this storage; ``create`` makes the directory (local) if missing."""

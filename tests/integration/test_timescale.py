@@ -7,7 +7,10 @@ is present. The refusal path runs everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,15 +41,24 @@ def test_target_without_the_extension_version_is_refused(pg_server, pg_db, local
         job.preflight(admin)
 
 
-def test_hypertable_round_trip(pg_server, pg_base_dir, local_repo, tmp_path):
+@contextlib.contextmanager
+def _timescale_cluster(pg_server, base: Path, password_dir: Path) -> Iterator[LocalCluster]:
+    """A cluster of its own with timescaledb preloaded (the session server has no shared_preload_libraries)."""
     if not _has_timescale(pg_server):
         pytest.skip("timescaledb extension not installed for this PostgreSQL (not packaged on this machine)")
-    cluster = LocalCluster(pg_base_dir / "tsdb" / "data", binaries=pg_server.cluster.binaries)
-    pw = tmp_path / "pw"
+    cluster = LocalCluster(base / "data", binaries=pg_server.cluster.binaries)
+    pw = password_dir / "pw"
     pw.write_text(pg_server.password + "\n")
     cluster.initdb(password_file=pw, extra_conf={"shared_preload_libraries": "'timescaledb'"}, sync=False)
     cluster.start()
     try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_hypertable_round_trip(pg_server, pg_base_dir, local_repo, tmp_path):
+    with _timescale_cluster(pg_server, pg_base_dir / "tsdb", tmp_path) as cluster:
         with cluster.connect(autocommit=True, password=pg_server.password) as conn:
             conn.execute("CREATE DATABASE tsdb")
         with cluster.connect("tsdb", autocommit=True, password=pg_server.password) as conn:
@@ -61,8 +73,6 @@ def test_hypertable_round_trip(pg_server, pg_base_dir, local_repo, tmp_path):
         with cluster.connect("tsdb_restored", autocommit=True, password=pg_server.password) as conn:
             assert conn.execute("SELECT count(*) FROM telemetry.readings").fetchone()[0] == 20000
             assert conn.execute("SELECT count(*) FROM timescaledb_information.hypertables").fetchone()[0] == 1
-    finally:
-        cluster.destroy()
 
 
 TS_FEATURES_SQL = """
@@ -102,14 +112,7 @@ def test_compressed_chunks_and_continuous_aggregate_parallel_restore(pg_server, 
     ``timescaledb_pre_restore()`` (which sets ``timescaledb.restoring`` on the database, so every parallel
     pg_restore connection inherits it), pg_restore, then ``timescaledb_post_restore()``.
     """
-    if not _has_timescale(pg_server):
-        pytest.skip("timescaledb extension not installed for this PostgreSQL (not packaged on this machine)")
-    cluster = LocalCluster(pg_base_dir / "tsdb-par" / "data", binaries=pg_server.cluster.binaries)
-    pw = tmp_path / "pw"
-    pw.write_text(pg_server.password + "\n")
-    cluster.initdb(password_file=pw, extra_conf={"shared_preload_libraries": "'timescaledb'"}, sync=False)
-    cluster.start()
-    try:
+    with _timescale_cluster(pg_server, pg_base_dir / "tsdb-par", tmp_path) as cluster:
         with cluster.connect(autocommit=True, password=pg_server.password) as conn:
             conn.execute("CREATE DATABASE tsfeat")
         with cluster.connect("tsfeat", autocommit=True, password=pg_server.password) as conn:
@@ -131,5 +134,3 @@ def test_compressed_chunks_and_continuous_aggregate_parallel_restore(pg_server, 
             assert conn.execute("SHOW timescaledb.restoring").fetchone()[0] == "off"
             conn.execute("INSERT INTO metrics VALUES ('2026-12-01', 1, 1.0)")
             assert conn.execute("SELECT count(*) FROM metrics").fetchone()[0] == before["rows"] + 1
-    finally:
-        cluster.destroy()

@@ -12,17 +12,19 @@ DEMO = Path(__file__).parents[2] / "demo.py"
 
 
 def test_demo_falls_back_to_the_pgserver_wheel_without_a_system_postgresql(monkeypatch):
-    import importlib.util
-
+    """A fresh machine has no system PostgreSQL: the demo's server then comes from the pgserver wheel."""
     from seedvault.sources.postgres import binaries
 
-    spec = importlib.util.spec_from_file_location("seedvault_demo", DEMO)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    assert "preferred_server_binaries()" in DEMO.read_text()
     monkeypatch.delenv("PG_BIN", raising=False)
     monkeypatch.setattr(binaries, "system_majors", lambda: [])
     monkeypatch.setattr(binaries, "_path_dirs", lambda probe: [])
-    assert demo.server_binaries().origin == binaries.ORIGIN_PGSERVER
+    assert binaries.preferred_server_binaries().origin == binaries.ORIGIN_PGSERVER
+    # With a system PostgreSQL installed, it wins over the (possibly newer) bundled one.
+    monkeypatch.undo()
+    monkeypatch.delenv("PG_BIN", raising=False)
+    if binaries.system_majors():
+        assert binaries.preferred_server_binaries().origin == binaries.ORIGIN_SYSTEM
 
 
 def test_demo_runs_the_flows_and_prints_verified_counts():

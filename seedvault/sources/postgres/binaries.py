@@ -281,6 +281,25 @@ def find_server_binaries(major: int | None = None) -> PgBinaries:
     return PgBinaries(best.bindir, best.major or 0, best.origin)
 
 
+def preferred_server_binaries() -> PgBinaries:
+    """Server binaries for a throwaway cluster (demo, tests): PG_BIN; else the newest system PostgreSQL;
+    else the pgserver wheel.
+
+    Unlike :func:`find_server_binaries` without a major (the newest of all), an installed system PostgreSQL
+    wins over a newer bundled one: it is the one the operator chose, and the one their servers run.
+    """
+    if _pg_bin() is not None:
+        return find_server_binaries()
+    for major in sorted(system_majors(), reverse=True):
+        try:
+            binaries = find_server_binaries(major)
+        except ToolMissing:
+            continue
+        if binaries.origin != ORIGIN_PGSERVER:
+            return binaries
+    return find_server_binaries()
+
+
 # --- the pgserver copy ---------------------------------------------------------------------------------
 def _pgserver_version() -> str:
     try:
