@@ -54,16 +54,7 @@ def start_cluster(base: Path, password: str):
     print(f"* PostgreSQL {binaries.major} from {binaries.origin} ({binaries.bindir})", flush=True)
     (base / "pg").mkdir(mode=0o755)
     cluster = LocalCluster(base / "pg" / "data", binaries=binaries)
-    pwfile = base / ".initdb-password"
-    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, (password + "\n").encode())
-    finally:
-        os.close(fd)
-    try:
-        cluster.initdb("postgres", password_file=pwfile, extra_conf={"fsync": "off"}, sync=False)
-    finally:
-        pwfile.unlink(missing_ok=True)
+    cluster.initdb("postgres", password=password, extra_conf={"fsync": "off"}, sync=False)
     cluster.start(timeout=60)
     return cluster
 

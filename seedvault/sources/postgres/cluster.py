@@ -275,12 +275,16 @@ class LocalCluster:
         extra_conf: dict[str, str] | None = None,
         *,
         sync: bool = True,
+        password: str | None = None,
     ) -> None:
         """Create the cluster: checksums on, UTF8, then :meth:`configure` (loopback TCP with ``auth``).
 
-        ``password_file`` holds the superuser's password on its first line; it is read by initdb from a
-        temporary copy only run_as can read. ``sync=False`` skips initdb's fsync (tests, throwaway clusters).
+        The superuser's password comes from ``password_file`` (its first line) or, for a caller that made it up
+        in memory (demo, tests), ``password``; either way initdb reads it from a temporary file only run_as can
+        read, never from argv. ``sync=False`` skips initdb's fsync (tests, throwaway clusters).
         """
+        if password_file is not None and password is not None:
+            raise ConfigError("initdb: give the superuser password as a file or a value, not both")
         self._check_conf_args(auth, extra_conf)
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise ConfigError(f"cannot initialise {self.data_dir}: the directory is not empty")
@@ -298,6 +302,9 @@ class LocalCluster:
         try:
             if password_file is not None:
                 pwcopy = self._private_password_copy(Path(password_file))
+            elif password is not None:
+                pwcopy = self._private_password_file(password)
+            if pwcopy is not None:
                 argv.append(f"--pwfile={pwcopy}")
             proc = self._run(argv, timeout=300)
         finally:
@@ -343,6 +350,11 @@ class LocalCluster:
         password = lines[0] if lines else ""
         if not password:
             raise ConfigError(f"the password file {source} is empty")
+        return self._private_password_file(password)
+
+    def _private_password_file(self, password: str) -> Path:
+        if not password or "\n" in password:
+            raise ConfigError("the superuser password must be one non-empty line")
         fd, name = tempfile.mkstemp(prefix=".initdb-pw-", dir=self.data_dir.parent)
         try:
             os.fchmod(fd, 0o400 if os.geteuid() == self.uid else 0o600)
