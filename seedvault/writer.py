@@ -204,7 +204,7 @@ class ObjectPlan:
         for th in threads:
             th.join()
         if errors:
-            raise _root_cause(errors)
+            raise root_cause(errors)
         return self.backup.finish_object(self)
 
 
@@ -221,7 +221,7 @@ def _stage(inp: Pipe | None, out: Pipe | None) -> Iterator[None]:
         raise
 
 
-def _root_cause(errors: list[BaseException]) -> BaseException:
+def root_cause(errors: list[BaseException]) -> BaseException:
     """Of the errors the stages raised, the one that started it (not the PipeBroken echoes)."""
     for exc in errors:
         if not isinstance(exc, PipeBroken):

@@ -25,8 +25,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.utilities.annotations import quote
 
+from seedvault.errors import SeedvaultError
 from seedvault.stream.pipe import Pipe, PipeBroken
-from seedvault.writer import BackupWriter, ObjectPlan, ObjectStats, _root_cause
+from seedvault.writer import BackupWriter, ObjectPlan, ObjectStats, root_cause
 
 STAGES = ("read", "compress", "encrypt", "upload")
 _STAGE_TASK = {"retries": 0, "cache_policy": NO_CACHE, "persist_result": False}
@@ -93,13 +94,17 @@ def run_object_as_tasks(backup: BackupWriter, name: str, reader: BinaryIO) -> Ob
     # In pipeline order (read first): the first error that is not a PipeBroken echo is the cause.
     errors = [outcomes[id(f)] for f in reversed(futures) if isinstance(outcomes[id(f)], BaseException)]
     if errors:
-        raise _root_cause(errors)
+        raise root_cause(errors)
     return backup.finish_object(plan)
 
 
 def _break_pipes(pipes: tuple[Pipe, ...], exc: BaseException) -> None:
     """Unblock every stage still waiting on a pipe (a no-op on pipes already closed cleanly)."""
-    cause = exc if isinstance(exc, PipeBroken) else PipeBroken(f"a stage failed: {type(exc).__name__}")
+    # A stage still reading or writing may see this echo instead of the original error (the abandon drains what
+    # the failing stage put): so the echo names the cause. Seedvault messages are secret-free by contract;
+    # anything else is named by its type only.
+    detail = f": {exc.one_line()}" if isinstance(exc, SeedvaultError) else ""
+    cause = exc if isinstance(exc, PipeBroken) else PipeBroken(f"a stage failed: {type(exc).__name__}{detail}")
     for pipe in pipes:
         pipe.fail(cause)
         pipe.abandon(cause)

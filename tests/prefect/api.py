@@ -28,15 +28,20 @@ def child_flow_runs(parent_id: UUID) -> list[Any]:
         )
 
 
-def task_runs(flow_run_id: UUID, timeout: float = 15) -> list[Any]:
-    """The flow run's task runs once all are in a final state (their states reach the API asynchronously)."""
+def task_runs(flow_run_id: UUID, timeout: float = 15, expect: int = 1) -> list[Any]:
+    """The flow run's task runs once at least ``expect`` exist and all are in a final state.
+
+    Task runs and their states reach the API asynchronously, after the flow call has returned: right after a
+    run the API may list none of them yet (and ``all([])`` is true), or some still Running.
+    """
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(
                 task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
             )
-            if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+            settled = len(runs) >= expect and all(r.state is not None and r.state.is_final() for r in runs)
+            if settled or time.monotonic() > deadline:
                 return runs
             time.sleep(0.2)
 

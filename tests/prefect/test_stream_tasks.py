@@ -50,7 +50,7 @@ def test_stages_stream_an_object_and_report_bytes_and_seconds(prefect_harness, r
     state = stream_one(repo, broken=False, return_state=True)
     out = state.result()
     assert out["raw"] == len(DATA) and b"".join(repo.read_object(out["id"], "data")) == DATA
-    runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
+    runs = {t.name: t for t in task_runs(state.state_details.flow_run_id, expect=4)}
     assert set(runs) == {"read-data", "compress-data", "encrypt-data", "upload-data"}
     assert all(t.state.is_completed() and t.empirical_policy.retries == 0 for t in runs.values())
 
@@ -59,8 +59,11 @@ def test_a_failing_stage_fails_the_stream_with_its_own_error_and_leaves_nothing(
     state = stream_one(repo, broken=True, return_state=True)
     with pytest.raises(SourceError, match="connection to server was lost"):
         state.result()
-    runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
+    runs = {t.name: t for t in task_runs(state.state_details.flow_run_id, expect=4)}
     # Every stage failed, and with the cause itself (the pipes carry a seedvault error as it is).
-    assert all(t.state.is_failed() and "connection to server was lost" in t.state.message for t in runs.values())
+    states = {name: (t.state.type.value, t.state.message) for name, t in runs.items()}
+    assert all(t.state.is_failed() and "connection to server was lost" in t.state.message for t in runs.values()), (
+        states
+    )
     assert set(runs) == {"read-data", "compress-data", "encrypt-data", "upload-data"}
     assert list(repo.entries()) == [] and list(repo.storage.list("v1/backups/")) == []
