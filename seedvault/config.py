@@ -33,6 +33,9 @@ class Settings:
     s3_part_size: int = 16 * 1024 * 1024
     s3_max_concurrency: int = 4
     s3_max_attempts: int = 5
+    # A shared-credentials file (path, never the secret): for archive_command, whose environment is the
+    # postmaster's and carries no AWS_* variables.
+    s3_credentials_file: str | None = None
     key_file: str | None = None
     passphrase_file: str | None = None
     compression: str = "zstd"
@@ -40,6 +43,8 @@ class Settings:
     zstd_threads: int = 0
     chunk_size: int = 1024 * 1024
     cleanup_grace: str = "24h"
+    # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
+    wal_state_dir: str | None = None
 
     def zstd_level_for(self, source_default: int) -> int:
         """The configured zstd level, else the default of the source being backed up.

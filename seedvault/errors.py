@@ -98,6 +98,18 @@ class VerificationFailed(IntegrityError):
     exit_code = 24
 
 
+class WalGap(IntegrityError):
+    """A WAL file needed to reach a recovery target (or to make a base backup consistent) is not archived."""
+
+    exit_code = 25
+
+
+class ForeignWal(IntegrityError):
+    """A WAL file belongs to another database system, position or timeline than its name or the plan says."""
+
+    exit_code = 26
+
+
 # --- keys ----------------------------------------------------------------------------------------------
 class KeyError_(SeedvaultError):
     """Base for key problems (named with a trailing underscore to leave the builtin alone)."""
@@ -163,9 +175,21 @@ class RestoreVerificationFailed(TargetError):
     exit_code = 54
 
 
+class RecoveryFailed(TargetError):
+    """A point-in-time recovery stopped before it reached its target and promoted (server log line included)."""
+
+    exit_code = 55
+
+
 # --- state ---------------------------------------------------------------------------------------------
 class LockHeld(SeedvaultError):
     exit_code = 60
+
+
+class WalStale(SeedvaultError):
+    """WAL archiving lags or fails: the freshness check's alarm."""
+
+    exit_code = 61
 
 
 class Interrupted(SeedvaultError):

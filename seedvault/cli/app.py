@@ -10,7 +10,7 @@ Configuration (options override environment, which overrides the TOML file named
   SEEDVAULT_CONFIG           TOML file with the same settings in lower case
                              (also s3_region, s3_storage_class, s3_sse, s3_sse_kms_key_id,
                              s3_part_size, compression, zstd_level, zstd_threads, chunk_size,
-                             cleanup_grace)
+                             cleanup_grace, s3_credentials_file, wal_state_dir)
 S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 shared config files, instance roles). Keys and passwords are never accepted as command-line values.
 """
@@ -22,7 +22,7 @@ import sys
 import typer
 
 from seedvault import __version__
-from seedvault.cli import key_cmds, legacy_cmds, pg_cmds, repo_cmds
+from seedvault.cli import key_cmds, legacy_cmds, pg_cmds, repo_cmds, wal_cmds
 from seedvault.cli.runtime import state
 
 app = typer.Typer(
@@ -69,6 +69,7 @@ def root(
 
 
 repo_cmds.register(app)
+wal_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres).")

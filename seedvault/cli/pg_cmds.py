@@ -108,3 +108,100 @@ def restore_postgres_cmd(
     sys.stdout.write(line + "\n")
     for note in report.notes:
         sys.stderr.write(f"note: {note}\n")
+
+
+@backup_app.command("postgres-base")
+@handle_errors
+def backup_postgres_base_cmd(
+    ctx: typer.Context,
+    dsn: str = typer.Option(..., "--dsn", help="postgresql://user@host:port/db of a REPLICATION role (no password)."),
+    label: str = typer.Option(None, "--label", help="Name for the backup (default: pg-<system id>)."),
+    checkpoint: str = typer.Option("fast", "--checkpoint", help="fast or spread (pg_basebackup --checkpoint)."),
+    wal_wait: float = typer.Option(600.0, "--wal-wait", help="Seconds to wait for the backup's WAL to be archived."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Physical base backup (pg_basebackup tar streamed through the engine; WAL must go to seedvault wal-push)."""
+    from seedvault.ops.postgres_base import backup_postgres_base
+    from seedvault.sources.postgres.connection import PgTarget
+
+    st = state(ctx)
+    target = PgTarget.from_dsn(dsn)
+    body = backup_postgres_base(
+        st.repository(create=True), st.settings, target, label=label, checkpoint=checkpoint, wal_wait=wal_wait
+    )
+    src = body["source"]
+    summary = {
+        "id": body["id"],
+        "system_id": src["system_id"],
+        "timeline": src["timeline"],
+        "start_lsn": src["start_lsn"],
+        "stop_lsn": src["stop_lsn"],
+        "wal": [src["start_wal"], src["stop_wal"]],
+        "raw_size": body["raw_size"],
+        "stored_size": body["stored_size"],
+        "seconds": body["seconds"],
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        sys.stdout.write(
+            f"{summary['id']}  system {src['system_id']} timeline {src['timeline']}: "
+            f"{src['start_lsn']}..{src['stop_lsn']}, "
+            f"{body['raw_size']} bytes raw -> {body['stored_size']} stored in {body['seconds']['total']} s\n"
+        )
+
+
+@restore_app.command("postgres-pitr")
+@handle_errors
+def restore_postgres_pitr_cmd(
+    ctx: typer.Context,
+    data_dir: str = typer.Option(..., "--data-dir", help="New data directory (absent or empty)."),
+    to_time: str = typer.Option(None, "--to-time", help="Recover up to this time (ISO 8601, UTC if no zone)."),
+    to_lsn: str = typer.Option(None, "--to-lsn", help="Recover up to this LSN (e.g. 0/3000060)."),
+    to_name: str = typer.Option(None, "--to-name", help="Recover up to this restore point (pg_create_restore_point)."),
+    latest: bool = typer.Option(False, "--latest", help="Recover everything archived."),
+    immediate: bool = typer.Option(False, "--immediate", help="Stop as soon as the base backup is consistent."),
+    exclusive: bool = typer.Option(False, "--exclusive", help="Stop just before the target instead of after it."),
+    port: int = typer.Option(None, "--port", help="Port of the recovered server (default: a free one)."),
+    run_as: str = typer.Option(None, "--run-as", help="OS user running the server (default: postgres when root)."),
+    backup_id: str = typer.Option(None, "--backup", help="Base backup to start from (default: newest that fits)."),
+    system_id: str = typer.Option(None, "--system-id", help="Database system (when the repository holds several)."),
+    timeline: int = typer.Option(None, "--timeline", help="Timeline to follow (default: the newest archived)."),
+    restore_command: str = typer.Option(
+        None, "--restore-command", help="restore_command for the server (default: from its archive_command)."
+    ),
+    archive_mode: str = typer.Option("preserve", "--archive-mode", help="preserve or off (for the restored server)."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the server after promotion."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="Keep the data directory if recovery fails."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report."),
+) -> None:
+    """Point-in-time recovery into a new data directory: plan (WAL continuity checked), lay out, verify, recover."""
+    from seedvault.ops.postgres_pitr import parse_target, restore_pitr
+
+    st = state(ctx)
+    target = parse_target(
+        to_time=to_time, to_lsn=to_lsn, to_name=to_name, latest=latest, immediate=immediate, exclusive=exclusive
+    )
+    report = restore_pitr(
+        st.repository(),
+        target,
+        data_dir,
+        port=port,
+        run_as=run_as,
+        backup_id=backup_id,
+        system_id=system_id,
+        timeline=timeline,
+        restore_command=restore_command,
+        archive_mode=archive_mode,
+        stop_after=stop,
+        keep_failed=keep_failed,
+    )
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        state_word = "running" if report.running else "stopped"
+        sys.stdout.write(
+            f"recovered {report.data_dir} from backup {report.plan['backup_id']}: timeline {report.timeline}, "
+            f"LSN {report.lsn}, {report.stop_reason or 'end of archived WAL'}; server {state_word} on port "
+            f"{report.port}\n"
+        )

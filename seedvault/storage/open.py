@@ -29,6 +29,14 @@ def open_storage(settings: Settings, *, create: bool = False, client=None) -> St
             raise ConfigError(f"repository URL {url!r} names no bucket")
         if parsed.username or parsed.password:
             raise ConfigError("repository URL must not carry credentials; use the AWS environment or config")
+        session = None
+        if settings.s3_credentials_file:
+            import boto3
+            import botocore.session
+
+            core = botocore.session.Session()
+            core.set_config_variable("credentials_file", settings.s3_credentials_file)
+            session = boto3.Session(botocore_session=core)
         return S3Storage(
             parsed.netloc,
             parsed.path.strip("/"),
@@ -40,6 +48,7 @@ def open_storage(settings: Settings, *, create: bool = False, client=None) -> St
             part_size=settings.s3_part_size,
             max_concurrency=settings.s3_max_concurrency,
             max_attempts=settings.s3_max_attempts,
+            session=session,
             client=client,
         )
     raise ConfigError(f"unsupported repository URL scheme {parsed.scheme!r}; use file:// or s3://")

@@ -22,6 +22,8 @@ PINNED = {
     "ChecksumMismatch": 22,
     "TruncatedStream": 23,
     "VerificationFailed": 24,
+    "WalGap": 25,
+    "ForeignWal": 26,
     "KeyError_": 30,
     "WrongKey": 31,
     "KeyMissing": 32,
@@ -34,8 +36,10 @@ PINNED = {
     "DatabaseUnreachable": 52,
     "ToolMissing": 53,
     "RestoreVerificationFailed": 54,
+    "RecoveryFailed": 55,
     "DatabaseRefused": 56,
     "LockHeld": 60,
+    "WalStale": 61,
     "Interrupted": 130,
 }
 

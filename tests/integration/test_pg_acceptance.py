@@ -71,8 +71,9 @@ def content_hashes(pg_server, db: str) -> dict[str, str]:
         ).fetchall()
         return {
             rel: conn.execute(
-                sql.SQL("SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), ''))"
-                        " FROM {} t").format(sql.SQL(rel))
+                sql.SQL(
+                    "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), '')) FROM {} t"
+                ).format(sql.SQL(rel))
             ).fetchone()[0]
             for (rel,) in rels
         }
@@ -325,27 +326,54 @@ def _check_objects_work(pg_server, original: str, copy: str) -> None:
     assert restored[3][0][0] + 1 == restored[7][0][0]
     assert restored[-1] != restored[-2], "the new invoice shows after the refresh"
     with pg_server.connect(copy) as conn:
-        _assert_rejected(conn, "INSERT INTO app.customers (email, name, created_at) VALUES"
-                         " ('u1@example.test', 'dup', now())", pgerr.UniqueViolation)
-        _assert_rejected(conn, "INSERT INTO app.customers (email, name, created_at) VALUES"
-                         " ('U1@EXAMPLE.TEST', 'dup', now())", pgerr.UniqueViolation)  # expression index
-        _assert_rejected(conn, "INSERT INTO app.customers (email, name, created_at) VALUES ('nope', 'x', now())",
-                         pgerr.CheckViolation)  # domain
-        _assert_rejected(conn, "INSERT INTO app.customers (email, name, created_at) VALUES ('a@b', '', now())",
-                         pgerr.CheckViolation)
-        _assert_rejected(conn, "INSERT INTO app.customers (id, email, name, created_at) VALUES (1, 'c@d', 'x', now())",
-                         pgerr.GeneratedAlways)
-        _assert_rejected(conn, "INSERT INTO app.orders (customer_id, placed_at, amount) VALUES (101, now(), 1)",
-                         pgerr.ForeignKeyViolation)
-        _assert_rejected(conn, "INSERT INTO app.orders (customer_id, placed_at, amount) VALUES (100, now(), -1)",
-                         pgerr.CheckViolation)
-        _assert_rejected(conn, "INSERT INTO app.bookings (room, during) VALUES"
-                         " (3, tstzrange('2026-01-01 00:10+00', '2026-01-01 00:20+00'))", pgerr.ExclusionViolation)
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.customers (email, name, created_at) VALUES ('u1@example.test', 'dup', now())",
+            pgerr.UniqueViolation,
+        )
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.customers (email, name, created_at) VALUES ('U1@EXAMPLE.TEST', 'dup', now())",
+            pgerr.UniqueViolation,
+        )  # expression index
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.customers (email, name, created_at) VALUES ('nope', 'x', now())",
+            pgerr.CheckViolation,
+        )  # domain
+        _assert_rejected(
+            conn, "INSERT INTO app.customers (email, name, created_at) VALUES ('a@b', '', now())", pgerr.CheckViolation
+        )
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.customers (id, email, name, created_at) VALUES (1, 'c@d', 'x', now())",
+            pgerr.GeneratedAlways,
+        )
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.orders (customer_id, placed_at, amount) VALUES (101, now(), 1)",
+            pgerr.ForeignKeyViolation,
+        )
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.orders (customer_id, placed_at, amount) VALUES (100, now(), -1)",
+            pgerr.CheckViolation,
+        )
+        _assert_rejected(
+            conn,
+            "INSERT INTO app.bookings (room, during) VALUES"
+            " (3, tstzrange('2026-01-01 00:10+00', '2026-01-01 00:20+00'))",
+            pgerr.ExclusionViolation,
+        )
         # the partial index is still partial, the identity keeps its increment
-        assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'customers_live'").fetchone()[0] \
+        assert (
+            conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'customers_live'")
+            .fetchone()[0]
             .endswith("WHERE (NOT deleted)")
-        new_id = conn.execute("INSERT INTO app.customers (email, name, created_at) VALUES ('n@x', 'n', now())"
-                              " RETURNING id").fetchone()[0]
+        )
+        new_id = conn.execute(
+            "INSERT INTO app.customers (email, name, created_at) VALUES ('n@x', 'n', now()) RETURNING id"
+        ).fetchone()[0]
         assert new_id > 40003 and (new_id - 40003) % 3 == 0  # after the nextval above and the failed inserts
 
 
@@ -386,10 +414,12 @@ def test_inserts_during_backup_never_break_it(local_repo, pg_server, pg_db):
             "CREATE TABLE hot (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(),"
             " writer boolean NOT NULL DEFAULT false, payload text NOT NULL)"
         )
-        conn.execute("CREATE TABLE hot_child (id bigserial PRIMARY KEY, hot_id bigint NOT NULL REFERENCES hot (id),"
-                     " note text)")
-        conn.execute("INSERT INTO hot (payload) SELECT md5(g::text) || md5((g * 7)::text) "
-                     f"FROM generate_series(1, {HOT_ROWS}) g")
+        conn.execute(
+            "CREATE TABLE hot_child (id bigserial PRIMARY KEY, hot_id bigint NOT NULL REFERENCES hot (id), note text)"
+        )
+        conn.execute(
+            f"INSERT INTO hot (payload) SELECT md5(g::text) || md5((g * 7)::text) FROM generate_series(1, {HOT_ROWS}) g"
+        )
         conn.execute("INSERT INTO hot_child (hot_id, note) SELECT id, 'seed' FROM hot WHERE id % 10 = 0")
     writer = _Writer(pg_server, pg_db, threading.Event())
     thread = threading.Thread(target=writer.run, name="writer")
@@ -419,8 +449,9 @@ def test_inserts_during_backup_never_break_it(local_repo, pg_server, pg_db):
         assert restored == manifest
         with pg_server.connect(pg_db) as conn:
             live = conn.execute("SELECT count(*) FROM hot").fetchone()[0]
-            during = conn.execute("SELECT count(*) FROM hot WHERE id > %s AND at < %s",
-                                  (last_id, backup_ended)).fetchone()[0]
+            during = conn.execute(
+                "SELECT count(*) FROM hot WHERE id > %s AND at < %s", (last_id, backup_ended)
+            ).fetchone()[0]
         assert before_snapshot > 0, "the writer had committed rows before the snapshot"
         assert during > 0, "rows were committed after the snapshot while the backup still ran"
         assert live > manifest["public.hot"] >= HOT_ROWS + before_snapshot
@@ -449,8 +480,9 @@ class ReplaceCase:
             if name.startswith(LIVE) and not (keep_leftovers and name.startswith(f"{LIVE}_sv_")):
                 self.pg_server.drop_database(name)
         with self.pg_server.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(LIVE),
-                                                                          sql.Identifier(self.template)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(LIVE), sql.Identifier(self.template))
+            )
         return LIVE
 
     def restore(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -459,8 +491,9 @@ class ReplaceCase:
     def live_state(self) -> str:
         """'original' or 'new': the live name holds one of them, accepts connections, and nothing refuses any."""
         with self.pg_server.connect() as conn:
-            rows = conn.execute("SELECT datname, datallowconn FROM pg_database WHERE datname LIKE %s",
-                                (LIVE + "%",)).fetchall()
+            rows = conn.execute(
+                "SELECT datname, datallowconn FROM pg_database WHERE datname LIKE %s", (LIVE + "%",)
+            ).fetchall()
         assert LIVE in {name for name, _ in rows}, f"nothing under the live name: {rows}"
         assert all(allow for _, allow in rows), f"a database was left refusing connections: {rows}"
         hashes = content_hashes(self.pg_server, LIVE)
@@ -475,10 +508,11 @@ class ReplaceCase:
     def marker(self, name: str) -> dict:
         """seedvault's mark on a temporary database (its comment), which lets the next run drop it."""
         with self.pg_server.connect() as conn:
-            comment = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                                   (name,)).fetchone()[0]
+            comment = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()[0]
         assert comment and comment.startswith("seedvault restore "), comment
-        return json.loads(comment[len("seedvault restore "):])
+        return json.loads(comment[len("seedvault restore ") :])
 
     def safety_copies(self) -> dict[str, str]:
         names = sorted(n for n in database_names(self.pg_server) if n.startswith(f"{LIVE}_before_"))
@@ -488,16 +522,18 @@ class ReplaceCase:
 @pytest.fixture(scope="module")
 def replace_case(pg_server, tmp_path_factory) -> Iterator[ReplaceCase]:
     root = tmp_path_factory.mktemp("replace-case")
-    env = base_env(SEEDVAULT_REPOSITORY=f"file://{root / 'repo'}", SEEDVAULT_KEY_FILE=str(new_key_file(root)),
-                   **pg_server.env())
+    env = base_env(
+        SEEDVAULT_REPOSITORY=f"file://{root / 'repo'}", SEEDVAULT_KEY_FILE=str(new_key_file(root)), **pg_server.env()
+    )
     src, template = "kill_src", "kill_original"
     pg_server.create_database(src)
     try:
         with pg_server.connect(src) as conn:
             load_sample(conn, customers=100, orders=1000, readings=8000)
         # Small chunks, so pg_restore is demonstrably mid-stream at pg-restore-streaming.
-        backup_id = _backup(dict(env, SEEDVAULT_CHUNK_SIZE=str(4 << 10)), pg_server, src, "--checksums",
-                            "--no-globals")["id"]
+        backup_id = _backup(
+            dict(env, SEEDVAULT_CHUNK_SIZE=str(4 << 10)), pg_server, src, "--checksums", "--no-globals"
+        )["id"]
         new = content_hashes(pg_server, src)
         with pg_server.connect() as conn:
             conn.execute(f"CREATE DATABASE {template} TEMPLATE {src}")
@@ -543,8 +579,9 @@ def test_replace_killed_at_each_phase(replace_case, tmp_path, phase, expected):
     """kill -9 at every named point leaves the original or the verified new database, and the next run finishes."""
     replace_case.fresh_live()
     trace = tmp_path / "trace"
-    killed = replace_case.restore(env=dict(replace_case.env, SEEDVAULT_FAULT_KILL_AT=phase,
-                                           SEEDVAULT_FAULT_TRACE=str(trace)))
+    killed = replace_case.restore(
+        env=dict(replace_case.env, SEEDVAULT_FAULT_KILL_AT=phase, SEEDVAULT_FAULT_TRACE=str(trace))
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     assert trace.read_text().split()[-1] == phase
     assert replace_case.live_state() == expected
@@ -694,8 +731,9 @@ def test_new_database_restore_killed_leaves_nothing_under_the_name(replace_case,
     """Without --replace a killed restore never leaves a half-restored database under the target name."""
     target = f"{LIVE}_fresh"
     drop_databases(replace_case.pg_server, LIVE)
-    env = dict(replace_case.env, SEEDVAULT_FAULT_KILL_AT="pg-restore-streaming",
-               SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace"))
+    env = dict(
+        replace_case.env, SEEDVAULT_FAULT_KILL_AT="pg-restore-streaming", SEEDVAULT_FAULT_TRACE=str(tmp_path / "trace")
+    )
     killed = _restore(env, replace_case.pg_server, replace_case.backup_id, target)
     assert killed.returncode == -signal.SIGKILL
     names = database_names(replace_case.pg_server)
@@ -760,8 +798,9 @@ def bad_case(pg_server, tmp_path_factory) -> Iterator[BadInputCase]:
         drop_databases(pg_server, NEW_TARGET)
 
 
-def _assert_refused(case: BadInputCase, before: set[str], res: subprocess.CompletedProcess, code: int,
-                    fragment: str) -> None:
+def _assert_refused(
+    case: BadInputCase, before: set[str], res: subprocess.CompletedProcess, code: int, fragment: str
+) -> None:
     """One line on stderr, nothing on stdout, the catalogued exit code, and the server exactly as it was."""
     line = _one_error_line(res)
     assert res.returncode == code, line
@@ -780,8 +819,9 @@ def _fake_tools(directory: Path, version: str, real: Path | None = None) -> Path
     for tool in CLIENT_TOOLS:
         rest = f'exec "{real / tool}" "$@"' if real else "echo fake >&2; exit 1"
         script = directory / tool
-        script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{tool} (PostgreSQL) {version}"; exit 0; fi\n'
-                          f"{rest}\n")
+        script.write_text(
+            f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{tool} (PostgreSQL) {version}"; exit 0; fi\n{rest}\n'
+        )
         script.chmod(0o755)
     return directory
 
@@ -869,12 +909,17 @@ def test_target_lacking_timescaledb_is_refused(bad_case, pg_server, monkeypatch)
     from seedvault.sources.postgres.logical import LogicalOptions
 
     hypertables = [{"schema": "telemetry", "table": "readings", "chunks": 4}]
-    monkeypatch.setattr(pg_inspect, "timescale_facts", lambda cur, ext: {"version": "2.99.1",
-                                                                          "hypertables": hypertables})
+    monkeypatch.setattr(
+        pg_inspect, "timescale_facts", lambda cur, ext: {"version": "2.99.1", "hypertables": hypertables}
+    )
     for k, v in pg_server.env().items():
         monkeypatch.setenv(k, v)
-    report = backup_postgres(bad_case.repository(), Settings(), PgTarget.from_dsn(_dsn(pg_server, SOURCE)),
-                             LogicalOptions(with_globals=False))
+    report = backup_postgres(
+        bad_case.repository(),
+        Settings(),
+        PgTarget.from_dsn(_dsn(pg_server, SOURCE)),
+        LogicalOptions(with_globals=False),
+    )
     backup_id = report.body["id"]
     assert report.body["source"]["timescaledb"] == {"version": "2.99.1", "hypertables": hypertables}
     before = database_names(pg_server)

@@ -278,8 +278,11 @@ def test_with_globals_recreates_roles(pg_env, pg_server, pg_db):
         # Without the role, restoring ownership fails, and the half-restored database is removed again.
         res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target)], pg_env)
         assert res.returncode == TargetError.exit_code and b"sv_app_owner" in res.stderr
-        run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--with-globals"],
-                pg_env, check=True)
+        run_cli(
+            ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--with-globals"],
+            pg_env,
+            check=True,
+        )
         with pg_server.connect(target) as conn:
             owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'owned'").fetchone()[0]
             assert owner == "sv_app_owner"
@@ -293,8 +296,13 @@ def test_database_password_never_leaks(local_repo, pg_server, sample_db, tmp_pat
     db, _ = sample_db
     audit = tmp_path / "audit.jsonl"
     # The password reaches seedvault only as PGPASSWORD in its environment.
-    env = dict(local_repo.env, PGPASSWORD=pg_server.password, SEEDVAULT_SPAWN_AUDIT=str(audit),
-               PGHOST=pg_server.host, PGPORT=str(pg_server.port))
+    env = dict(
+        local_repo.env,
+        PGPASSWORD=pg_server.password,
+        SEEDVAULT_SPAWN_AUDIT=str(audit),
+        PGHOST=pg_server.host,
+        PGPORT=str(pg_server.port),
+    )
     outputs = []
     res = run_cli(["backup", "postgres", "--dsn", _dsn(pg_server, db), "--json"], env, check=True)
     outputs += [res.stdout, res.stderr]

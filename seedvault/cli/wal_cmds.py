@@ -1,0 +1,116 @@
+"""``seedvault wal-push %p`` (archive_command) and ``seedvault wal-fetch %f %p`` (restore_command).
+
+PostgreSQL's contracts decide the exit codes, not our catalogue alone:
+
+* ``wal-push`` exits 0 only once the file is durable in storage (or proven already stored with the
+  same content). Every failure exits 1..125 (PostgreSQL retries and counts it in ``pg_stat_archiver``);
+  a code above 125 would make the archiver process abort instead, and the failure would not be counted.
+* ``wal-fetch`` exits 0 once the verified file is in place, 1 **quietly** when the file is not archived
+  (that is how recovery finds the end of the archive and how PostgreSQL probes for timelines), and 126
+  for everything that must stop recovery (corrupt, foreign or unauthenticated WAL, wrong key, storage
+  unreachable): PostgreSQL treats > 125 as fatal, where any other code would end recovery early, at an
+  earlier point than asked, without saying so.
+
+Neither imports Prefect. The system id comes from ``global/pg_control`` of the data directory (the
+working directory when PostgreSQL runs the command), so a push can never be filed under another cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from seedvault.cli.runtime import err, state
+from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError, StorageError
+
+PUSH_MAX_EXIT = 125
+FETCH_MISSING = 1
+FETCH_FATAL = 126
+FETCH_RETRY_SECONDS = 60.0
+
+
+def system_id_of(pgdata: str | None) -> int:
+    from seedvault.wal.names import system_id_from_pg_control
+
+    base = Path(pgdata) if pgdata else Path.cwd()
+    control = base / "global" / "pg_control"
+    try:
+        return system_id_from_pg_control(control.read_bytes()[:16])
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {control}: {exc.strerror}",
+            hint="run from the data directory (as archive_command does) or pass --pgdata or --system-id",
+        ) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("wal-push")(wal_push)
+    app.command("wal-fetch")(wal_fetch)
+
+
+def wal_push(
+    ctx: typer.Context,
+    path: str = typer.Argument(..., help="%p: the WAL file, relative to the data directory."),
+    pgdata: str = typer.Option(None, "--pgdata", help="Data directory (default: the working directory)."),
+    system_id: str = typer.Option(None, "--system-id", help="Expected system identifier (default: pg_control's)."),
+    pg_major: int = typer.Option(None, "--pg-major", help="Server major version, checked against the page magic."),
+) -> None:
+    """Archive one WAL file (archive_command = 'seedvault wal-push %p'); exit 0 only once it is durable."""
+    try:
+        from seedvault.wal.store import WalStore
+
+        st = state(ctx)
+        sid = int(system_id) if system_id else system_id_of(pgdata)
+        full = Path(path) if os.path.isabs(path) or not pgdata else Path(pgdata) / path
+        store = WalStore(st.repository(create=True), sid, state_dir=st.settings.wal_state_dir)
+        res = store.push(full, pg_major=pg_major, settings_level=st.settings.zstd_level)
+        if res.result == "duplicate":
+            err(f"seedvault wal-push: {res.name} was already archived with identical content")
+    except SeedvaultError as exc:
+        err(f"seedvault wal-push: error: {exc.one_line()}")
+        raise typer.Exit(min(max(exc.exit_code, 1), PUSH_MAX_EXIT)) from None
+    except (KeyboardInterrupt, Exception) as exc:
+        err(f"seedvault wal-push: error: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+        raise typer.Exit(1) from None
+
+
+def wal_fetch(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="%f: the WAL file PostgreSQL asks for."),
+    dest: str = typer.Argument(..., help="%p: where to put it, relative to the data directory."),
+    pgdata: str = typer.Option(None, "--pgdata", help="Data directory (default: the working directory)."),
+    system_id: str = typer.Option(None, "--system-id", help="System identifier (default: pg_control's)."),
+) -> None:
+    """Fetch and verify one WAL file (restore_command = 'seedvault wal-fetch %f %p')."""
+    deadline = time.monotonic() + FETCH_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            from seedvault.wal.store import WalStore
+
+            st = state(ctx)
+            sid = int(system_id) if system_id else system_id_of(pgdata)
+            full = Path(dest) if os.path.isabs(dest) or not pgdata else Path(pgdata) / dest
+            WalStore(st.repository(), sid).fetch(name, full)
+            return
+        except ObjectNotFound:
+            raise typer.Exit(FETCH_MISSING) from None  # not archived: the normal end of the archive
+        except StorageError as exc:  # unreachable / throttled: retry a while, then stop recovery
+            if time.monotonic() + delay > deadline:
+                _fatal(name, exc.one_line())
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        except SeedvaultError as exc:
+            _fatal(name, exc.one_line())
+        except (KeyboardInterrupt, Exception) as exc:
+            _fatal(name, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+
+
+def _fatal(name: str, message: str) -> None:
+    sys.stderr.write(f"seedvault wal-fetch: FATAL: {name}: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(FETCH_FATAL)

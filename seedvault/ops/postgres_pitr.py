@@ -1,0 +1,335 @@
+"""``restore postgres-pitr``: base backup + archived WAL -> a server recovered to a point, promoted.
+
+Order, each step only after the one before succeeded:
+
+1. **Plan** (nothing touched yet): target timeline and its authenticated history, the newest base backup
+   that ends before the target, and every WAL segment from the backup's start checked present in the
+   catalog (a gap stops here, naming the segment).
+2. **Lay out** into an absent or empty ``--data-dir``: the base tar streamed from storage (authenticated
+   chunk by chunk, digest checked at the end) straight into the directory; ``pg_verifybackup
+   --no-parse-wal`` on the result before any server starts.
+3. **Configure**: the seedvault settings block (loopback, ``--port``), ``restore_command`` (the backup's
+   own ``archive_command`` with ``wal-push %p`` turned into ``wal-fetch %f %p``, or ``--restore-command``),
+   the target, ``recovery_target_action = promote``, an explicit ``recovery_target_timeline`` and
+   ``recovery.signal``. Settings PostgreSQL checks against the primary (``max_connections`` ...) are left
+   as the backup has them, never lowered.
+4. **Recover**: start the server as ``--run-as``, wait for promotion, report the recovered LSN, timeline and
+   last replayed transaction time; push the new timeline's ``.history`` ourselves, so a second restore can
+   never reuse the timeline even if the new server does not archive.
+
+On failure the server is stopped and the data directory (which was empty) is removed unless
+``keep_failed``; the reason is the server's own log line (e.g. ``wal-fetch: FATAL`` naming a segment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seedvault import process
+from seedvault.errors import (
+    ConfigError,
+    RecoveryFailed,
+    RestoreVerificationFailed,
+    SourceError,
+    TargetError,
+    UsageError,
+)
+from seedvault.repository import Repository
+from seedvault.sources.postgres.binaries import find_server_binaries
+from seedvault.sources.postgres.cluster import LocalCluster, default_run_as
+from seedvault.wal import names as wn
+from seedvault.wal.plan import Plan, Target, make_plan
+from seedvault.wal.store import WalStore
+
+# Settings of the seedvault block that belong to the host the backup came from, not to the restored copy.
+_HOST_SETTINGS = {"port", "listen_addresses", "unix_socket_directories", "unix_socket_permissions"}
+
+
+@dataclass
+class PitrReport:
+    plan: dict[str, Any]
+    data_dir: str
+    port: int
+    timeline: int = 0
+    lsn: str = ""
+    recovered_to: str | None = None
+    stop_reason: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    running: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def restore_command_for(archive_command: str | None, override: str | None) -> str:
+    if override:
+        if "%f" not in override or "%p" not in override:
+            raise UsageError("--restore-command must contain %f and %p")
+        return override
+    if archive_command and re.search(r"\bwal-push\b.*%p", archive_command):
+        return re.sub(r"\bwal-push\b(.*)%p", r"wal-fetch\1%f %p", archive_command, count=1)
+    raise ConfigError(
+        "cannot derive restore_command: the backup's archive_command does not run 'seedvault wal-push %p'",
+        hint='pass --restore-command "/path/to/seedvault --config FILE wal-fetch %f %p"',
+    )
+
+
+def _target_settings(target: Target, timeline: int) -> dict[str, str]:
+    conf = {"recovery_target_action": "promote", "recovery_target_timeline": str(timeline)}
+    if target.kind == "time":
+        conf["recovery_target_time"] = str(target.value)
+    elif target.kind == "lsn":
+        conf["recovery_target_lsn"] = str(target.value)
+    elif target.kind == "name":
+        conf["recovery_target_name"] = str(target.value)
+    elif target.kind == "immediate":
+        conf["recovery_target"] = "immediate"
+    if target.kind in ("time", "lsn", "name"):
+        conf["recovery_target_inclusive"] = "on" if target.inclusive else "off"
+    return conf
+
+
+def _empty_target_dir(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TargetError(f"{path} exists and is not empty; PITR restores only into an absent or empty directory")
+
+
+def extract_base(repo: Repository, plan: Plan, data_dir: Path) -> int:
+    """Stream base.tar from storage into data_dir; returns the number of members."""
+
+    class _Reader:
+        def __init__(self) -> None:
+            self._it = repo.read_object(plan.backup_id, "base.tar", body=plan.backup)
+            self._buf = b""
+
+        def read(self, n: int = -1) -> bytes:
+            while n < 0 or len(self._buf) < n:
+                try:
+                    self._buf += next(self._it)
+                except StopIteration:
+                    break
+            if n < 0:
+                out, self._buf = self._buf, b""
+            else:
+                out, self._buf = self._buf[:n], self._buf[n:]
+            return out
+
+        def drain(self) -> None:
+            for _ in self._it:  # runs the digest/size check at the end of the object
+                pass
+
+    reader = _Reader()
+    count = 0
+    with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            if member.name.startswith("/") or ".." in Path(member.name).parts:
+                raise RestoreVerificationFailed(f"base backup member {member.name!r} escapes the data directory")
+            tar.extract(member, data_dir, set_attrs=False, filter="tar")
+            count += 1
+    reader.drain()
+    (data_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+    return count
+
+
+def _verifybackup(cluster: LocalCluster, data_dir: Path) -> None:
+    tool = cluster.binaries.tool("pg_verifybackup")
+    proc = process.run(
+        [str(tool), "--no-parse-wal", "--quiet", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        inherit_env=False,
+        **cluster._as_run_as(),
+    )
+    if proc.returncode != 0:
+        line = next((ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()), f"exit {proc.returncode}")
+        raise RestoreVerificationFailed(f"pg_verifybackup rejected the laid-out base backup: {line.strip()}")
+
+
+_STOP_RE = re.compile(r"(recovery stopping [^\n]*|last completed transaction was at log time [^\n]*)")
+_FATAL_RE = re.compile(r"(FATAL|PANIC):\s+(.*)")
+
+
+def _log_since(cluster: LocalCluster, offset: int) -> str:
+    try:
+        with open(cluster.log_file, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _failure_reason(log: str) -> str:
+    fetch = [ln for ln in log.splitlines() if "seedvault wal-fetch: FATAL" in ln]
+    if fetch:
+        return fetch[-1].split("seedvault wal-fetch: FATAL: ", 1)[-1].strip()
+    fatal = _FATAL_RE.findall(log)
+    if fatal:
+        return fatal[-1][1].strip()
+    return "the server stopped during recovery"
+
+
+def restore_pitr(
+    repo: Repository,
+    target: Target,
+    data_dir: str | os.PathLike[str],
+    *,
+    port: int | None = None,
+    run_as: str | None = None,
+    backup_id: str | None = None,
+    system_id: str | None = None,
+    timeline: int | None = None,
+    restore_command: str | None = None,
+    archive_mode: str = "preserve",
+    stop_after: bool = False,
+    keep_failed: bool = False,
+    timeout: float = 3600.0,
+) -> PitrReport:
+    if archive_mode not in ("preserve", "off"):
+        raise UsageError("--archive-mode must be preserve or off")
+    t0 = time.perf_counter()
+    data = Path(data_dir).absolute()
+    _empty_target_dir(data)
+    plan = make_plan(repo, target, backup_id=backup_id, system_id=system_id, timeline=timeline)
+    src = plan.backup["source"]
+    binaries = find_server_binaries(int(src["pg_major"]))
+    existed = data.exists()
+    cluster = LocalCluster(data, port=port, binaries=binaries, run_as=run_as or default_run_as())
+    report = PitrReport(plan.as_dict(), str(data), cluster.port)
+    try:
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        report.seconds["plan"] = round(time.perf_counter() - t0, 3)
+        members = extract_base(repo, plan, data)
+        cluster.chown_tree(data)
+        os.chmod(data, 0o700)
+        report.seconds["extract"] = round(time.perf_counter() - t0, 3)
+        _verifybackup(cluster, data)
+        report.seconds["verify"] = round(time.perf_counter() - t0, 3)
+        old = cluster._read_conf_block()
+        settings = {k: v for k, v in old.items() if k not in _HOST_SETTINGS}
+        settings["restore_command"] = restore_command_for(settings.get("archive_command"), restore_command)
+        if archive_mode == "off":
+            settings["archive_mode"] = "off"
+        settings.update(_target_settings(target, plan.timeline))
+        cluster.configure(extra_conf=settings)
+        signal = data / "recovery.signal"
+        signal.touch()
+        cluster.chown_tree(data)
+        offset = cluster.log_file.stat().st_size if cluster.log_file.exists() else 0
+        try:
+            cluster.start(timeout=timeout)
+        except SourceError as exc:
+            raise RecoveryFailed(
+                f"recovery failed: {_failure_reason(_log_since(cluster, offset)) or exc.one_line()}",
+                hint=f"server log: {cluster.log_file}",
+            ) from None
+        _wait_promoted(cluster, offset, timeout)
+        report.seconds["recover"] = round(time.perf_counter() - t0, 3)
+        with cluster.connect(autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text, (SELECT timeline_id FROM pg_control_checkpoint())")
+            lsn, _ = row.fetchone()  # type: ignore[misc]
+            tli = _current_timeline(conn)
+        report.lsn, report.timeline = lsn, tli
+        log = _log_since(cluster, offset)
+        stops = _STOP_RE.findall(log)
+        # PostgreSQL logs "recovery stopping before/after ..." when a target was hit, then "last completed
+        # transaction ..." on promotion: the former says why recovery ended, so it wins.
+        targeted = [s for s in stops if s.startswith("recovery stopping")]
+        report.stop_reason = (targeted or stops or [None])[-1]
+        m = re.search(r"(?:time|log time) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.\d]*\+?[\d:]*)", report.stop_reason or "")
+        report.recovered_to = m.group(1) if m else None
+        _push_history(repo, plan, data, tli)
+        report.plan["members"] = members
+        if stop_after:
+            cluster.stop()
+            report.running = False
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if cluster.is_running():
+                cluster.stop("immediate", timeout=30)
+        if not keep_failed:
+            shutil.rmtree(data, ignore_errors=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    data.rmdir()
+        raise
+    report.seconds["total"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _current_timeline(conn: Any) -> int:
+    row = conn.execute("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").fetchone()
+    return int(row[0], 16)
+
+
+def _wait_promoted(cluster: LocalCluster, offset: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not cluster.is_running():
+            raise RecoveryFailed(
+                f"recovery failed: {_failure_reason(_log_since(cluster, offset))}",
+                hint=f"server log: {cluster.log_file}",
+            )
+        state = _recovery_state(cluster)
+        if state == "promoted":
+            return
+        if state == "paused":  # pg_get_wal_replay_pause_state (PG 14+)
+            raise RecoveryFailed(
+                "recovery paused instead of promoting (a setting is lower than on the source?)",
+                hint=f"server log: {cluster.log_file}",
+            )
+        time.sleep(0.3)
+    raise RecoveryFailed(f"recovery did not finish within {timeout:.0f} s", hint=f"server log: {cluster.log_file}")
+
+
+def _recovery_state(cluster: LocalCluster) -> str | None:
+    """promoted | paused | recovering, or None while the server does not answer yet."""
+    try:
+        with cluster.connect(autocommit=True, connect_timeout=2) as conn:
+            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                return "promoted"
+            if cluster.major >= 14:
+                paused = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]  # type: ignore[index]
+                if paused == "paused":
+                    return "paused"
+            return "recovering"
+    except Exception:
+        return None
+
+
+def _push_history(repo: Repository, plan: Plan, data: Path, tli: int) -> None:
+    if tli <= 1:
+        return
+    hist = data / "pg_wal" / f"{tli:08X}.history"
+    if hist.exists():
+        WalStore(repo, plan.system_id).push(hist, source="restore")
+
+
+def parse_target(
+    *, to_time: str | None, to_lsn: str | None, to_name: str | None, latest: bool, immediate: bool, exclusive: bool
+) -> Target:
+    given = [x for x in (to_time, to_lsn, to_name) if x] + [x for x in (latest, immediate) if x]
+    if len(given) != 1:
+        raise UsageError("give exactly one of --to-time, --to-lsn, --to-name, --latest, --immediate")
+    if to_time:
+        from seedvault.wal.plan import _parse_time
+
+        try:
+            t = _parse_time(to_time)
+        except ValueError:
+            raise UsageError(f"--to-time {to_time!r} is not an ISO time (e.g. 2026-12-01T02:00:00Z)") from None
+        return Target("time", t.isoformat(sep=" "), not exclusive, time=t)
+    if to_lsn:
+        lsn = wn.parse_lsn(to_lsn)
+        return Target("lsn", wn.format_lsn(lsn), not exclusive, lsn=lsn)
+    if to_name:
+        return Target("name", to_name, not exclusive)
+    return Target("latest" if latest else "immediate")

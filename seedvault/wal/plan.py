@@ -1,0 +1,182 @@
+"""The recovery plan: which base backup, which timeline, and proof that every needed WAL segment exists.
+
+PostgreSQL itself cannot tell "the archive ends here" from "a segment is missing": both are a
+``restore_command`` answering "not found", after which it promotes at whatever point it reached. So
+before anything is laid out, seedvault walks its own catalog from the base backup's start along the
+target timeline's ancestry (as PostgreSQL's ``XLogFileReadAnyTLI`` would: each segment from the newest
+timeline that began at or before it) and stops the restore with the first missing segment's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from seedvault.errors import BackupNotFound, UsageError, WalGap
+from seedvault.repository import Repository
+from seedvault.wal import names as wn
+from seedvault.wal.store import WalStore, system_ids
+
+PHYSICAL = "postgres-physical"
+
+
+@dataclass
+class Target:
+    kind: str  # time | lsn | name | latest | immediate
+    value: str | None = None
+    inclusive: bool = True
+    time: datetime | None = None
+    lsn: int | None = None
+
+
+@dataclass
+class Plan:
+    system_id: str
+    backup_id: str
+    backup: dict[str, Any]
+    timeline: int
+    ancestry: list[wn.HistoryEntry]
+    segments: list[str] = field(default_factory=list)
+    seg_size: int = wn.DEFAULT_SEGMENT_SIZE
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system_id": self.system_id,
+            "backup_id": self.backup_id,
+            "timeline": self.timeline,
+            "ancestry": [
+                (e.tli, wn.format_lsn(e.begin), None if e.end is None else wn.format_lsn(e.end)) for e in self.ancestry
+            ],
+            "first_segment": self.segments[0] if self.segments else None,
+            "last_segment": self.segments[-1] if self.segments else None,
+            "segments": len(self.segments),
+            "warnings": self.warnings,
+        }
+
+
+def _parse_time(text: str) -> datetime:
+    from datetime import UTC
+
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def physical_backups(repo: Repository, system_id: str | None) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for entry in repo.entries():
+        body = entry.body
+        if body is None or body.get("kind") != PHYSICAL:
+            continue
+        if system_id and body["source"].get("system_id") != system_id:
+            continue
+        out.append((entry.backup_id, body))
+    return sorted(out, key=lambda x: x[0])
+
+
+def resolve_system_id(repo: Repository, backup_id: str | None, system_id: str | None) -> str:
+    if system_id:
+        return system_id
+    if backup_id:
+        return str(repo.manifest(backup_id)["source"]["system_id"])
+    ids = sorted({b["source"]["system_id"] for _, b in physical_backups(repo, None)})
+    if not ids:
+        ids = system_ids(repo)
+        if not ids:
+            raise BackupNotFound(
+                f"no physical base backup in {repo.storage.url}", hint="run 'seedvault backup postgres-base'"
+            )
+    if len(ids) > 1:
+        raise UsageError(f"the repository holds WAL of several database systems ({', '.join(ids)}); pass --system-id")
+    return ids[0]
+
+
+def make_plan(
+    repo: Repository,
+    target: Target,
+    *,
+    backup_id: str | None = None,
+    system_id: str | None = None,
+    timeline: int | None = None,
+) -> Plan:
+    sid = resolve_system_id(repo, backup_id, system_id)
+    store = WalStore(repo, sid)
+    histories = {o.timeline for o in store.list_histories()}
+    tli = timeline or max(histories | {1})
+    if tli > 1:
+        if tli not in histories:
+            raise WalGap(f"timeline history {tli:08X}.history is not archived for system {sid}")
+        ancestry = wn.parse_history(store.read_history(tli), tli)
+    else:
+        ancestry = [wn.HistoryEntry(1, 0, None)]
+    by_tli = {e.tli: e for e in ancestry}
+
+    def fits(body: dict[str, Any]) -> bool:
+        src = body["source"]
+        e = by_tli.get(int(src["timeline"]))
+        if e is None:
+            return False
+        start, stop = wn.parse_lsn(src["start_lsn"]), wn.parse_lsn(src["stop_lsn"])
+        if start < e.begin or (e.end is not None and stop > e.end):
+            return False
+        if target.kind == "lsn" and target.lsn is not None and stop > target.lsn:
+            return False
+        late = target.kind == "time" and target.time is not None and _parse_time(src["stop_time"]) >= target.time
+        return not late
+
+    candidates = physical_backups(repo, sid)
+    if backup_id:
+        chosen = [(b, body) for b, body in candidates if b == backup_id]
+        if not chosen:
+            raise BackupNotFound(f"backup {backup_id} is not a physical base backup of system {sid}")
+        if not fits(chosen[0][1]):
+            raise UsageError(f"backup {backup_id} cannot reach the target on timeline {tli}")
+    else:
+        chosen = [c for c in candidates if fits(c[1])]
+        if not chosen:
+            raise BackupNotFound(
+                f"no physical base backup of system {sid} ends before the target on timeline {tli}",
+                hint="'seedvault list' shows the backups; a base backup must finish before the recovery target",
+            )
+    bid, body = chosen[-1]
+    src = body["source"]
+    seg_size = int(src["wal_segment_size"])
+    plan = Plan(sid, bid, body, tli, ancestry, seg_size=seg_size)
+    _walk(plan, store, target)
+    return plan
+
+
+def _walk(plan: Plan, store: WalStore, target: Target) -> None:
+    src = plan.backup["source"]
+    seg = plan.seg_size
+    first = wn.segno_of_lsn(wn.parse_lsn(src["start_lsn"]), seg)
+    stop_seg = wn.segno_of_lsn(wn.parse_lsn(src["stop_lsn"]), seg)
+    catalog: dict[int, set[str]] = {}
+    for e in plan.ancestry:
+        catalog[e.tli] = {o.name for o in store.list(e.tli) if o.kind == "segment"}
+    horizon = wn.segno_of_lsn(target.lsn, seg) if target.kind == "lsn" and target.lsn is not None else None
+    s = first
+    while True:
+        tli = wn.timeline_of_segment(plan.ancestry, s, seg)
+        name = wn.segment_name(tli, s, seg)
+        if name not in catalog.get(tli, set()):
+            if s <= stop_seg or (horizon is not None and s <= horizon):
+                need_to = stop_seg if horizon is None else max(stop_seg, horizon)
+                raise WalGap(
+                    f"WAL segment {name} (timeline {tli}) is missing from {store.repo.storage.url}; recovery from "
+                    f"backup {plan.backup_id} needs every segment from {plan.segments[0] if plan.segments else name} "
+                    f"to {wn.segment_name(wn.timeline_of_segment(plan.ancestry, need_to, seg), need_to, seg)}",
+                )
+            later = sorted(n for t, names in catalog.items() for n in names if t >= tli and wn.segno_of(n, seg) > s)
+            if later:
+                raise WalGap(
+                    f"WAL segment {name} (timeline {tli}) is missing from {store.repo.storage.url}, but later WAL "
+                    f"({later[0]}...) is archived: recovery would stop at the hole",
+                    hint="if the server is still archiving in parallel, retry; else choose --to-lsn before it",
+                )
+            break
+        plan.segments.append(name)
+        if horizon is not None and s >= horizon:
+            break
+        s += 1

@@ -1,0 +1,389 @@
+"""The WAL store of one database system: epoch keys, push (idempotent, never overwriting), fetch, catalog.
+
+Storage keys (FORMAT.md "WAL objects")::
+
+    v1/wal/<system id>/keys/<epoch>/<key id>.json              epoch data key, wrapped per master key
+    v1/wal/<system id>/history/<TLI>.history                   timeline history files
+    v1/wal/<system id>/<TLI>/<TLI+LOG>/<segment>               full segments
+    v1/wal/<system id>/<TLI>/<TLI+LOG>/<segment>.<off>.backup  backup history files
+    v1/wal/<system id>/<TLI>/<TLI+LOG>/<segment>.partial.<stamp>-<hex>  partial segments (several allowed)
+
+The system id is in the path, so a segment of another cluster can never be filed under ours, and a
+``pg_upgrade`` or a new cluster gets a namespace of its own. Each WAL file is one immutable object,
+published with no-overwrite (link(2) locally, ``If-None-Match: *`` on S3): a normal push is one PUT.
+When the name exists, the stored header is authenticated and its keyed content MAC compared with the
+local file: equal is a duplicate (exit 0, as PostgreSQL's contract wants for a retried push), different
+is refused loudly and the stored object is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import seedvault
+from seedvault.crypto.keys import constant_time_equal, new_data_key
+from seedvault.errors import (
+    AuthenticationFailed,
+    ChecksumMismatch,
+    ForeignWal,
+    FormatError,
+    ObjectExists,
+    ObjectNotFound,
+)
+from seedvault.format import layout
+from seedvault.repository import Repository
+from seedvault.wal import names as wn
+from seedvault.wal import record
+
+KEY_FORMAT = "seedvault-wal-key"
+EPOCH_MAX_AGE = timedelta(hours=24)
+WAL_ZSTD_LEVEL = 1  # WAL compresses well at level 1; a push must keep up with the server
+HEAD_READ = 8192
+
+
+def wal_prefix(system_id: str) -> str:
+    return f"{layout.ROOT}/wal/{system_id}/"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    key: str
+    result: str  # stored | duplicate
+    raw_size: int
+    stored_size: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WalObject:
+    """A catalog entry (from a listing, not yet authenticated)."""
+
+    key: str
+    name: str
+    kind: str
+    timeline: int
+    segment: str | None
+    size: int
+    modified: datetime
+
+
+class WalStore:
+    """WAL objects of one system id in one repository."""
+
+    def __init__(self, repo: Repository, system_id: str | int, *, state_dir: str | None = None) -> None:
+        self.repo = repo
+        self.system_id = str(system_id)
+        if not self.system_id.isdigit():
+            raise FormatError(f"invalid system identifier {self.system_id!r}")
+        self.prefix = wal_prefix(self.system_id)
+        self.state_dir = Path(state_dir) if state_dir else None
+        self._epochs: dict[str, bytes] = {}
+        self._current: str | None = None
+
+    # --- keys of records -------------------------------------------------------------------------
+    def object_key(self, name: wn.WalName, *, unique: str | None = None) -> str:
+        if name.kind == "history":
+            return f"{self.prefix}history/{name.name}"
+        assert name.segment is not None
+        base = f"{self.prefix}{name.timeline:08X}/{name.segment[:16]}/"
+        if name.kind == "partial":
+            return f"{base}{name.name}.{unique or _unique()}"
+        return base + name.name
+
+    def _epoch_key_path(self, epoch: str, key_id: str) -> str:
+        return f"{self.prefix}keys/{epoch}/{key_id}.json"
+
+    def _scope(self, epoch: str) -> str:
+        return f"wal/{self.system_id}/{epoch}"
+
+    def epoch_key(self, epoch: str) -> bytes:
+        """Unwrap an epoch's data key with the configured master key (cached per process)."""
+        if epoch in self._epochs:
+            return self._epochs[epoch]
+        if not layout.is_backup_id(epoch):
+            raise AuthenticationFailed(f"WAL record names an invalid key epoch {epoch!r}")
+        master = self.repo.master
+        try:
+            data = self.repo.storage.get_bytes(self._epoch_key_path(epoch, master.key_id))
+        except ObjectNotFound:
+            raise AuthenticationFailed(
+                f"WAL key epoch {epoch} has no key object for master key {master.key_id}",
+                hint="the WAL was archived under another master key, or its key object was removed",
+            ) from None
+        key = self._unwrap(data, epoch)
+        self._epochs[epoch] = key
+        return key
+
+    def _unwrap(self, data: bytes, epoch: str) -> bytes:
+        try:
+            rec = json.loads(data)
+        except ValueError:
+            raise AuthenticationFailed(f"WAL key object of epoch {epoch} is corrupted") from None
+        if rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
+            raise FormatError(f"WAL key object of epoch {epoch} has an unknown format")
+        return self.repo.master.unwrap(rec, self._scope(epoch))
+
+    def current_epoch(self) -> tuple[str, bytes]:
+        """The epoch new records are sealed with: reused for a day, cached (wrapped) in state_dir."""
+        if self._current:
+            return self._current, self._epochs[self._current]
+        master = self.repo.master
+        cache = self.state_dir / f"wal-epoch-{self.system_id}-{master.key_id}.json" if self.state_dir else None
+        if cache is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError, AuthenticationFailed, FormatError):
+                cached = json.loads(cache.read_text())
+                epoch = cached["epoch"]
+                if _epoch_young(epoch):
+                    self._epochs[epoch] = self._unwrap(json.dumps(cached["record"]).encode(), epoch)
+                    self._current = epoch
+                    return epoch, self._epochs[epoch]
+        epoch = layout.new_backup_id()
+        key = new_data_key()
+        rec = {"format": KEY_FORMAT, "version": 1, "epoch": epoch, "key_id": master.key_id, "cipher": "aes-256-gcm"}
+        rec.update(master.wrap(key, self._scope(epoch)))
+        self.repo.config(create=True)
+        self.repo.storage.put_bytes(self._epoch_key_path(epoch, master.key_id), json.dumps(rec, indent=2).encode())
+        self._epochs[epoch] = key
+        self._current = epoch
+        if cache is not None:
+            with contextlib.suppress(OSError):
+                _write_private(cache, json.dumps({"epoch": epoch, "record": rec}))
+        return epoch, key
+
+    # --- push ------------------------------------------------------------------------------------
+    def push(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        source: str = "archive_command",
+        pg_major: int | None = None,
+        settings_level: int | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> PushResult:
+        """Archive one WAL file; returns only once it is durable in storage (or proven already there)."""
+        t0 = time.perf_counter()
+        path = Path(path)
+        wal = wn.classify(name or path.name)
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            seg_size = None
+            segno = None
+            if wal.kind in ("segment", "partial"):
+                hdr = wn.check_segment_header(head, wal, system_id=int(self.system_id), pg_major=pg_major)
+                seg_size = hdr.seg_size
+                segno = wal.segno(seg_size)
+                pg_major = pg_major or wn.major_of_magic(hdr.magic)
+            key = self.object_key(wal)
+            epoch, ek = self.current_epoch()
+            fh.seek(0)
+            mac, size = record.content_mac(ek, key, fh)
+            header: dict[str, Any] = {
+                "format": record.FORMAT,
+                "version": record.VERSION,
+                "name": wal.name,
+                "kind": wal.kind,
+                "system_id": self.system_id,
+                "timeline": wal.timeline,
+                "segno": segno,
+                "pg_major": pg_major,
+                "wal_segment_size": seg_size,
+                "raw_size": size,
+                "content_mac": mac,
+                "epoch": epoch,
+                "compression": "zstd",
+                "chunk_size": chunk_size,
+                "source": source,
+                "archived": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "tool": f"seedvault {seedvault.__version__}",
+            }
+            fh.seek(0)
+            writer = self.repo.storage.open_write(key)
+            try:
+                stored = record.write_record(
+                    writer,
+                    fh,
+                    epoch_key=ek,
+                    object_key=key,
+                    header=header,
+                    level=settings_level if settings_level is not None else WAL_ZSTD_LEVEL,
+                    chunk_size=chunk_size,
+                )
+            except BaseException:
+                writer.abort()
+                raise
+            try:
+                writer.commit()
+                result = "stored"
+            except ObjectExists:
+                self._same_content(key, wal, fh)
+                result = "duplicate"
+        return PushResult(wal.name, key, result, size, stored, time.perf_counter() - t0)
+
+    def _same_content(self, key: str, wal: wn.WalName, fh: BinaryIO) -> None:
+        """The name exists: succeed if the stored record holds exactly these bytes, else refuse loudly."""
+        with self.repo.storage.open_read(key) as stored:
+            header, raw = record.read_header_unverified(stored, key)
+        ek = self.epoch_key(str(header.get("epoch")))
+        record.verify_header(raw, ek, key, f"WAL file {wal.name}")
+        fh.seek(0)
+        mac, size = record.content_mac(ek, key, fh)
+        if size != header.get("raw_size") or not constant_time_equal(mac.encode(), str(header["content_mac"]).encode()):
+            raise ObjectExists(
+                f"WAL file {wal.name} is already archived with different content "
+                f"(stored {header.get('archived')} by {header.get('source')}); seedvault never overwrites it",
+                hint="two servers archive to one repository (split brain), or a standby was promoted without a "
+                "new timeline; stop one of them",
+            )
+
+    # --- fetch -----------------------------------------------------------------------------------
+    def fetch(self, name: str, dest: str | os.PathLike[str], *, key: str | None = None) -> dict[str, Any]:
+        """Verify one archived WAL file completely, then place it at ``dest`` (atomically, fsynced).
+
+        Raises ``ObjectNotFound`` when it is not archived. Nothing reaches ``dest`` unless every check
+        passed: header MAC, name/system/timeline, every chunk, size, content MAC and the page header.
+        """
+        wal = wn.classify(name)
+        if key is None:
+            key = self.object_key(wal) if wal.kind != "partial" else self._newest_partial(wal)
+        dest = Path(dest)
+        what = f"WAL file {wal.name} (system {self.system_id})"
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".seedvault-tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, self.repo.storage.open_read(key) as stored:
+                header, raw = record.read_header_unverified(stored, what)
+                ek = self.epoch_key(str(header.get("epoch")))
+                record.verify_header(raw, ek, key, what)
+                if (
+                    header.get("name") != wal.name
+                    or header.get("system_id") != self.system_id
+                    or header.get("timeline") != wal.timeline
+                ):
+                    raise ForeignWal(
+                        f"{what}: the record holds {header.get('name')} of system {header.get('system_id')}"
+                    )
+                mac = hmac.new(record.content_key(ek, key), digestmod=hashlib.sha256)
+                size = 0
+                first = b""
+                for piece in record.open_body(stored, ek, key, header, what):
+                    if len(first) < 64:
+                        first += piece[: 64 - len(first)]
+                    mac.update(piece)
+                    size += len(piece)
+                    out.write(piece)
+                if size != header.get("raw_size") or not constant_time_equal(
+                    mac.hexdigest().encode(), str(header.get("content_mac")).encode()
+                ):
+                    raise ChecksumMismatch(f"{what}: content does not match its record")
+                if wal.kind in ("segment", "partial"):
+                    wn.check_segment_header(
+                        first, wal, system_id=int(self.system_id), seg_size=header.get("wal_segment_size")
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return header
+
+    def _newest_partial(self, wal: wn.WalName) -> str:
+        assert wal.segment is not None
+        base = f"{self.prefix}{wal.timeline:08X}/{wal.segment[:16]}/{wal.name}."
+        found = [o for o in self.repo.storage.list(base)]
+        if not found:
+            raise ObjectNotFound(f"WAL file {wal.name} is not archived")
+        return max(found, key=lambda o: o.key.rsplit(".", 1)[1]).key
+
+    # --- catalog ---------------------------------------------------------------------------------
+    def list(self, timeline: int | None = None) -> list[WalObject]:
+        """Archived WAL files (segments, partials, backup files) of one timeline or all, plus histories."""
+        out: list[WalObject] = []
+        prefix = self.prefix if timeline is None else f"{self.prefix}{timeline:08X}/"
+        for info in self.repo.storage.list(prefix):
+            rel = info.key[len(self.prefix) :]
+            if rel.startswith("keys/"):
+                continue
+            base = rel.rsplit("/", 1)[-1]
+            if rel.startswith("history/"):
+                text = base
+            elif ".partial." in base:
+                text = base.split(".partial.")[0] + ".partial"
+            else:
+                text = base
+            try:
+                wal = wn.classify(text)
+            except Exception:
+                continue
+            out.append(WalObject(info.key, wal.name, wal.kind, wal.timeline, wal.segment, info.size, info.modified))
+        if timeline is not None:
+            out += [o for o in self.list_histories()]
+        return out
+
+    def list_histories(self) -> list[WalObject]:
+        out = []
+        for info in self.repo.storage.list(f"{self.prefix}history/"):
+            base = info.key.rsplit("/", 1)[-1]
+            with contextlib.suppress(Exception):
+                wal = wn.classify(base)
+                out.append(WalObject(info.key, wal.name, "history", wal.timeline, None, info.size, info.modified))
+        return out
+
+    def read_history(self, tli: int) -> str:
+        """The authenticated text of ``<tli>.history``."""
+        name = f"{tli:08X}.history"
+        with tempfile.TemporaryDirectory(prefix="seedvault-history-") as d:
+            self.fetch(name, Path(d) / name)
+            return (Path(d) / name).read_text()
+
+    def read_header(self, key: str) -> dict[str, Any]:
+        """The authenticated header of one record (reads only its first bytes)."""
+        with self.repo.storage.open_read(key) as stored:
+            header, raw = record.read_header_unverified(stored, key)
+        record.verify_header(raw, self.epoch_key(str(header.get("epoch"))), key, key)
+        return header
+
+
+def system_ids(repo: Repository) -> list[str]:
+    """System ids that have WAL in this repository."""
+    seen: set[str] = set()
+    root = f"{layout.ROOT}/wal/"
+    for info in repo.storage.list(root):
+        sid = info.key[len(root) :].split("/", 1)[0]
+        if sid.isdigit():
+            seen.add(sid)
+    return sorted(seen)
+
+
+def _unique() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _epoch_young(epoch: str) -> bool:
+    try:
+        started = datetime.strptime(epoch[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return datetime.now(UTC) - started < EPOCH_MAX_AGE
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
