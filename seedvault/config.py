@@ -45,6 +45,8 @@ class Settings:
     cleanup_grace: str = "24h"
     # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
     wal_state_dir: str | None = None
+    # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.
+    wal_socket: str | None = None
 
     def zstd_level_for(self, source_default: int) -> int:
         """The configured zstd level, else the default of the source being backed up.

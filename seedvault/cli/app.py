@@ -10,7 +10,8 @@ Configuration (options override environment, which overrides the TOML file named
   SEEDVAULT_CONFIG           TOML file with the same settings in lower case
                              (also s3_region, s3_storage_class, s3_sse, s3_sse_kms_key_id,
                              s3_part_size, compression, zstd_level, zstd_threads, chunk_size,
-                             cleanup_grace, s3_credentials_file, wal_state_dir)
+                             cleanup_grace, s3_credentials_file, wal_state_dir,
+                             wal_socket)
 S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 shared config files, instance roles). Keys and passwords are never accepted as command-line values.
 """

@@ -50,6 +50,10 @@ def system_id_of(pgdata: str | None) -> int:
 def register(app: typer.Typer) -> None:
     app.command("wal-push")(wal_push)
     app.command("wal-fetch")(wal_fetch)
+    app.command("wal-daemon")(wal_daemon)
+
+
+SOCKET_HELP = "Archiver daemon socket [setting wal_socket, env SEEDVAULT_WAL_SOCKET]; direct when none answers."
 
 
 def wal_push(
@@ -58,8 +62,13 @@ def wal_push(
     pgdata: str = typer.Option(None, "--pgdata", help="Data directory (default: the working directory)."),
     system_id: str = typer.Option(None, "--system-id", help="Expected system identifier (default: pg_control's)."),
     pg_major: int = typer.Option(None, "--pg-major", help="Server major version, checked against the page magic."),
+    socket_path: str = typer.Option(None, "--socket", help=SOCKET_HELP),
 ) -> None:
-    """Archive one WAL file (archive_command = 'seedvault wal-push %p'); exit 0 only once it is durable."""
+    """Archive one WAL file (archive_command = 'seedvault wal-push %p'); exit 0 only once it is durable.
+
+    When a wal-daemon answers on the configured socket it does the work (the console script asks it
+    before loading this CLI); this is the direct path, used when none does.
+    """
     try:
         from seedvault.wal.store import WalStore
 
@@ -84,6 +93,7 @@ def wal_fetch(
     dest: str = typer.Argument(..., help="%p: where to put it, relative to the data directory."),
     pgdata: str = typer.Option(None, "--pgdata", help="Data directory (default: the working directory)."),
     system_id: str = typer.Option(None, "--system-id", help="System identifier (default: pg_control's)."),
+    socket_path: str = typer.Option(None, "--socket", help=SOCKET_HELP),
 ) -> None:
     """Fetch and verify one WAL file (restore_command = 'seedvault wal-fetch %f %p')."""
     deadline = time.monotonic() + FETCH_RETRY_SECONDS
@@ -114,3 +124,56 @@ def _fatal(name: str, message: str) -> None:
     sys.stderr.write(f"seedvault wal-fetch: FATAL: {name}: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(FETCH_FATAL)
+
+
+def wal_daemon(
+    ctx: typer.Context,
+    pgdata: str = typer.Option(None, "--pgdata", help="Data directory served (its pg_control names the system)."),
+    system_id: str = typer.Option(None, "--system-id", help="System identifier (fetch-only, without --pgdata)."),
+    socket_path: str = typer.Option(None, "--socket", help="Socket to serve [setting wal_socket]."),
+    workers: int = typer.Option(4, "--workers", min=1, max=64, help="Parallel pushes/fetches."),
+    lookahead: int = typer.Option(None, "--lookahead", min=0, help="Ready segments pushed ahead (default: workers)."),
+    fetch_ahead: int = typer.Option(None, "--fetch-ahead", min=0, help="Segments read ahead in recovery."),
+) -> None:
+    """Run the archiver: warm storage connections, parallel look-ahead pushes, read-ahead for recovery.
+
+    Run it as the PostgreSQL server's OS user (systemd unit in RUNBOOK.md), with the same settings as
+    archive_command. Stops cleanly on SIGTERM, finishing the requests in flight.
+    """
+    import logging
+
+    from seedvault.wal.daemon import WalDaemon
+    from seedvault.wal.store import WalStore
+
+    try:
+        st = state(ctx)
+        path = socket_path or st.settings.wal_socket
+        if not path:
+            raise ConfigError("no socket: pass --socket or set wal_socket")
+        if not pgdata and not system_id:
+            raise ConfigError("pass --pgdata (archiving) or --system-id (fetch only)")
+        sid = int(system_id) if system_id else system_id_of(pgdata)
+        store = WalStore(st.repository(create=True), sid, state_dir=st.settings.wal_state_dir)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        daemon = WalDaemon(
+            store,
+            path,
+            pgdata=pgdata,
+            workers=workers,
+            lookahead=lookahead,
+            fetch_ahead=fetch_ahead,
+            zstd_level=st.settings.zstd_level,
+            emit=lambda line: err(f"seedvault wal-daemon: {line}"),
+        )
+        daemon.bind()
+        daemon.install_signal_handlers()
+        err(f"seedvault wal-daemon: serving {path} for system {sid} ({workers} workers)")
+        daemon.serve_forever()
+        s = daemon.stats
+        err(
+            f"seedvault wal-daemon: stopped; {s.requests} requests, {s.pushed} pushed "
+            f"({s.served_ahead} ahead of PostgreSQL), {s.fetched} fetched ({s.prefetch_hits} read ahead)"
+        )
+    except SeedvaultError as exc:
+        err(f"seedvault wal-daemon: error: {exc.one_line()}")
+        raise typer.Exit(exc.exit_code) from None

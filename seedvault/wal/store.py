@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import seedvault
+from seedvault import faults
 from seedvault.crypto.keys import constant_time_equal, new_data_key
 from seedvault.errors import (
     AuthenticationFailed,
@@ -91,6 +93,7 @@ class WalStore:
         self.state_dir = Path(state_dir) if state_dir else None
         self._epochs: dict[str, bytes] = {}
         self._current: str | None = None
+        self._epoch_lock = threading.Lock()
 
     # --- keys of records -------------------------------------------------------------------------
     def object_key(self, name: wn.WalName, *, unique: str | None = None) -> str:
@@ -137,8 +140,13 @@ class WalStore:
 
     def current_epoch(self) -> tuple[str, bytes]:
         """The epoch new records are sealed with: reused for a day, cached (wrapped) in state_dir."""
-        if self._current:
+        with self._epoch_lock:
+            return self._current_epoch()
+
+    def _current_epoch(self) -> tuple[str, bytes]:
+        if self._current and _epoch_young(self._current):  # a long-running archiver rotates daily too
             return self._current, self._epochs[self._current]
+        self._current = None
         master = self.repo.master
         cache = self.state_dir / f"wal-epoch-{self.system_id}-{master.key_id}.json" if self.state_dir else None
         if cache is not None:
@@ -172,12 +180,19 @@ class WalStore:
         pg_major: int | None = None,
         settings_level: int | None = None,
         chunk_size: int = 1 << 20,
+        fileobj: BinaryIO | None = None,
     ) -> PushResult:
-        """Archive one WAL file; returns only once it is durable in storage (or proven already there)."""
+        """Archive one WAL file; returns only once it is durable in storage (or proven already there).
+
+        ``fileobj`` (seekable, positioned anywhere) replaces opening ``path``: the archiver daemon reads the
+        descriptor wal-push handed it, so it archives exactly the file PostgreSQL named, whatever its cwd.
+        Safe to call from several threads at once.
+        """
         t0 = time.perf_counter()
         path = Path(path)
         wal = wn.classify(name or path.name)
-        with open(path, "rb") as fh:
+        opened = contextlib.nullcontext(fileobj) if fileobj is not None else open(path, "rb")  # noqa: SIM115
+        with opened as fh:
             head = fh.read(64)
             seg_size = None
             segno = None
@@ -224,9 +239,11 @@ class WalStore:
             except BaseException:
                 writer.abort()
                 raise
+            faults.reached("wal-push-uploaded")
             try:
                 writer.commit()
                 result = "stored"
+                faults.reached("wal-push-committed")
             except ObjectExists:
                 self._same_content(key, wal, fh)
                 result = "duplicate"

@@ -11,154 +11,18 @@ talking HTTP to moto, recovery is PostgreSQL's own.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import secrets
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from seedvault import process
-from seedvault.crypto.keys import generate_raw_key
 from seedvault.sources.postgres.binaries import preferred_server_binaries
 from seedvault.sources.postgres.cluster import HOST, LocalCluster, free_loopback_port
-from tests.fixtures.pgvenv import install_command
 from tests.fixtures.postgres import TEST_SERVER_CONF
-from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET
-
-ARCHIVE_TIMEOUT = 10  # seconds; production default documented as 60
-
-
-@dataclass
-class WalEnv:
-    base: Path
-    exe: Path
-    config: Path
-    primary: LocalCluster
-    pgpass: Path
-    password: str
-    bucket: str
-    endpoint: str
-
-    def cli_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDVAULT_")}
-        env.update(
-            {
-                "SEEDVAULT_CONFIG": str(self.config),
-                "PGPASSFILE": str(self.pgpass),
-                "CI": "1",
-            }
-        )
-        return env
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "seedvault.cli.app", *args],
-            env=self.cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"seedvault {' '.join(args)} -> {proc.returncode}: {proc.stderr.strip()}")
-        return proc
-
-    def connect(self, cluster: LocalCluster | None = None) -> psycopg.Connection:
-        c = cluster or self.primary
-        return psycopg.connect(c.conninfo("postgres"), passfile=str(self.pgpass), autocommit=True, connect_timeout=10)
-
-    def dsn(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.primary.port}/postgres"
-
-    def new_dir(self) -> Path:
-        return self.base / f"restore-{uuid.uuid4().hex[:8]}" / "data"
-
-    def wait_archived(self, cluster: LocalCluster | None = None, timeout: float = 60) -> str:
-        """Switch WAL and wait until the switched segment is archived; returns its name."""
-        with self.connect(cluster) as conn:
-            seg = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                row = conn.execute("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver").fetchone()
-                if row[0] and row[0] >= seg:
-                    return seg
-                time.sleep(0.2)
-        c = cluster or self.primary
-        tail = "\n".join(c.log_file.read_text(errors="replace").splitlines()[-15:])
-        raise AssertionError(f"segment {seg} not archived in {timeout}s (pg_stat_archiver: {row})\n{tail}")
-
-
-def _own(path: Path, user: str, mode: int) -> None:
-    pw = pwd.getpwnam(user)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    os.chmod(path, mode)
-
-
-@pytest.fixture(scope="module")
-def wal_env(pg_base_dir: Path, moto_server, tmp_path_factory) -> Iterator[WalEnv]:
-    base = pg_base_dir / f"wal-{uuid.uuid4().hex[:8]}"
-    base.mkdir(mode=0o755)
-    base.chmod(0o755)
-    exe = install_command(base)
-    bucket = f"sv-wal-{uuid.uuid4().hex[:12]}"
-    moto_server.client().create_bucket(Bucket=bucket)
-    primary = LocalCluster(base / "primary" / "data", binaries=preferred_server_binaries())
-    user = primary.run_as
-    secrets_dir = base / "secrets"
-    secrets_dir.mkdir()
-    _own(secrets_dir, user, 0o700)
-    key = secrets_dir / "master.key"
-    key.write_text(generate_raw_key() + "\n")
-    _own(key, user, 0o600)
-    creds = secrets_dir / "aws-credentials"
-    creds.write_text(f"[default]\naws_access_key_id = {S3_ACCESS_KEY_ID}\naws_secret_access_key = {S3_SECRET}\n")
-    _own(creds, user, 0o600)
-    state = base / "wal-state"
-    state.mkdir()
-    _own(state, user, 0o700)
-    config = base / "seedvault.toml"
-    config.write_text(
-        f'repository = "s3://{bucket}/repo"\n'
-        f's3_endpoint = "{moto_server.endpoint_url}"\n'
-        f's3_region = "{S3_REGION}"\n'
-        f'key_file = "{key}"\n'
-        f's3_credentials_file = "{creds}"\n'
-        f'wal_state_dir = "{state}"\n'
-    )
-    config.chmod(0o644)
-    password = "sv-wal-" + secrets.token_urlsafe(20)
-    process.register_secret(password)
-    conf = {
-        **TEST_SERVER_CONF,
-        "wal_level": "replica",
-        "archive_mode": "on",
-        "archive_command": f"{exe} --config {config} wal-push %p",
-        "archive_timeout": f"{ARCHIVE_TIMEOUT}s",
-        "wal_keep_size": "256MB",
-    }
-    pgpass = base / "pgpass"
-    fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, f"{HOST}:*:*:postgres:{password}\n".encode())
-    os.close(fd)
-    env = WalEnv(base, exe, config, primary, pgpass, password, bucket, moto_server.endpoint_url)
-    env.cli("init")  # before the server starts archiving into it
-    primary.initdb("postgres", password=password, extra_conf=conf, sync=False)
-    primary.start(timeout=60)
-    try:
-        with env.connect() as conn:
-            conn.execute("CREATE TABLE ev (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, note text)")
-        env.wait_archived()
-        yield env
-    finally:
-        primary.destroy()
+from tests.fixtures.walenv import ARCHIVE_TIMEOUT, WalEnv, boto3_client, list_all
 
 
 def _insert(conn: psycopg.Connection, n: int, note: str) -> None:
@@ -332,25 +196,6 @@ def test_kill_primary_then_latest_loses_at_most_archive_timeout(wal_env: WalEnv,
     finally:
         r.stop()
         env.primary.start(timeout=60)  # later tests (if any) use the primary again
-
-
-def boto3_client(env: WalEnv):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=env.endpoint, region_name=S3_REGION)
-
-
-def list_all(client, bucket: str, prefix: str) -> list[dict]:
-    out, token = [], None
-    while True:
-        kw = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kw["ContinuationToken"] = token
-        page = client.list_objects_v2(**kw)
-        out += page.get("Contents", [])
-        if not page.get("IsTruncated"):
-            return out
-        token = page["NextContinuationToken"]
 
 
 def test_restore_refuses_non_empty_dir_and_unarchived_server(wal_env: WalEnv, pg_base_dir: Path) -> None:

@@ -39,6 +39,10 @@ def segment_bytes(tli: int, segno: int, *, sysid: int = SYSID, size: int = SEG, 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
+    return make_wal_repo(tmp_path)
+
+
+def make_wal_repo(tmp_path: Path) -> Repository:
     key = tmp_path / "master.key"
     key.write_text(generate_raw_key())
     storage = LocalStorage(str(tmp_path / "repo"), create=True)

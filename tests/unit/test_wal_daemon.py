@@ -1,0 +1,159 @@
+"""The archiver daemon and its stdlib client over a real unix socket, with local storage and synthetic
+segments: served pushes, look-ahead of ``.ready`` segments, read-ahead fetches, verdicts vs fallbacks.
+
+The real-server behaviour (PostgreSQL's archiver, kill -9 of the daemon mid-push) is in
+tests/integration/test_wal_daemon.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seedvault.repository import Repository
+from seedvault.wal import client
+from seedvault.wal.daemon import WalDaemon
+from seedvault.wal.store import WalStore
+from tests.unit.test_wal_store import SYSID, make_wal_repo, segment_bytes, write_seg
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return make_wal_repo(tmp_path)
+
+
+@pytest.fixture
+def pgdata(tmp_path: Path) -> Path:
+    d = tmp_path / "pgdata"
+    (d / "global").mkdir(parents=True)
+    (d / "pg_wal" / "archive_status").mkdir(parents=True)
+    (d / "global" / "pg_control").write_bytes(SYSID.to_bytes(8, "little") + b"\0" * 8184)
+    return d
+
+
+@pytest.fixture
+def daemon(repo: Repository, pgdata: Path, tmp_path: Path) -> Iterator[tuple[WalDaemon, str, list[str]]]:
+    sock = str(tmp_path / "wal.sock")
+    lines: list[str] = []
+    d = WalDaemon(WalStore(repo, SYSID), sock, pgdata=pgdata, workers=3, emit=lines.append)
+    d.bind()
+    t = threading.Thread(target=d.serve_forever, daemon=True)
+    t.start()
+    yield d, sock, lines
+    d.stop()
+    t.join(timeout=30)
+
+
+def _push_argv(sock: str, pgdata: Path, name: str) -> list[str]:
+    return ["wal-push", "--pgdata", str(pgdata), "--socket", sock, f"pg_wal/{name}"]
+
+
+def test_push_is_served_and_durable_then_identical_repush_is_a_duplicate(daemon, pgdata, repo, tmp_path) -> None:
+    d, sock, lines = daemon
+    seg = write_seg(pgdata / "pg_wal", 1, 5)
+    assert client.try_push(_push_argv(sock, pgdata, seg.name)) == 0
+    # Durable before the answer: a fresh store (another process, in effect) reads it back identical.
+    out = tmp_path / "back"
+    WalStore(repo, SYSID).fetch(seg.name, out)
+    assert out.read_bytes() == seg.read_bytes()
+    assert client.try_push(_push_argv(sock, pgdata, seg.name)) == 0
+    assert any("duplicate" in line for line in lines)
+
+
+def test_different_content_is_a_verdict_not_a_fallback(daemon, pgdata, repo, capsys) -> None:
+    _, sock, _ = daemon
+    seg = write_seg(pgdata / "pg_wal", 1, 6)
+    assert client.try_push(_push_argv(sock, pgdata, seg.name)) == 0
+    seg.write_bytes(segment_bytes(1, 6))  # new random body under the same name
+    assert client.try_push(_push_argv(sock, pgdata, seg.name)) == 16
+    assert "different content" in capsys.readouterr().err
+
+
+def test_ready_segments_are_pushed_ahead_and_served_from_that_work(daemon, pgdata, repo) -> None:
+    d, sock, lines = daemon
+    segs = [write_seg(pgdata / "pg_wal", 1, n) for n in range(10, 14)]
+    for s in segs:
+        (pgdata / "pg_wal" / "archive_status" / f"{s.name}.ready").touch()
+    assert client.try_push(_push_argv(sock, pgdata, segs[0].name)) == 0
+    deadline = time.monotonic() + 30
+    while sum("look-ahead" in line for line in lines) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum("look-ahead" in line for line in lines) == 3  # the other three .ready ones, in parallel
+    for s in segs[1:]:
+        assert client.try_push(_push_argv(sock, pgdata, s.name)) == 0
+    assert d.stats.served_ahead == 3 and d.stats.pushed == 4  # nothing pushed twice
+    assert all((pgdata / "pg_wal" / "archive_status" / f"{s.name}.ready").exists() for s in segs)  # PG's job
+
+
+def test_fetch_reads_ahead_and_reports_missing_quietly(daemon, pgdata, repo, tmp_path, capsys) -> None:
+    d, sock, _ = daemon
+    store = WalStore(repo, SYSID)
+    src = tmp_path / "src"
+    src.mkdir()
+    segs = [write_seg(src, 2, n) for n in range(20, 25)]
+    for s in segs:
+        store.push(s)
+
+    def fetch(name: str) -> int | None:
+        return client.try_fetch(["wal-fetch", "--pgdata", str(pgdata), "--socket", sock, name, "pg_wal/RECOVERYXLOG"])
+
+    for s in segs:
+        assert fetch(s.name) == 0
+        assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == s.read_bytes()
+    assert d.stats.prefetch_hits >= 3
+    assert fetch("000000020000000000000030") == 1 and capsys.readouterr().err == ""
+
+
+def test_fetch_of_a_corrupted_segment_is_fatal(daemon, pgdata, repo, tmp_path, capsys) -> None:
+    _, sock, _ = daemon
+    store = WalStore(repo, SYSID)
+    src = tmp_path / "src"
+    src.mkdir()
+    res = store.push(write_seg(src, 1, 40))
+    path = Path(repo.storage.root) / res.key  # type: ignore[attr-defined]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    code = client.try_fetch(["wal-fetch", "--pgdata", str(pgdata), "--socket", sock, res.name, "pg_wal/RECOVERYXLOG"])
+    assert code == 126
+    err = capsys.readouterr().err
+    assert "FATAL" in err and res.name in err
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_no_daemon_or_other_system_falls_back(daemon, pgdata, tmp_path, capsys) -> None:
+    d, sock, _ = daemon
+    seg = write_seg(pgdata / "pg_wal", 1, 7)
+    assert client.try_push(_push_argv(str(tmp_path / "nothing.sock"), pgdata, seg.name)) is None
+    assert client.try_push(["wal-push", "--system-id", "42", "--socket", sock, str(seg)]) is None
+    assert "daemon serves system" in capsys.readouterr().err
+    # No socket configured at all: not even a note.
+    env_before = os.environ.pop(client.SOCKET_ENV, None)
+    try:
+        assert client.try_push(["wal-push", "--pgdata", str(pgdata), f"pg_wal/{seg.name}"]) is None
+    finally:
+        if env_before is not None:
+            os.environ[client.SOCKET_ENV] = env_before
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused(daemon, repo, pgdata) -> None:
+    from seedvault.errors import ConfigError
+
+    _, sock, _ = daemon
+    with pytest.raises(ConfigError, match="already serving"):
+        WalDaemon(WalStore(repo, SYSID), sock, pgdata=pgdata).bind()
+
+
+def test_socket_path_from_config_file(tmp_path) -> None:
+    cfg = tmp_path / "sv.toml"
+    cfg.write_text('repository = "file:///x"\nwal_socket = "/run/seedvault/wal.sock"\n')
+    assert client.socket_path({"--config": str(cfg)}, env={}) == "/run/seedvault/wal.sock"
+    assert client.socket_path({}, env={"SEEDVAULT_CONFIG": str(cfg)}) == "/run/seedvault/wal.sock"
+    assert client.socket_path({"--socket": "/a"}, env={"SEEDVAULT_WAL_SOCKET": "/b"}) == "/a"
+    assert client.socket_path({}, env={}) is None
