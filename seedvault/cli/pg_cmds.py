@@ -173,6 +173,9 @@ def restore_postgres_pitr_cmd(
     archive_mode: str = typer.Option("preserve", "--archive-mode", help="preserve or off (for the restored server)."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server after promotion."),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Keep the data directory if recovery fails."),
+    read_ahead: int = typer.Option(
+        4, "--read-ahead", min=0, max=64, help="Parallel WAL downloads ahead of replay (0: one wal-fetch per file)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report."),
 ) -> None:
     """Point-in-time recovery into a new data directory: plan (WAL continuity checked), lay out, verify, recover."""
@@ -195,6 +198,7 @@ def restore_postgres_pitr_cmd(
         archive_mode=archive_mode,
         stop_after=stop,
         keep_failed=keep_failed,
+        read_ahead=read_ahead,
     )
     if json_out:
         print_json(report.as_dict())

@@ -24,10 +24,13 @@ On failure the server is stopped and the data directory (which was empty) is rem
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import shlex
 import shutil
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,8 @@ from seedvault.wal import names as wn
 from seedvault.wal.plan import Plan, Target, make_plan
 from seedvault.wal.store import WalStore
 
+log = logging.getLogger(__name__)
+
 # Settings of the seedvault block that belong to the host the backup came from, not to the restored copy.
 _HOST_SETTINGS = {"port", "listen_addresses", "unix_socket_directories", "unix_socket_permissions"}
 
@@ -62,6 +67,7 @@ class PitrReport:
     lsn: str = ""
     recovered_to: str | None = None
     stop_reason: str | None = None
+    read_ahead: str | None = None  # the read-ahead daemon's summary: requests, segments served ahead
     seconds: dict[str, float] = field(default_factory=dict)
     running: bool = True
 
@@ -192,6 +198,7 @@ def restore_pitr(
     stop_after: bool = False,
     keep_failed: bool = False,
     timeout: float = 3600.0,
+    read_ahead: int = 4,
 ) -> PitrReport:
     if archive_mode not in ("preserve", "off"):
         raise UsageError("--archive-mode must be preserve or off")
@@ -204,6 +211,7 @@ def restore_pitr(
     existed = data.exists()
     cluster = LocalCluster(data, port=port, binaries=binaries, run_as=run_as or default_run_as())
     report = PitrReport(plan.as_dict(), str(data), cluster.port)
+    reader: _ReadAhead | None = None
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         report.seconds["plan"] = round(time.perf_counter() - t0, 3)
@@ -219,6 +227,10 @@ def restore_pitr(
         if archive_mode == "off":
             settings["archive_mode"] = "off"
         settings.update(_target_settings(target, plan.timeline))
+        if restore_command is None and read_ahead > 0:
+            reader = _ReadAhead.start(cluster, settings.get("archive_command") or "", read_ahead)
+            if reader is not None:
+                settings["restore_command"] = reader.restore_command(settings["restore_command"])
         cluster.configure(extra_conf=settings)
         signal = data / "recovery.signal"
         signal.touch()
@@ -248,10 +260,15 @@ def restore_pitr(
         report.recovered_to = m.group(1) if m else None
         _push_history(repo, plan, data, tli)
         report.plan["members"] = members
+        if reader is not None:
+            report.read_ahead = reader.stop()
+            reader = None
         if stop_after:
             cluster.stop()
             report.running = False
     except BaseException:
+        if reader is not None:
+            reader.stop()
         with contextlib.suppress(Exception):
             if cluster.is_running():
                 cluster.stop("immediate", timeout=30)
@@ -263,6 +280,73 @@ def restore_pitr(
         raise
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+class _ReadAhead:
+    """A ``seedvault wal-daemon`` serving this recovery's ``wal-fetch`` calls with parallel read-ahead.
+
+    Why: PostgreSQL calls restore_command once per segment and waits for each; a fresh process per call
+    pays for imports, the S3 client and the key lookup, and nothing downloads while a segment replays.
+    The daemon runs the very program and settings of the backup's archive_command, as the server's user,
+    with the server's minimal environment; if it cannot start, wal-fetch simply works directly.
+    """
+
+    def __init__(self, proc: Any, sock: Path, log_path: Path, tmpdir: Path) -> None:
+        self.proc, self.sock, self.log_path, self.tmpdir = proc, sock, log_path, tmpdir
+
+    @classmethod
+    def start(cls, cluster: LocalCluster, archive_command: str, workers: int) -> _ReadAhead | None:
+        try:
+            tokens = shlex.split(archive_command)
+            head = tokens[: tokens.index("wal-push")]
+        except ValueError:
+            return None
+        if not head:
+            return None
+        tmpdir = Path(tempfile.mkdtemp(prefix="seedvault-recovery-"))
+        sock = tmpdir / "wal.sock"
+        log_path = cluster.data_dir.parent / f"{cluster.data_dir.name}.wal-daemon.log"
+        os.chown(tmpdir, cluster.uid, cluster.gid)
+        argv = [*head, "wal-daemon", "--pgdata", str(cluster.data_dir), "--socket", str(sock)]
+        argv += ["--workers", str(workers), "--lookahead", "0", "--fetch-ahead", str(workers * 2)]
+        with open(log_path, "ab") as out:
+            try:
+                proc = process.spawn(argv, inherit_env=False, stdout=out, stderr=out, **cluster._as_run_as())
+            except OSError as exc:
+                log.warning("read-ahead daemon did not start (%s); wal-fetch works directly", exc)
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                return None
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.warning("read-ahead daemon did not start (see %s); wal-fetch works directly", log_path)
+                with contextlib.suppress(Exception):
+                    proc.kill()
+                    proc.wait(timeout=10)
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                return None
+            time.sleep(0.05)
+        return cls(proc, sock, log_path, tmpdir)
+
+    def restore_command(self, command: str) -> str:
+        return re.sub(r"\bwal-fetch\b", f"wal-fetch --socket {shlex.quote(str(self.sock))}", command, count=1)
+
+    def stop(self) -> str | None:
+        """Stop the daemon; its closing line (requests, segments read ahead) for the report."""
+        with contextlib.suppress(Exception):
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if "stopped;" in ln]
+        except OSError:
+            return None
+        return lines[-1].split("stopped; ", 1)[-1] if lines else None
 
 
 def _current_timeline(conn: Any) -> int:

@@ -11,6 +11,7 @@ talking HTTP to moto, recovery is PostgreSQL's own.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -100,6 +101,9 @@ def test_pitr_to_time_then_again_from_the_new_timeline(wal_env: WalEnv) -> None:
         assert notes.count("before-backup") == 50 and notes.count("after-backup") == 50
         assert "after-target" not in notes and all(r[1] <= target for r in rows)
         assert report["timeline"] == 2 and report["plan"]["backup_id"] == backup["id"]
+        # Recovery was served by the read-ahead daemon (parallel downloads ahead of replay).
+        m = re.search(r"(\d+) fetched \((\d+) read ahead\)", report["read_ahead"] or "")
+        assert m and int(m.group(1)) >= 2 and int(m.group(2)) >= 1, report["read_ahead"]
         assert "recovery stopping before commit" in (report["stop_reason"] or "")
         # The new timeline's history is in the store before the restore returned.
         listing = env.cli("wal-fetch", "--pgdata", str(d1), "00000002.history", str(env.base / "h2"))
