@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
     app.command("wal-push")(wal_push)
     app.command("wal-fetch")(wal_fetch)
     app.command("wal-daemon")(wal_daemon)
+    app.command("wal-receive")(wal_receive)
 
 
 SOCKET_HELP = "Archiver daemon socket [setting wal_socket, env SEEDVAULT_WAL_SOCKET]; direct when none answers."
@@ -105,7 +106,11 @@ def wal_fetch(
             st = state(ctx)
             sid = int(system_id) if system_id else system_id_of(pgdata)
             full = Path(dest) if os.path.isabs(dest) or not pgdata else Path(pgdata) / dest
-            WalStore(st.repository(), sid).fetch(name, full)
+            from seedvault.wal.store import partial_note
+
+            header = WalStore(st.repository(), sid).fetch(name, full)
+            if header.get("served_partial"):
+                err(f"seedvault wal-fetch: {partial_note(name, header)}")
             return
         except ObjectNotFound:
             raise typer.Exit(FETCH_MISSING) from None  # not archived: the normal end of the archive
@@ -176,4 +181,57 @@ def wal_daemon(
         )
     except SeedvaultError as exc:
         err(f"seedvault wal-daemon: error: {exc.one_line()}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def wal_receive(
+    ctx: typer.Context,
+    dsn: str = typer.Option(..., "--dsn", help="postgresql://user@host:port/db of a REPLICATION role (no password)."),
+    slot: str = typer.Option("seedvault", "--slot", help="Physical replication slot to stream from."),
+    create_slot: bool = typer.Option(False, "--create-slot", help="Create the slot if it does not exist."),
+    spool: str = typer.Option(None, "--spool", help="Local directory for pg_receivewal (persistent; small)."),
+    synchronous: bool = typer.Option(
+        False,
+        "--synchronous",
+        help="Flush on receipt (put the slot's name in synchronous_standby_names for zero loss).",
+    ),
+    partial_interval: float = typer.Option(
+        10.0, "--partial-interval", min=0, help="Seconds between uploads of the segment in progress (0: on exit only)."
+    ),
+) -> None:
+    """Streaming mode: supervise pg_receivewal on a replication slot, pushing WAL (partials too) to the store.
+
+    Runs until SIGTERM/SIGINT; the segment in progress is pushed whenever pg_receivewal exits and on
+    shutdown. Use it beside archive_command (both write the same store; identical copies are duplicates).
+    """
+    import logging
+
+    from seedvault.sources.postgres.connection import PgTarget
+    from seedvault.wal.receive import WalReceiver, ensure_slot
+
+    try:
+        st = state(ctx)
+        target = PgTarget.from_dsn(dsn)
+        ensure_slot(target, slot, create=create_slot)
+        base = spool or (
+            os.path.join(st.settings.wal_state_dir, f"receive-{slot}") if st.settings.wal_state_dir else None
+        )
+        if not base:
+            raise ConfigError("no spool directory: pass --spool or set wal_state_dir")
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        receiver = WalReceiver(
+            st.repository(create=True),
+            target,
+            base,
+            slot=slot,
+            synchronous=synchronous,
+            partial_interval=partial_interval,
+            zstd_level=st.settings.zstd_level,
+            emit=lambda line: err(f"seedvault wal-receive: {line}"),
+        )
+        receiver.install_signal_handlers()
+        err(f"seedvault wal-receive: streaming system {receiver.system_id} from slot {slot} into {base}")
+        receiver.run()
+    except SeedvaultError as exc:
+        err(f"seedvault wal-receive: error: {exc.one_line()}")
         raise typer.Exit(exc.exit_code) from None

@@ -203,6 +203,8 @@ def try_fetch(argv: Sequence[str]) -> int | None:
     except Fallback:
         return None  # quietly: recovery logs every restore_command's stderr
     if reply.get("ok"):
+        if reply.get("note"):
+            _note(f"seedvault wal-fetch: {reply['note']}")
         return 0
     if reply.get("missing"):
         return 1

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError
 from seedvault.wal import names as wn
 from seedvault.wal.client import MAX_LINE, PROTOCOL
-from seedvault.wal.store import PushResult, WalStore
+from seedvault.wal.store import PushResult, WalStore, partial_note
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +345,10 @@ class WalDaemon:
                 self.emit(f"fetch {name} failed: {exc.one_line()}")
                 return {"ok": False, "exit": exc.exit_code, "error": exc.one_line()}
         self.stats.fetched += 1
+        if header.get("served_partial"):
+            note = partial_note(name, header)
+            self.emit(note)
+            return {"ok": True, "result": "fetched", "note": note}
         self._read_ahead(name, header)
         return {"ok": True, "result": "fetched"}
 

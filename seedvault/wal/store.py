@@ -266,13 +266,29 @@ class WalStore:
             )
 
     # --- fetch -----------------------------------------------------------------------------------
-    def fetch(self, name: str, dest: str | os.PathLike[str], *, key: str | None = None) -> dict[str, Any]:
+    def fetch(
+        self, name: str, dest: str | os.PathLike[str], *, key: str | None = None, partial: bool = True
+    ) -> dict[str, Any]:
         """Verify one archived WAL file completely, then place it at ``dest`` (atomically, fsynced).
 
         Raises ``ObjectNotFound`` when it is not archived. Nothing reaches ``dest`` unless every check
         passed: header MAC, name/system/timeline, every chunk, size, content MAC and the page header.
+
+        A segment that was never archived whole but was streamed by ``wal-receive`` is served from its
+        newest partial copy (``partial``; the returned header then has ``"served_partial": True``): that
+        is the end of the archive, and recovery replays up to the last WAL the receiver got.
         """
         wal = wn.classify(name)
+        if key is None and partial and wal.kind == "segment":
+            try:
+                return self.fetch(name, dest, key=self.object_key(wal), partial=False)
+            except ObjectNotFound:
+                try:
+                    header = self.fetch(name + ".partial", dest)
+                except ObjectNotFound:
+                    raise ObjectNotFound(f"WAL file {name} is not archived") from None
+                header = dict(header, served_partial=True)
+                return header
         if key is None:
             key = self.object_key(wal) if wal.kind != "partial" else self._newest_partial(wal)
         dest = Path(dest)
@@ -317,10 +333,13 @@ class WalStore:
             raise
         return header
 
+    def partial_prefix(self, wal: wn.WalName) -> str:
+        """The key prefix of every stored copy of one partial segment (each push adds a unique suffix)."""
+        assert wal.kind == "partial" and wal.segment is not None
+        return f"{self.prefix}{wal.timeline:08X}/{wal.segment[:16]}/{wal.name}."
+
     def _newest_partial(self, wal: wn.WalName) -> str:
-        assert wal.segment is not None
-        base = f"{self.prefix}{wal.timeline:08X}/{wal.segment[:16]}/{wal.name}."
-        found = [o for o in self.repo.storage.list(base)]
+        found = list(self.repo.storage.list(self.partial_prefix(wal)))
         if not found:
             raise ObjectNotFound(f"WAL file {wal.name} is not archived")
         return max(found, key=lambda o: o.key.rsplit(".", 1)[1]).key
@@ -372,6 +391,14 @@ class WalStore:
             header, raw = record.read_header_unverified(stored, key)
         record.verify_header(raw, self.epoch_key(str(header.get("epoch"))), key, key)
         return header
+
+
+def partial_note(name: str, header: dict[str, Any]) -> str:
+    """What the server log says when recovery gets a streamed partial segment instead of a whole one."""
+    return (
+        f"{name} was never archived whole: serving its partial copy streamed by wal-receive at "
+        f"{header.get('archived')}; recovery ends inside this segment"
+    )
 
 
 def system_ids(repo: Repository) -> list[str]:
