@@ -126,7 +126,29 @@ def test_pitr_to_time_then_again_from_the_new_timeline(wal_env: WalEnv) -> None:
         r2.stop()
 
 
-def test_gap_and_corrupt_segment_stop_the_restore_naming_the_segment(wal_env: WalEnv) -> None:
+def _foreign_record(env: WalEnv, name: str, tmp_path: Path) -> bytes:
+    """A valid record of segment ``name`` archived by another database system (same key, same bucket)."""
+    from seedvault.config import load
+    from seedvault.repository import Repository
+    from seedvault.storage.open import open_storage
+    from seedvault.wal import names as wn
+    from seedvault.wal.store import WalStore
+
+    settings = load(env={"SEEDVAULT_CONFIG": str(env.config)})
+    repo = Repository(open_storage(settings), settings.key_source())
+    other = 6999999999999999999
+    wal = wn.classify(name)
+    seg_size = 16 * 1024 * 1024
+    head = wn.LONG_HEADER.pack(wn.PAGE_MAGIC[15], wn.XLP_LONG_HEADER, wal.timeline,
+                               wal.segno(seg_size) * seg_size, 0, other, seg_size, 8192)  # fmt: skip
+    seg = tmp_path / name
+    seg.write_bytes(head + b"\0" * (seg_size - len(head)))
+    res = WalStore(repo, other).push(seg)
+    with repo.storage.open_read(res.key) as fh:
+        return fh.read()
+
+
+def test_gap_and_corrupt_segment_stop_the_restore_naming_the_segment(wal_env: WalEnv, tmp_path: Path) -> None:
     env = wal_env
     with env.connect() as conn:
         _insert(conn, 10, "gap-1")
@@ -150,7 +172,13 @@ def test_gap_and_corrupt_segment_stop_the_restore_naming_the_segment(wal_env: Wa
     assert bad.returncode == 55, bad.stderr
     assert victim in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not d.exists()  # the empty directory it was given is not left half-recovered
-    # 2) a missing segment: refused before anything is laid out
+    # 2) a foreign segment: another database system's record of the same name put in its place
+    foreign = _foreign_record(env, victim, tmp_path)
+    client.put_object(Bucket=env.bucket, Key=keys[victim], Body=foreign)
+    bad = env.cli("restore", "postgres-pitr", "--data-dir", str(d), "--latest", "--timeline", "1", check=False)
+    assert bad.returncode == 55, bad.stderr
+    assert victim in bad.stderr and len(bad.stderr.strip().splitlines()) == 1 and not d.exists()
+    # 3) a missing segment: refused before anything is laid out
     client.delete_object(Bucket=env.bucket, Key=keys[victim])
     try:
         gap = env.cli("restore", "postgres-pitr", "--data-dir", str(d), "--latest", "--timeline", "1", check=False)
