@@ -194,6 +194,19 @@ def test_history_and_partials(repo: Repository, tmp_path: Path) -> None:
     assert len([o for o in store.list(1) if o.kind == "partial"]) == 2
     store.fetch(part.name, tmp_path / "p")
     assert (tmp_path / "p").read_bytes() == part.read_bytes()
+    # Where the archive ends, asking for the whole segment gets the newest partial, flagged as such ...
+    newer = segment_bytes(1, 8)
+    part.write_bytes(newer)
+    store.push(part)
+    header = store.fetch(wn.segment_name(1, 8, SEG), tmp_path / "seg")
+    assert header["served_partial"] and (tmp_path / "seg").read_bytes() == newer
+    # ... but never once the whole segment is archived, and not when partials are declined.
+    whole = write_seg(tmp_path, 1, 8)
+    store.push(whole)
+    assert "served_partial" not in store.fetch(whole.name, tmp_path / "seg")
+    assert (tmp_path / "seg").read_bytes() == whole.read_bytes()
+    with pytest.raises(ObjectNotFound):
+        store.fetch(wn.segment_name(1, 9, SEG), tmp_path / "none")
 
 
 # --- plan --------------------------------------------------------------------------------------------
