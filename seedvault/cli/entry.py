@@ -1,9 +1,9 @@
 """The ``seedvault`` console script.
 
 ``wal-push``/``wal-fetch`` first try a running archiver daemon through :mod:`seedvault.wal.client`,
-which imports only the standard library: PostgreSQL starts one process per WAL file, and importing the
-full CLI (typer, the engine) is most of such a process's cost. Everything else, and every fallback,
-runs the full CLI.
+which imports only the standard library, then the direct path (:mod:`seedvault.wal.direct`), which
+imports the engine but not typer: PostgreSQL starts one process per WAL file, and imports are a large
+part of such a process's cost. Everything else (and ``--help``) runs the full CLI.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ def main() -> None:
         from seedvault.wal.client import fast_main
 
         code = fast_main(argv)
+        if code is None:  # no daemon: the direct path, still without the CLI framework
+            from seedvault.wal.direct import main as direct_main
+
+            code = direct_main(argv)
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)

@@ -1,50 +1,22 @@
-"""``seedvault wal-push %p`` (archive_command) and ``seedvault wal-fetch %f %p`` (restore_command).
+"""``seedvault wal-push %p`` (archive_command), ``wal-fetch %f %p`` (restore_command), ``wal-daemon``
+(the long-running archiver) and ``wal-receive`` (streaming mode).
 
-PostgreSQL's contracts decide the exit codes, not our catalogue alone:
-
-* ``wal-push`` exits 0 only once the file is durable in storage (or proven already stored with the
-  same content). Every failure exits 1..125 (PostgreSQL retries and counts it in ``pg_stat_archiver``);
-  a code above 125 would make the archiver process abort instead, and the failure would not be counted.
-* ``wal-fetch`` exits 0 once the verified file is in place, 1 **quietly** when the file is not archived
-  (that is how recovery finds the end of the archive and how PostgreSQL probes for timelines), and 126
-  for everything that must stop recovery (corrupt, foreign or unauthenticated WAL, wrong key, storage
-  unreachable): PostgreSQL treats > 125 as fatal, where any other code would end recovery early, at an
-  earlier point than asked, without saying so.
-
-Neither imports Prefect. The system id comes from ``global/pg_control`` of the data directory (the
-working directory when PostgreSQL runs the command), so a push can never be filed under another cluster.
+PostgreSQL's contracts decide wal-push's and wal-fetch's exit codes; they are implemented once, in
+:mod:`seedvault.wal.direct`, which the console script also calls without loading typer (see
+:mod:`seedvault.cli.entry`). None of these commands imports Prefect. The system id comes from
+``global/pg_control`` of the data directory (the working directory when PostgreSQL runs the command), so
+a push can never be filed under another cluster.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
-from pathlib import Path
 
 import typer
 
 from seedvault.cli.runtime import err, state
-from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError, StorageError
-
-PUSH_MAX_EXIT = 125
-FETCH_MISSING = 1
-FETCH_FATAL = 126
-FETCH_RETRY_SECONDS = 60.0
-
-
-def system_id_of(pgdata: str | None) -> int:
-    from seedvault.wal.names import system_id_from_pg_control
-
-    base = Path(pgdata) if pgdata else Path.cwd()
-    control = base / "global" / "pg_control"
-    try:
-        return system_id_from_pg_control(control.read_bytes()[:16])
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {control}: {exc.strerror}",
-            hint="run from the data directory (as archive_command does) or pass --pgdata or --system-id",
-        ) from None
+from seedvault.errors import ConfigError, SeedvaultError
+from seedvault.wal.direct import system_id_of
 
 
 def register(app: typer.Typer) -> None:
@@ -70,22 +42,11 @@ def wal_push(
     When a wal-daemon answers on the configured socket it does the work (the console script asks it
     before loading this CLI); this is the direct path, used when none does.
     """
-    try:
-        from seedvault.wal.store import WalStore
+    from seedvault.wal import direct
 
-        st = state(ctx)
-        sid = int(system_id) if system_id else system_id_of(pgdata)
-        full = Path(path) if os.path.isabs(path) or not pgdata else Path(pgdata) / path
-        store = WalStore(st.repository(create=True), sid, state_dir=st.settings.wal_state_dir)
-        res = store.push(full, pg_major=pg_major, settings_level=st.settings.zstd_level)
-        if res.result == "duplicate":
-            err(f"seedvault wal-push: {res.name} was already archived with identical content")
-    except SeedvaultError as exc:
-        err(f"seedvault wal-push: error: {exc.one_line()}")
-        raise typer.Exit(min(max(exc.exit_code, 1), PUSH_MAX_EXIT)) from None
-    except (KeyboardInterrupt, Exception) as exc:
-        err(f"seedvault wal-push: error: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
-        raise typer.Exit(1) from None
+    code = direct.push(state(ctx).overrides, path, pgdata=pgdata, system_id=system_id, pg_major=pg_major)
+    if code:
+        raise typer.Exit(code)
 
 
 def wal_fetch(
@@ -97,38 +58,11 @@ def wal_fetch(
     socket_path: str = typer.Option(None, "--socket", help=SOCKET_HELP),
 ) -> None:
     """Fetch and verify one WAL file (restore_command = 'seedvault wal-fetch %f %p')."""
-    deadline = time.monotonic() + FETCH_RETRY_SECONDS
-    delay = 0.5
-    while True:
-        try:
-            from seedvault.wal.store import WalStore
+    from seedvault.wal import direct
 
-            st = state(ctx)
-            sid = int(system_id) if system_id else system_id_of(pgdata)
-            full = Path(dest) if os.path.isabs(dest) or not pgdata else Path(pgdata) / dest
-            from seedvault.wal.store import partial_note
-
-            header = WalStore(st.repository(), sid).fetch(name, full)
-            if header.get("served_partial"):
-                err(f"seedvault wal-fetch: {partial_note(name, header)}")
-            return
-        except ObjectNotFound:
-            raise typer.Exit(FETCH_MISSING) from None  # not archived: the normal end of the archive
-        except StorageError as exc:  # unreachable / throttled: retry a while, then stop recovery
-            if time.monotonic() + delay > deadline:
-                _fatal(name, exc.one_line())
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-        except SeedvaultError as exc:
-            _fatal(name, exc.one_line())
-        except (KeyboardInterrupt, Exception) as exc:
-            _fatal(name, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
-
-
-def _fatal(name: str, message: str) -> None:
-    sys.stderr.write(f"seedvault wal-fetch: FATAL: {name}: {message}\n")
-    sys.stderr.flush()
-    raise typer.Exit(FETCH_FATAL)
+    code = direct.fetch(state(ctx).overrides, name, dest, pgdata=pgdata, system_id=system_id)
+    if code:
+        raise typer.Exit(code)
 
 
 def wal_daemon(

@@ -39,16 +39,16 @@ REPLY_TIMEOUT = 900.0  # a daemon that hangs longer than this is treated as dead
 MAX_LINE = 1 << 16
 
 # Global options the fast path understands (value-taking); anything else -> the full CLI decides.
-_GLOBAL_VALUE_OPTS = {"--config", "--repository", "-r", "--s3-endpoint", "--key-file", "--passphrase-file"}
-_PUSH_OPTS = {"--pgdata", "--system-id", "--pg-major", "--socket"}
-_FETCH_OPTS = {"--pgdata", "--system-id", "--socket"}
+GLOBAL_VALUE_OPTS = {"--config", "--repository", "-r", "--s3-endpoint", "--key-file", "--passphrase-file"}
+PUSH_OPTS = {"--pgdata", "--system-id", "--pg-major", "--socket"}
+FETCH_OPTS = {"--pgdata", "--system-id", "--socket"}
 
 
 class Fallback(Exception):
     """The daemon path is not available for this request; archive directly."""
 
 
-def _parse(argv: Sequence[str], command: str, opts: set[str]) -> tuple[dict[str, str], list[str]] | None:
+def parse_args(argv: Sequence[str], command: str, opts: set[str]) -> tuple[dict[str, str], list[str]] | None:
     """``(options, positionals)`` for ``[global opts] command [opts] args``, or None if unsure."""
     try:
         at = list(argv).index(command)
@@ -58,7 +58,7 @@ def _parse(argv: Sequence[str], command: str, opts: set[str]) -> tuple[dict[str,
     i = 0
     head = list(argv[:at])
     while i < len(head):
-        if head[i] in _GLOBAL_VALUE_OPTS and i + 1 < len(head):
+        if head[i] in GLOBAL_VALUE_OPTS and i + 1 < len(head):
             options[head[i]] = head[i + 1]
             i += 2
         else:
@@ -150,7 +150,7 @@ def _note(text: str) -> None:
 
 def try_push(argv: Sequence[str]) -> int | None:
     """Exit code of a daemon-served ``wal-push``, or None to archive directly."""
-    parsed = _parse(argv, "wal-push", _PUSH_OPTS)
+    parsed = parse_args(argv, "wal-push", PUSH_OPTS)
     if parsed is None or len(parsed[1]) != 1:
         return None
     options, (path,) = parsed
@@ -185,7 +185,7 @@ def try_push(argv: Sequence[str]) -> int | None:
 
 def try_fetch(argv: Sequence[str]) -> int | None:
     """Exit code of a daemon-served ``wal-fetch`` (0, 1 quiet missing, 126 fatal), or None to go direct."""
-    parsed = _parse(argv, "wal-fetch", _FETCH_OPTS)
+    parsed = parse_args(argv, "wal-fetch", FETCH_OPTS)
     if parsed is None or len(parsed[1]) != 2:
         return None
     options, (name, dest) = parsed

@@ -157,3 +157,25 @@ def test_socket_path_from_config_file(tmp_path) -> None:
     assert client.socket_path({}, env={"SEEDVAULT_CONFIG": str(cfg)}) == "/run/seedvault/wal.sock"
     assert client.socket_path({"--socket": "/a"}, env={"SEEDVAULT_WAL_SOCKET": "/b"}) == "/a"
     assert client.socket_path({}, env={}) is None
+
+
+def test_console_script_wal_paths_load_neither_prefect_nor_typer(repo, pgdata: Path, tmp_path: Path) -> None:
+    """archive_command's process stays small: daemon client and direct path import no framework."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "sv.toml"  # the repo fixture's repository and key
+    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nkey_file = "{tmp_path / "master.key"}"\n')
+    seg = write_seg(pgdata / "pg_wal", 1, 3)
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['seedvault', '--config', sys.argv[1], 'wal-push', sys.argv[2]]\n"
+        "try:\n    runpy.run_module('seedvault.cli.entry', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'typer', 'click', 'rich'))\n"
+        "print(code, bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(cfg), f"pg_wal/{seg.name}"], cwd=pgdata, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "0 []", out.stdout + out.stderr

@@ -1,0 +1,155 @@
+"""The direct (no daemon) ``wal-push``/``wal-fetch``: the one implementation of PostgreSQL's contracts.
+
+The console script calls these without loading the command-line framework (typer and its imports are
+~150 ms of a ~0.5 s process, paid once per WAL segment); the typer commands in ``seedvault.cli.wal_cmds``
+call the same functions, so ``seedvault wal-push --help`` and friends behave identically.
+
+Exit codes are PostgreSQL's, not only our catalogue's:
+
+* ``wal-push`` exits 0 only once the file is durable in storage (or proven already stored with the
+  same content). Every failure exits 1..125 (PostgreSQL retries and counts it in ``pg_stat_archiver``);
+  a code above 125 would make the archiver process abort instead, and the failure would not be counted.
+* ``wal-fetch`` exits 0 once the verified file is in place, 1 **quietly** when the file is not archived
+  (that is how recovery finds the end of the archive and how PostgreSQL probes for timelines), and 126
+  for everything that must stop recovery (corrupt, foreign or unauthenticated WAL, wrong key, storage
+  unreachable): PostgreSQL treats > 125 as fatal, where any other code would end recovery early, at an
+  earlier point than asked, without saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError, StorageError
+
+PUSH_MAX_EXIT = 125
+FETCH_MISSING = 1
+FETCH_FATAL = 126
+FETCH_RETRY_SECONDS = 60.0
+
+_GLOBAL_TO_SETTING = {
+    "--config": "config",
+    "--repository": "repository",
+    "-r": "repository",
+    "--s3-endpoint": "s3_endpoint",
+    "--key-file": "key_file",
+    "--passphrase-file": "passphrase_file",
+}
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+
+
+def system_id_of(pgdata: str | None) -> int:
+    from seedvault.wal.names import system_id_from_pg_control
+
+    base = Path(pgdata) if pgdata else Path.cwd()
+    control = base / "global" / "pg_control"
+    try:
+        return system_id_from_pg_control(control.read_bytes()[:16])
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {control}: {exc.strerror}",
+            hint="run from the data directory (as archive_command does) or pass --pgdata or --system-id",
+        ) from None
+
+
+def _repository(overrides: dict[str, Any], *, create: bool = False) -> tuple[Any, Any]:
+    from seedvault.config import load
+    from seedvault.repository import Repository
+    from seedvault.storage.open import open_storage
+
+    settings = load(overrides)
+    return Repository(open_storage(settings, create=create), settings.key_source()), settings
+
+
+def push(
+    overrides: dict[str, Any], path: str, *, pgdata: str | None, system_id: str | None, pg_major: int | None
+) -> int:
+    """Archive one WAL file directly; the exit code for PostgreSQL."""
+    try:
+        from seedvault.wal.store import WalStore
+
+        sid = int(system_id) if system_id else system_id_of(pgdata)
+        full = Path(path) if os.path.isabs(path) or not pgdata else Path(pgdata) / path
+        repo, settings = _repository(overrides, create=True)
+        store = WalStore(repo, sid, state_dir=settings.wal_state_dir)
+        res = store.push(full, pg_major=pg_major, settings_level=settings.zstd_level)
+        if res.result == "duplicate":
+            _say(f"seedvault wal-push: {res.name} was already archived with identical content")
+        return 0
+    except SeedvaultError as exc:
+        _say(f"seedvault wal-push: error: {exc.one_line()}")
+        return min(max(exc.exit_code, 1), PUSH_MAX_EXIT)
+    except (KeyboardInterrupt, Exception) as exc:
+        _say(f"seedvault wal-push: error: {_first_line(exc)}")
+        return 1
+
+
+def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None, system_id: str | None) -> int:
+    """Fetch and verify one WAL file directly; 0, 1 (quietly: not archived) or 126 (stop recovery)."""
+    deadline = time.monotonic() + FETCH_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            from seedvault.wal.store import WalStore, partial_note
+
+            sid = int(system_id) if system_id else system_id_of(pgdata)
+            full = Path(dest) if os.path.isabs(dest) or not pgdata else Path(pgdata) / dest
+            repo, _ = _repository(overrides)
+            header = WalStore(repo, sid).fetch(name, full)
+            if header.get("served_partial"):
+                _say(f"seedvault wal-fetch: {partial_note(name, header)}")
+            return 0
+        except ObjectNotFound:
+            return FETCH_MISSING  # not archived: the normal end of the archive
+        except StorageError as exc:  # unreachable / throttled: retry a while, then stop recovery
+            if time.monotonic() + delay > deadline:
+                return _fatal(name, exc.one_line())
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        except SeedvaultError as exc:
+            return _fatal(name, exc.one_line())
+        except (KeyboardInterrupt, Exception) as exc:
+            return _fatal(name, _first_line(exc))
+
+
+def _fatal(name: str, message: str) -> int:
+    _say(f"seedvault wal-fetch: FATAL: {name}: {message}")
+    return FETCH_FATAL
+
+
+def main(argv: Sequence[str]) -> int | None:
+    """Run ``wal-push``/``wal-fetch`` from raw arguments, or None when the full CLI must parse them."""
+    from seedvault.wal.client import FETCH_OPTS, PUSH_OPTS, parse_args
+
+    command = "wal-push" if "wal-push" in argv else "wal-fetch" if "wal-fetch" in argv else None
+    if command is None:
+        return None
+    parsed = parse_args(argv, command, PUSH_OPTS if command == "wal-push" else FETCH_OPTS)
+    if parsed is None:
+        return None
+    options, args = parsed
+    overrides = {setting: options[opt] for opt, setting in _GLOBAL_TO_SETTING.items() if opt in options}
+    try:
+        if command == "wal-push" and len(args) == 1:
+            major = int(options["--pg-major"]) if options.get("--pg-major") else None
+            return push(overrides, args[0], pgdata=options.get("--pgdata"), system_id=options.get("--system-id"),
+                        pg_major=major)  # fmt: skip
+        if command == "wal-fetch" and len(args) == 2:
+            return fetch(overrides, args[0], args[1], pgdata=options.get("--pgdata"),
+                         system_id=options.get("--system-id"))  # fmt: skip
+    except ValueError:
+        return None  # e.g. --pg-major x: the full CLI explains
+    return None
