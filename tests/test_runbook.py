@@ -1,7 +1,9 @@
 """Run RUNBOOK.md's runnable blocks (```bash runbook), extracted from the file itself, in order.
 
 They run against a local repository and against the moto S3 endpoint, with a real legacy file made by
-openssl, in one scratch directory per run; a block that fails names its section.
+openssl, in one scratch directory per run; a block that fails names its section. The extraction and
+running helpers (``fenced_blocks``, ``runbook_blocks``, ``run_blocks``) also serve
+tests/integration/test_runbook_pitr.py, which runs the ```bash runbook-pitr blocks against an archiving server.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,16 +21,35 @@ import pytest
 from tests.helpers import base_env
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "RUNBOOK.md"
-BLOCK_RE = re.compile(r"^```bash runbook\n(.*?)^```", re.S | re.M)
+HEADING_RE = re.compile(r"^#{2,3} (.+)$")
 
 
-def runbook_blocks() -> list[tuple[str, str]]:
-    text = RUNBOOK.read_text()
-    blocks = []
-    for match in BLOCK_RE.finditer(text):
-        heading = re.findall(r"^## (.+)$", text[: match.start()], re.M)
-        blocks.append((heading[-1] if heading else "preamble", match.group(1)))
+def fenced_blocks(info: str, path: Path = RUNBOOK) -> list[tuple[str, str]]:
+    """``(section, body)`` of every block fenced as ```` ```<info> ````, in document order.
+
+    The section is the nearest ``##``/``###`` heading above the block (headings inside blocks do not count);
+    fences may be indented (a block inside a list item).
+    """
+    section, blocks, body, fence = "preamble", [], [], None
+    for line in path.read_text().splitlines(keepends=True):
+        if fence is None:
+            if line.lstrip().startswith("```"):
+                fence, body = line.strip()[3:].strip(), []
+            elif m := HEADING_RE.match(line):
+                section = m.group(1).strip()
+        elif line.lstrip().startswith("```"):
+            if fence == info:
+                blocks.append((section, "".join(body)))
+            fence = None
+        else:
+            body.append(line)
     return blocks
+
+
+def runbook_blocks(tag: str = "runbook") -> list[tuple[str, str]]:
+    """The runnable blocks fenced as ```` ```bash <tag> ```` (``runbook``: this file; ``runbook-pitr``: the
+    PITR sections, run by tests/integration/test_runbook_pitr.py against an archiving server)."""
+    return fenced_blocks(f"bash {tag}")
 
 
 def test_runbook_has_runnable_blocks():
@@ -66,18 +88,37 @@ def _drop_safety_copies(pg_server, db: str) -> None:
         pg_server.drop_database(name)
 
 
-def _run_blocks(env: dict[str, str]) -> None:
+def run_blocks(
+    env: dict[str, str],
+    tag: str = "runbook",
+    *,
+    before: dict[str, Callable[[dict[str, str]], dict[str, str] | None]] | None = None,
+    timeout: float = 300,
+) -> None:
+    """Run the ``bash <tag>`` blocks in order with ``bash -euo pipefail``, ``seedvault`` being this checkout.
+
+    ``before`` maps a section heading (its beginning) to a callable run once before that section's first
+    block, with the environment; what it returns is added to the environment of the blocks that follow.
+    A block that fails names its section.
+    """
     bindir = Path(env["WORK"]) / "bin"
-    bindir.mkdir()
+    bindir.mkdir(exist_ok=True)
     shim = bindir / "seedvault"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m seedvault.cli.app "$@"\n')
     shim.chmod(0o755)
     env = dict(env, PATH=f"{bindir}:{env['PATH']}")
-    for section, script in runbook_blocks():
+    pending = dict(before or {})
+    for section, script in runbook_blocks(tag):
+        for prefix in [p for p in pending if section.startswith(p)]:
+            env.update(pending.pop(prefix)(env) or {})
         proc = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, cwd=env["WORK"], timeout=300
+            ["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, cwd=env["WORK"], timeout=timeout
         )
-        assert proc.returncode == 0, f"RUNBOOK section '{section}' failed:\n{script}\n{proc.stderr.decode()}"
+        assert proc.returncode == 0, (
+            f"RUNBOOK section '{section}' failed (exit {proc.returncode}):\n{script}\n"
+            f"stdout:\n{proc.stdout.decode()[-3000:]}\nstderr:\n{proc.stderr.decode()[-3000:]}"
+        )
+    assert not pending, f"no RUNBOOK section starts with {sorted(pending)}"
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -116,4 +157,4 @@ def test_runbook_blocks_run(where, tmp_path, request, pg_server, pg_db):
         bucket = request.getfixturevalue("s3_bucket")
         env.update(SEEDVAULT_REPOSITORY=f"s3://{bucket}/runbook", SEEDVAULT_S3_ENDPOINT=moto.endpoint_url)
         env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
-    _run_blocks(env)
+    run_blocks(env)
