@@ -223,7 +223,10 @@ def restore_pitr(
         report.seconds["verify"] = round(time.perf_counter() - t0, 3)
         old = cluster._read_conf_block()
         settings = {k: v for k, v in old.items() if k not in _HOST_SETTINGS}
-        settings["restore_command"] = restore_command_for(settings.get("archive_command"), restore_command)
+        effective = effective_settings(data)  # postgresql.conf, then postgresql.auto.conf (ALTER SYSTEM)
+        settings["restore_command"] = restore_command_for(effective.get("archive_command"), restore_command)
+        if "archive_command" in effective and "archive_command" not in settings:
+            settings["archive_command"] = effective["archive_command"]
         if archive_mode == "off":
             settings["archive_mode"] = "off"
         settings.update(_target_settings(target, plan.timeline))
@@ -232,6 +235,9 @@ def restore_pitr(
             if reader is not None:
                 settings["restore_command"] = reader.restore_command(settings["restore_command"])
         cluster.configure(extra_conf=settings)
+        # ALTER SYSTEM settings would win over our block: the copy must listen where we say, recover as
+        # we say and (with --archive-mode off) not archive, so those lines of the copy's auto.conf go.
+        neutralize_auto_conf(data, set(settings) | _HOST_SETTINGS)
         signal = data / "recovery.signal"
         signal.touch()
         cluster.chown_tree(data)
@@ -258,7 +264,8 @@ def restore_pitr(
         report.stop_reason = (targeted or stops or [None])[-1]
         m = re.search(r"(?:time|log time) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.\d]*\+?[\d:]*)", report.stop_reason or "")
         report.recovered_to = m.group(1) if m else None
-        _push_history(repo, plan, data, tli)
+        if archive_mode != "off":  # a copy that does not archive is no branch of the archive
+            _push_history(repo, plan, data, tli)
         report.plan["members"] = members
         if reader is not None:
             report.read_ahead = reader.stop()
@@ -387,6 +394,78 @@ def _recovery_state(cluster: LocalCluster) -> str | None:
             return "recovering"
     except Exception:
         return None
+
+
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
+
+
+def _conf_value(raw: str) -> str:
+    raw = raw.strip()
+    if raw.startswith("'"):
+        out, i = [], 1
+        while i < len(raw):
+            c = raw[i]
+            if c == "'" and i + 1 < len(raw) and raw[i + 1] == "'":
+                out.append("'")
+                i += 2
+                continue
+            if c == "\\" and i + 1 < len(raw):
+                out.append(raw[i + 1])
+                i += 2
+                continue
+            if c == "'":
+                break
+            out.append(c)
+            i += 1
+        return "".join(out)
+    return raw.split("#", 1)[0].strip()
+
+
+def _parse_conf(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _CONF_LINE.match(line)
+        if m and m.group(1) not in ("include", "include_if_exists", "include_dir"):
+            out[m.group(1).lower()] = _conf_value(m.group(2))
+    return out
+
+
+def effective_settings(data: Path) -> dict[str, str]:
+    """Settings as the server would read them from the data directory: postgresql.conf, then auto.conf.
+
+    Why: archive_command may have been set with ALTER SYSTEM (postgresql.auto.conf) or in the server's own
+    postgresql.conf, not only in a seedvault settings block. Include directives are not followed (their
+    targets are outside the base backup).
+    """
+    out: dict[str, str] = {}
+    for name in ("postgresql.conf", "postgresql.auto.conf"):
+        with contextlib.suppress(OSError):
+            out.update(_parse_conf((data / name).read_text()))
+    return out
+
+
+def neutralize_auto_conf(data: Path, names: set[str]) -> list[str]:
+    """Comment out ``names`` in the laid-out copy's postgresql.auto.conf; returns what was disabled."""
+    path = data / "postgresql.auto.conf"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    wanted = {n.lower() for n in names}
+    disabled: list[str] = []
+    out = []
+    for line in lines:
+        m = _CONF_LINE.match(line) if line.strip() and not line.lstrip().startswith("#") else None
+        if m and m.group(1).lower() in wanted:
+            disabled.append(m.group(1).lower())
+            out.append(f"# disabled by seedvault restore (set in postgresql.conf instead): {line}")
+        else:
+            out.append(line)
+    if disabled:
+        path.write_text("\n".join(out) + "\n")
+    return disabled
 
 
 def _push_history(repo: Repository, plan: Plan, data: Path, tli: int) -> None:

@@ -102,7 +102,8 @@ def make_plan(
 ) -> Plan:
     sid = resolve_system_id(repo, backup_id, system_id)
     store = WalStore(repo, sid)
-    histories = {o.timeline for o in store.list_histories()}
+    history_objs = {o.timeline: o for o in store.list_histories()}
+    histories = set(history_objs)
     tli = timeline or max(histories | {1})
     if tli > 1:
         if tli not in histories:
@@ -142,9 +143,44 @@ def make_plan(
     bid, body = chosen[-1]
     src = body["source"]
     seg_size = int(src["wal_segment_size"])
+    if timeline is None:
+        _refuse_diverged(store, ancestry, history_objs, seg_size)
     plan = Plan(sid, bid, body, tli, ancestry, seg_size=seg_size)
     _walk(plan, store, target)
     return plan
+
+
+def _refuse_diverged(
+    store: WalStore, ancestry: list[wn.HistoryEntry], histories: dict[int, Any], seg_size: int
+) -> None:
+    """Refuse to pick the newest timeline by default when an older one kept running after the branch.
+
+    Why: "newest timeline" is PostgreSQL's default, and right after a recovery. But a copy restored for a
+    test that archives, or an old primary that was restarted, leaves two live histories: following the
+    newer one would silently drop everything the other server committed since. Segments of an ancestor
+    timeline past its switch point that were archived *after* the branch's history file say exactly that.
+    (Segments past the switch point archived *before* it are the discarded future of a point-in-time
+    recovery, the normal case.)
+    """
+    for parent, child in zip(ancestry, ancestry[1:], strict=False):
+        if parent.end is None or child.tli not in histories:
+            continue
+        branched = histories[child.tli].modified
+        objs = [o for o in store.list(parent.tli) if o.kind in ("segment", "partial") and o.segment]
+        if not objs:
+            continue
+        switch = wn.segno_of_lsn(parent.end, seg_size)
+        later = sorted(
+            (o for o in objs if wn.segno_of(o.segment, seg_size) >= switch and o.modified > branched),
+            key=lambda o: o.name,
+        )
+        if later:
+            raise UsageError(
+                f"timeline {child.tli} branched from timeline {parent.tli} at {wn.format_lsn(parent.end)}, but "
+                f"timeline {parent.tli} kept archiving after that (up to {later[-1].name}): two servers have "
+                "diverged, so there is no single 'latest'",
+                hint=f"pass --timeline {parent.tli} (the server that kept running) or --timeline {child.tli}",
+            )
 
 
 def _walk(plan: Plan, store: WalStore, target: Target) -> None:

@@ -157,6 +157,16 @@ class WalStore:
                     self._epochs[epoch] = self._unwrap(json.dumps(cached["record"]).encode(), epoch)
                     self._current = epoch
                     return epoch, self._epochs[epoch]
+        found = self._reuse_epoch(master.key_id)  # no (valid) cache: one LIST rather than a new key
+        if found is not None:
+            epoch, key = found
+            self._epochs[epoch] = key
+            self._current = epoch
+            if cache is not None:
+                with contextlib.suppress(OSError, ObjectNotFound):
+                    raw = self.repo.storage.get_bytes(self._epoch_key_path(epoch, master.key_id))
+                    _write_private(cache, json.dumps({"epoch": epoch, "record": json.loads(raw)}))
+            return epoch, key
         epoch = layout.new_backup_id()
         key = new_data_key()
         rec = {"format": KEY_FORMAT, "version": 1, "epoch": epoch, "key_id": master.key_id, "cipher": "aes-256-gcm"}
@@ -169,6 +179,19 @@ class WalStore:
             with contextlib.suppress(OSError):
                 _write_private(cache, json.dumps({"epoch": epoch, "record": rec}))
         return epoch, key
+
+    def _reuse_epoch(self, key_id: str) -> tuple[str, bytes] | None:
+        """The newest young epoch already wrapped for ``key_id``, so cache-less pushes share one key."""
+        base = f"{self.prefix}keys/"
+        epochs = []
+        for info in self.repo.storage.list(base):
+            parts = info.key[len(base) :].split("/")
+            if len(parts) == 2 and parts[1] == f"{key_id}.json" and _epoch_young(parts[0]):
+                epochs.append(parts[0])
+        for epoch in sorted(epochs, reverse=True)[:1]:
+            with contextlib.suppress(ObjectNotFound, AuthenticationFailed, FormatError):
+                return epoch, self._unwrap(self.repo.storage.get_bytes(self._epoch_key_path(epoch, key_id)), epoch)
+        return None
 
     # --- push ------------------------------------------------------------------------------------
     def push(
@@ -299,8 +322,11 @@ class WalStore:
                 header, raw = record.read_header_unverified(stored, what)
                 ek = self.epoch_key(str(header.get("epoch")))
                 record.verify_header(raw, ek, key, what)
+                if header.get("version") != record.VERSION:
+                    raise FormatError(f"{what}: unknown WAL record version {header.get('version')!r}")
                 if (
                     header.get("name") != wal.name
+                    or header.get("kind") != wal.kind
                     or header.get("system_id") != self.system_id
                     or header.get("timeline") != wal.timeline
                 ):
@@ -413,7 +439,9 @@ def system_ids(repo: Repository) -> list[str]:
 
 
 def _unique() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    # Microseconds: a reader takes the greatest stamp as the newest partial, so pushes within one second
+    # (wal-receive uploads the segment in progress every few seconds) must still sort by time.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
 def _epoch_young(epoch: str) -> bool:

@@ -254,6 +254,23 @@ def test_plan_walks_timelines_and_names_gaps(repo: Repository, tmp_path: Path) -
     assert plan.segments[-1] == wn.segment_name(2, 5, SEG)
 
 
+def test_plan_refuses_a_default_timeline_when_the_parent_kept_archiving(repo: Repository, tmp_path: Path) -> None:
+    store = WalStore(repo, SYSID)
+    for s in range(2, 7):  # timeline 1 up to segment 6 ...
+        store.push(write_seg(tmp_path, 1, s))
+    _fake_base(repo, 1, 2 * SEG + 40, 2 * SEG + 400, "2026-12-01T10:00:00Z")
+    h = tmp_path / "00000002.history"  # ... then a PITR back into segment 4 made timeline 2
+    h.write_text(f"1\t{wn.format_lsn(4 * SEG + 100)}\tbefore 2026-12-01 10:05:00+00\n")
+    store.push(h)
+    store.push(write_seg(tmp_path, 2, 4))
+    assert make_plan(repo, Target("latest")).timeline == 2  # the discarded future of timeline 1: normal
+    store.push(write_seg(tmp_path, 1, 7))  # but the old server kept running and archiving
+    with pytest.raises(UsageError, match="timeline 1 kept archiving after that .up to 000000010000000000000007"):
+        make_plan(repo, Target("latest"))
+    assert make_plan(repo, Target("latest"), timeline=2).segments[-1] == wn.segment_name(2, 4, SEG)
+    assert make_plan(repo, Target("latest"), timeline=1).segments[-1] == wn.segment_name(1, 7, SEG)
+
+
 # --- tar scanner -------------------------------------------------------------------------------------
 def test_tar_scanner_passes_bytes_through_and_captures_members(tmp_path: Path) -> None:
     buf = io.BytesIO()
@@ -281,3 +298,10 @@ def test_tar_scanner_passes_bytes_through_and_captures_members(tmp_path: Path) -
         assert wn.system_id_from_pg_control(scanner.captured["global/pg_control"]) == SYSID
         assert scanner.captured["PG_VERSION"] == b"15\n"
         assert scanner.manifest_bytes() == b'{"PostgreSQL-Backup-Manifest-Version": 1}\n' * 50
+
+
+def test_pushes_without_a_state_dir_share_the_young_epoch_key(repo: Repository, tmp_path: Path) -> None:
+    for s in range(30, 33):  # a fresh store per push, as one wal-push process per segment
+        WalStore(repo, SYSID).push(write_seg(tmp_path, 1, s))
+    keys = [o.key for o in repo.storage.list(f"v1/wal/{SYSID}/keys/")]
+    assert len(keys) == 1, keys

@@ -332,6 +332,9 @@ class LocalCluster:
         settings.update(extra_conf or {})
         self._write_conf(settings)
         self._write_hba(auth)
+        ident = self.data_dir / "pg_ident.conf"
+        if not ident.exists():
+            ident.write_text("# Created by seedvault: no user name maps.\n")
         self._touch_log()
 
     @staticmethod
@@ -376,7 +379,10 @@ class LocalCluster:
 
     def _write_conf(self, settings: dict[str, str]) -> None:
         conf = self.data_dir / "postgresql.conf"
-        text = conf.read_text()
+        try:
+            text = conf.read_text()
+        except FileNotFoundError:  # e.g. a base backup of a Debian cluster: its conf lives in /etc
+            text = "# Created by seedvault: the data directory came without a postgresql.conf.\n"
         if _CONF_BEGIN in text:
             text = text[: text.index(_CONF_BEGIN)].rstrip("\n") + "\n"
         lines = [_CONF_BEGIN, f"port = {self.port}"]
