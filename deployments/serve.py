@@ -21,6 +21,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", required=True, help="name of the PostgresTarget block of the source server")
     p.add_argument("--database", help="database to back up (default: the target block's)")
     p.add_argument("--drill-target", help="PostgresTarget block of the server to drill on (default: --target)")
+    p.add_argument(
+        "--base-target", help="PostgresTarget block for base backups and the WAL freshness check (default: --target)"
+    )
+    p.add_argument("--no-wal", action="store_true", help="no base backup / freshness deployments (no WAL archiving)")
     p.add_argument("--notify-block", help="<block-type-slug>/<name> of a notification block for failures")
     p.add_argument("--automation", action="store_true", help="create the failure automation for --notify-block")
     p.add_argument("--register-only", action="store_true", help="create/update the deployments, do not serve")
@@ -35,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> list[object]:
         args.target,
         database=args.database,
         drill_target=args.drill_target,
+        base_target=args.base_target,
         notify_block=args.notify_block,
+        wal=not args.no_wal,
     )
     if args.automation:
         if not args.notify_block:

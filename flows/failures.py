@@ -26,7 +26,13 @@ from prefect.logging import get_logger
 from seedvault.errors import SeedvaultError
 
 NOTIFY_ENV = "SEEDVAULT_NOTIFY_BLOCK"
-SEEDVAULT_FLOWS = ("backup-postgres", "restore-postgres", "dr-drill")
+SEEDVAULT_FLOWS = (
+    "backup-postgres",
+    "backup-postgres-base",
+    "restore-postgres",
+    "dr-drill",
+    "check-wal-freshness",
+)
 AUTOMATION_NAME = "seedvault-flow-failed"
 
 log = get_logger("seedvault.flows")
@@ -81,7 +87,7 @@ def create_failure_automation(
         pass  # none yet
     return Automation(
         name=name,
-        description="seedvault: notify when a backup, restore or DR drill fails",
+        description="seedvault: notify when a backup, restore, DR drill or WAL freshness check fails",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(flows)},

@@ -100,6 +100,11 @@ def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = N
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} is not readable (permission denied)") from None
+        except OSError as exc:  # a directory, an I/O error...: the setting is wrong, not seedvault
+            reason = (exc.strerror or type(exc).__name__).lower()
+            raise ConfigError(f"config file {path} cannot be read: {reason}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         section = data.get("seedvault", data)

@@ -31,8 +31,8 @@ KIND = "postgres-logical"
 _TRANSIENT = (DatabaseUnreachable, StorageUnreachable, TransientStorageError)
 
 
-def _transient_only(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
-    """Retry a preflight only for what may heal by itself (server restarting, network), not for bad config."""
+def transient_only(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
+    """Retry only what may heal by itself (server restarting, network), never bad config or a wrong password."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, DatabaseRefused)
 
@@ -41,7 +41,7 @@ def _transient_only(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's 
     name="preflight",
     retries=2,
     retry_delay_seconds=[10, 60],
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=transient_only,
     cache_policy=NO_CACHE,
     persist_result=False,
 )

@@ -120,6 +120,109 @@ def publish_restore_artifact(report: dict[str, Any]) -> UUID:
     )
 
 
+def base_backup_summary(body: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """The facts of a committed physical base backup an operator (and a later restore) asks for."""
+    src = body["source"]
+    stored = body["stored_size"]
+    return {
+        "id": body["id"],
+        "label": body.get("labels", {}).get("name"),
+        "system_id": src["system_id"],
+        "timeline": src["timeline"],
+        "start_lsn": src["start_lsn"],
+        "stop_lsn": src["stop_lsn"],
+        "start_wal": src["start_wal"],
+        "stop_wal": src["stop_wal"],
+        "pg_major": src.get("pg_major"),
+        "files": src.get("files"),
+        "finished": body["finished"],
+        "raw_size": body["raw_size"],
+        "compressed_size": body.get("compressed_size"),
+        "stored_size": stored,
+        "ratio": round(body["raw_size"] / stored, 2) if stored else None,
+        "seconds": body.get("seconds", {}),
+        "attempt": attempt,
+    }
+
+
+def publish_base_backup_artifact(summary: dict[str, Any], repository: str, target: str, server: str) -> UUID:
+    seconds = summary.get("seconds", {})
+    verify = summary.get("verify") or {}
+    pairs: list[tuple[str, Any]] = [
+        ("id", summary["id"]),
+        ("status", "completed" + (", verified" if verify else "")),
+        ("server", server),
+        ("repository", repository),
+        ("system id", summary["system_id"]),
+        ("timeline", summary["timeline"]),
+        ("start lsn", summary["start_lsn"]),
+        ("stop lsn", summary["stop_lsn"]),
+        ("wal", f"{summary['start_wal']}..{summary['stop_wal']}"),
+        ("finished", summary["finished"]),
+        ("attempts", summary.get("attempt")),
+        ("raw bytes", summary["raw_size"]),
+        ("compressed bytes", summary.get("compressed_size")),
+        ("stored bytes", summary["stored_size"]),
+        ("ratio raw/stored", summary.get("ratio")),
+        ("files", summary.get("files")),
+        ("pg_basebackup s", seconds.get("base")),
+        ("confirm wal s", seconds.get("confirm_wal")),
+        ("total s", seconds.get("total")),
+        ("verify s", verify.get("seconds")),
+    ]
+    return create_table_artifact(
+        _rows(pairs),
+        key=artifact_key("seedvault-base-backup", target),
+        description=f"seedvault base backup {summary['id']} of system {summary['system_id']}",
+    )
+
+
+def publish_freshness_artifact(report: dict[str, Any], target: str) -> UUID:
+    """The freshness verdict with its numbers; the same key whether fresh or stale."""
+    problems = report.get("problems") or []
+    pairs: list[tuple[str, Any]] = [
+        ("status", "fresh" if report["ok"] else f"stale ({', '.join(p['kind'] for p in problems)})"),
+        ("reason", problems[0]["message"] if problems else None),
+        ("server", report["server"]),
+        ("system id", report["system_id"]),
+        ("timeline", report["timeline"]),
+        ("current lsn", report["current_lsn"]),
+        ("last archived", report["last_archived_wal"]),
+        ("last archived at", report["last_archived_time"]),
+        ("age s", report["age_seconds"]),
+        ("lag bytes", report["lag_bytes"]),
+        ("pending", report["pending"]),
+        ("oldest pending", report["oldest_pending"]),
+        ("oldest pending s", report["oldest_pending_age_seconds"]),
+        ("failed count", report["failed_count"]),
+        ("last failed", report["last_failed_wal"]),
+        ("base backup", report["base_backup"]),
+        ("segments checked", report["segments_checked"]),
+        (
+            "wal since base backup",
+            f"{report['first_segment']}..{report['last_segment']}" if report["first_segment"] else None,
+        ),
+        ("max lag s", report["max_lag"]),
+        ("archive_timeout s", report["archive_timeout"]),
+    ]
+    pairs += [(f"problem {i + 1}", p["message"]) for i, p in enumerate(problems[1:], start=1)]
+    pairs += [(f"note {i + 1}", note) for i, note in enumerate(report.get("notes") or [])]
+    return create_table_artifact(
+        _rows(pairs),
+        key=artifact_key("seedvault-wal-freshness", target),
+        description=f"seedvault WAL freshness of {report['server']}: {'fresh' if report['ok'] else 'stale'}",
+    )
+
+
+def publish_server_failure_artifact(kind: str, target: str, server: str, reason: str) -> UUID:
+    """A server-level run (base backup, freshness check) that failed before it had numbers to show."""
+    return create_table_artifact(
+        _rows([("status", "failed"), ("server", server), ("reason", reason)]),
+        key=artifact_key(f"seedvault-{kind}", target),
+        description=f"seedvault {kind} of {server} failed",
+    )
+
+
 def publish_drill_artifact(source: str, report: dict[str, Any], extra: list[tuple[str, Any]]) -> UUID:
     return create_table_artifact(
         restore_rows(report, [("drill of", source), *extra]),

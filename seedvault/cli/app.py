@@ -23,7 +23,7 @@ import sys
 import typer
 
 from seedvault import __version__
-from seedvault.cli import key_cmds, legacy_cmds, pg_cmds, repo_cmds, wal_cmds
+from seedvault.cli import check_cmds, key_cmds, legacy_cmds, pg_cmds, repo_cmds, wal_cmds
 from seedvault.cli.runtime import state
 
 app = typer.Typer(
@@ -75,6 +75,7 @@ app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres).")
 app.add_typer(pg_cmds.restore_app, name="restore", help="Restore a database from a backup (postgres).")
+app.add_typer(check_cmds.app, name="check", help="Health checks for monitoring (wal-freshness).")
 
 
 def main() -> None:

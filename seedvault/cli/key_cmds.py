@@ -75,20 +75,34 @@ def rotate(
     new_passphrase_file: Path = typer.Option(None, "--new-passphrase-file", help="File with the new passphrase."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Re-wrap every backup's data key under a new master key (no data re-encrypted, no manifest rewritten)."""
+    """Wrap every backup's data key and every archived WAL epoch key under a new master key too.
+
+    No data is re-encrypted and no manifest or WAL record rewritten; safe to run again (it adds only what is
+    missing, e.g. WAL epochs a server started under the old key before it got the new one).
+    """
     repo = state(ctx).repository()
     new = repo.resolve_key(_new_source(new_key_file, new_passphrase_file))
     report = key_ops.rotate(repo, new)
+    old_id = repo.master.key_id
+    failed = report.all_failed()
     if json_out:
-        print_json(report.as_dict() | {"new_key_id": new.key_id, "old_key_id": repo.master.key_id})
+        print_json(report.as_dict() | {"new_key_id": new.key_id, "old_key_id": old_id})
     else:
-        sys.stdout.write(
-            f"re-wrapped {len(report.done)} backups under {new.key_id}; "
-            f"retire the old key with: seedvault key retire {repo.master.key_id} (using the new key)\n"
+        skipped = len(report.skipped) + len(report.wal_skipped)
+        already = f" ({skipped} already were, verified)" if skipped else ""
+        retire_hint = (
+            f"; retire the old key with: seedvault key retire {old_id} (using the new key)" if not failed else ""
         )
-    if report.failed:
-        bid, why = next(iter(report.failed.items()))
-        raise VerificationFailed(f"{len(report.failed)} backups could not be re-wrapped; {bid}: {why}")
+        sys.stdout.write(
+            f"re-wrapped {_count(len(report.done), 'backup')} and {_count(len(report.wal_done), 'WAL epoch')} "
+            f"under {new.key_id}{already}{retire_hint}\n"
+        )
+    if failed:
+        name, why = failed[0]
+        raise VerificationFailed(
+            f"{_count(len(report.failed), 'backup')} and {_count(len(report.wal_failed), 'WAL epoch')} "
+            f"could not be re-wrapped; {name}: {why}"
+        )
 
 
 @app.command()
@@ -98,15 +112,21 @@ def retire(
     key_id: str = typer.Argument(..., help="Id of the old key (k-...), see 'seedvault show'."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Remove the key objects of an old master key, after checking the configured key opens each backup."""
+    """Remove an old master key's key objects (backups and WAL epochs).
+
+    Refused, with nothing deleted, while any backup or WAL epoch wrapped for it does not open with the
+    configured key.
+    """
     repo = state(ctx).repository()
     report = key_ops.retire(repo, key_id)
     if json_out:
         print_json(report.as_dict())
     else:
-        sys.stdout.write(f"retired {key_id} from {len(report.done)} backups\n")
-    if report.failed:
-        bid, why = next(iter(report.failed.items()))
-        raise VerificationFailed(
-            f"{len(report.failed)} backups kept the old key (not openable otherwise); {bid}: {why}"
+        sys.stdout.write(
+            f"retired {key_id} from {_count(len(report.done), 'backup')} and "
+            f"{_count(len(report.wal_done), 'WAL epoch')}\n"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

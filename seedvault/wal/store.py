@@ -183,11 +183,14 @@ class WalStore:
     def _reuse_epoch(self, key_id: str) -> tuple[str, bytes] | None:
         """The newest young epoch already wrapped for ``key_id``, so cache-less pushes share one key."""
         base = f"{self.prefix}keys/"
-        epochs = []
+        wraps: dict[str, set[str]] = {}
         for info in self.repo.storage.list(base):
             parts = info.key[len(base) :].split("/")
-            if len(parts) == 2 and parts[1] == f"{key_id}.json" and _epoch_young(parts[0]):
-                epochs.append(parts[0])
+            if len(parts) == 2 and parts[1].endswith(".json"):
+                wraps.setdefault(parts[0], set()).add(parts[1][: -len(".json")])
+        # Only epochs wrapped for this key alone: one re-wrapped by a rotation was born under the old key,
+        # and new WAL must not be sealed with a key that the retired (maybe leaked) master key opens.
+        epochs = [e for e, ids in wraps.items() if ids == {key_id} and _epoch_young(e)]
         for epoch in sorted(epochs, reverse=True)[:1]:
             with contextlib.suppress(ObjectNotFound, AuthenticationFailed, FormatError):
                 return epoch, self._unwrap(self.repo.storage.get_bytes(self._epoch_key_path(epoch, key_id)), epoch)

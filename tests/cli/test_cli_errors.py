@@ -70,3 +70,10 @@ def test_config_file_and_precedence(tmp_path, local_repo):
     bad.write_text("bogus_setting = 1\n")
     proc = run_cli(["list"], base_env(SEEDVAULT_CONFIG=str(bad)))
     assert proc.returncode == ConfigError.exit_code and "bogus_setting" in _one_line(proc)
+
+
+def test_unreadable_config_file_is_exit_3_in_one_line(tmp_path):
+    proc = run_cli(["list"], base_env(SEEDVAULT_CONFIG=str(tmp_path)))  # a directory: read_text raises OSError
+    line = _one_line(proc)
+    assert proc.returncode == ConfigError.exit_code, proc.stderr
+    assert f"config file {tmp_path} cannot be read" in line and "internal error" not in line

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from seedvault.crypto.keys import generate_raw_key
 from seedvault.sources.postgres.sample import load_sample
+from tests.prefect.receiver import Receiver
 
 BLOB_ROWS = 32
 BLOB_SIZE = 256 * 1024
@@ -78,6 +79,22 @@ def saved_blocks(prefect_harness, pg_server, source_db, tmp_path_factory) -> Sav
         database=source_db.name,
     ).save("source-pg", overwrite=True)
     return SavedBlocks("local-repo", "master-key", "source-pg", root, raw_key)
+
+
+@pytest.fixture
+def receiver(prefect_harness) -> Iterator[Receiver]:
+    """A receiver with two saved webhook blocks: ``custom-webhook/sv-hook`` and ``custom-webhook/sv-automation``."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    rec = Receiver()
+    for name in ("hook", "automation"):
+        CustomWebhookNotificationBlock(
+            name=name, url=f"{rec.url}/{name}", json_data={"text": "{{subject}} | {{body}}"}
+        ).save(f"sv-{name}", overwrite=True)
+    try:
+        yield rec
+    finally:
+        rec.server.shutdown()
 
 
 @pytest.fixture

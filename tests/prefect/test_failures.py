@@ -7,10 +7,7 @@ the automation runs in the harness server's own services. Nothing secret may app
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -21,52 +18,6 @@ from seedvault import process
 from seedvault.errors import ConfigError, DatabaseUnreachable
 from tests.fixtures.s3 import free_loopback_port
 from tests.prefect.api import as_fields, child_flow_runs, latest_table, task_runs
-
-
-class Receiver:
-    """Collects the JSON bodies POSTed to it, by path."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, list[dict]] = {}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.bodies.setdefault(self.path, []).append(json.loads(data))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, path: str, timeout: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.bodies.get(path):
-                return self.bodies[path]
-            time.sleep(0.1)
-        raise AssertionError(f"nothing was POSTed to {path} within {timeout:.0f} s")
-
-
-@pytest.fixture
-def receiver(prefect_harness) -> Iterator[Receiver]:
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
-    rec = Receiver()
-    for name in ("hook", "automation"):
-        CustomWebhookNotificationBlock(
-            name=name, url=f"{rec.url}/{name}", json_data={"text": "{{subject}} | {{body}}"}
-        ).save(f"sv-{name}", overwrite=True)
-    try:
-        yield rec
-    finally:
-        rec.server.shutdown()
 
 
 def _assert_clean(text: str, saved_blocks, pg_server) -> None:

@@ -61,3 +61,39 @@ def test_passphrase_master_key_round_trip(tmp_path):
     pw.write_text("wrong horse\n")
     res = run_cli(["get", bid], env)
     assert res.returncode == WrongKey.exit_code and b"wrong key" in res.stderr
+
+
+def test_cli_rotate_and_retire_cover_archived_wal(local_repo, tmp_path):
+    from seedvault.errors import VerificationFailed
+    from seedvault.wal.store import WalStore
+    from tests.unit.test_wal_store import SYSID, write_seg
+
+    bid = run_cli(["put", "--label", "b"], local_repo.env, input=b"x" * 1000, check=True).stdout.decode().strip()
+    seg = write_seg(tmp_path, 1, 1)
+    WalStore(local_repo.repository(), SYSID).push(seg)
+    old_kid = run_cli(["key", "id"], local_repo.env, check=True).stdout.decode().strip()
+    new_key = new_key_file(tmp_path, "new.key")
+    new_env = dict(local_repo.env, SEEDVAULT_KEY_FILE=str(new_key))
+
+    # Retiring before the rotation: one line naming what still needs the old key, exit 24, nothing deleted.
+    keys_before = sorted(p for p in local_repo.root.rglob("*.json"))
+    res = run_cli(["key", "retire", old_kid], new_env)
+    err = res.stderr.decode().strip()
+    assert res.returncode == VerificationFailed.exit_code and len(err.splitlines()) == 1, err
+    assert f"refusing to retire {old_kid}: 1 backup (first {bid}) and 1 WAL epoch" in err
+    assert f"of system {SYSID}" in err and "nothing was deleted" in err
+    assert sorted(p for p in local_repo.root.rglob("*.json")) == keys_before
+
+    res = run_cli(["key", "rotate", "--new-key-file", str(new_key)], local_repo.env, check=True)
+    assert "re-wrapped 1 backup and 1 WAL epoch under" in res.stdout.decode()
+    res = run_cli(["key", "rotate", "--new-key-file", str(new_key), "--json"], local_repo.env, check=True)
+    again = json.loads(res.stdout)
+    assert again["done"] == [] and again["wal_done"] == [] and len(again["wal_skipped"]) == 1
+    res = run_cli(["key", "retire", old_kid], new_env, check=True)
+    assert res.stdout.decode() == f"retired {old_kid} from 1 backup and 1 WAL epoch\n"
+
+    out = tmp_path / "fetched"
+    res = run_cli(["wal-fetch", "--system-id", str(SYSID), seg.name, str(out)], new_env)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes() == seg.read_bytes()
+    assert run_cli(["wal-fetch", "--system-id", str(SYSID), seg.name, str(out)], local_repo.env).returncode != 0

@@ -1,0 +1,63 @@
+"""WAL epoch key objects seen from outside one WalStore: listed per system id, (re-)wrapped under any master key.
+
+``key rotate`` and ``key retire`` (:mod:`seedvault.ops.keys`) work on every system id of a repository and with
+a master key other than the configured one, which :class:`~seedvault.wal.store.WalStore` (bound to
+``repo.master``) does not. The object is FORMAT.md 8.2's, exactly as WalStore writes it::
+
+    v1/wal/<system id>/keys/<epoch>/<key id>.json    the epoch key wrapped with scope wal/<system id>/<epoch>
+"""
+
+from __future__ import annotations
+
+import json
+
+from seedvault.crypto.keys import MasterKey
+from seedvault.errors import AuthenticationFailed, FormatError, ObjectNotFound
+from seedvault.format import layout
+from seedvault.repository import Repository
+from seedvault.wal.store import KEY_FORMAT, wal_prefix
+
+
+def epoch_key_path(system_id: str, epoch: str, key_id: str) -> str:
+    return f"{wal_prefix(system_id)}keys/{epoch}/{key_id}.json"
+
+
+def scope(system_id: str, epoch: str) -> str:
+    """The 'backup id' an epoch key is wrapped for (FORMAT.md 8.2)."""
+    return f"wal/{system_id}/{epoch}"
+
+
+def epoch_wraps(repo: Repository, system_id: str) -> dict[str, set[str]]:
+    """Epoch id -> ids of the master keys it is wrapped for, from one listing; other names are ignored."""
+    prefix = f"{wal_prefix(system_id)}keys/"
+    out: dict[str, set[str]] = {}
+    for info in repo.storage.list(prefix):
+        epoch, _, name = info.key[len(prefix) :].partition("/")
+        key_id = name.removesuffix(".json")
+        if layout.is_backup_id(epoch) and name.endswith(".json") and layout.KEY_ID_RE.match(key_id):
+            out.setdefault(epoch, set()).add(key_id)
+    return dict(sorted(out.items()))
+
+
+def read_epoch_key(repo: Repository, system_id: str, epoch: str, master: MasterKey) -> bytes:
+    """Unwrap one epoch's key with ``master``; raises AuthenticationFailed when it has no (valid) object for it."""
+    try:
+        data = repo.storage.get_bytes(epoch_key_path(system_id, epoch, master.key_id))
+    except ObjectNotFound:
+        raise AuthenticationFailed(
+            f"WAL key epoch {epoch} of system {system_id} has no key object for master key {master.key_id}"
+        ) from None
+    try:
+        rec = json.loads(data)
+    except ValueError:
+        raise AuthenticationFailed(f"WAL key object of epoch {epoch} of system {system_id} is corrupted") from None
+    if not isinstance(rec, dict) or rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
+        raise FormatError(f"WAL key object of epoch {epoch} of system {system_id} has an unknown format")
+    return master.unwrap(rec, scope(system_id, epoch))
+
+
+def write_epoch_key(repo: Repository, system_id: str, epoch: str, epoch_key: bytes, master: MasterKey) -> None:
+    """Store the epoch key wrapped under ``master`` (no overwrite: ObjectExists when that object is there)."""
+    rec = {"format": KEY_FORMAT, "version": 1, "epoch": epoch, "key_id": master.key_id, "cipher": "aes-256-gcm"}
+    rec.update(master.wrap(epoch_key, scope(system_id, epoch)))
+    repo.storage.put_bytes(epoch_key_path(system_id, epoch, master.key_id), json.dumps(rec, indent=2).encode())
