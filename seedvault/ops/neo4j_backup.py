@@ -1,0 +1,298 @@
+"""``backup neo4j``: an offline dump, an Enterprise online backup (FULL/DIFF chain), or a Bolt export.
+
+Modes:
+
+* ``dump`` (any edition): ``neo4j-admin ... dump`` needs the database stopped. It is stopped with the
+  configured stop command (Community: e.g. ``systemctl stop neo4j``) or ``STOP DATABASE`` over Bolt
+  (Enterprise), and **always** started again, also when the dump fails; the downtime is measured and
+  recorded. 5.x streams the dump through stdout into the engine; 4.4 dumps into a staging directory on
+  the Neo4j side whose file is then streamed out (and the directory removed).
+* ``online`` (Enterprise): ``neo4j-admin ... backup`` into a staging directory while the database runs.
+  ``FULL`` stores the artifacts; ``DIFF`` (5.x) first lays the chain it extends into the staging
+  directory, so neo4j-admin writes only the difference, and stores only the new artifact, recording the
+  parent; ``AUTO`` is DIFF when a chain exists, else FULL. 4.4 backups are always stored whole.
+* ``export`` (Community, online): the logical Bolt export (``seedvault.sources.neo4j.export``).
+
+Counts (nodes per label, relationships per type, indexes, constraints) are read over Bolt before the
+dump, so a restore can prove it got the same graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from seedvault.config import Settings
+from seedvault.errors import BackupNotFound, ConfigError, SeedvaultError, SourceError
+from seedvault.repository import Repository
+from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, run_local
+from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
+
+KIND = "neo4j"
+NEO4J_ZSTD_LEVEL = 3
+MODES = ("dump", "online", "export")
+
+
+class Graph(Protocol):
+    """What the Neo4j operations need over Bolt (seedvault.sources.neo4j.bolt.BoltGraph)."""
+
+    def counts(self) -> dict[str, Any]: ...
+    def stop_database(self) -> None: ...
+    def start_database(self) -> None: ...
+    def database_exists(self) -> bool: ...
+    def create_database(self) -> None: ...
+
+
+@dataclass
+class Neo4jJob:
+    """One Neo4j database and how to reach it (no secrets: the Bolt password lives in ``graph``)."""
+
+    database: str
+    admin: Admin
+    graph: Graph | None = None
+    edition: str | None = None  # community | enterprise (default: from neo4j-admin --version)
+    backup_from: str | None = None  # --from=HOST:PORT for online backups
+
+    def stop(self) -> float:
+        t0 = time.perf_counter()
+        if self.admin.config.stop_command:
+            run_local(self.admin.config.stop_command, what=f"stopping Neo4j database {self.database}")
+        elif self.graph is not None and self.edition == "enterprise":
+            self.graph.stop_database()
+        else:
+            raise ConfigError(
+                f"an offline dump of {self.database} needs the database stopped, and there is no way to stop it",
+                hint="configure stop/start commands (Community), or give the Bolt connection (Enterprise)",
+            )
+        return time.perf_counter() - t0
+
+    def start(self) -> None:
+        if self.admin.config.start_command:
+            run_local(self.admin.config.start_command, what=f"starting Neo4j database {self.database}")
+        elif self.graph is not None and self.edition == "enterprise":
+            self.graph.start_database()
+        else:
+            raise ConfigError(f"no way to start Neo4j database {self.database} again")
+
+
+@dataclass
+class Neo4jBackupReport:
+    body: dict[str, Any]
+    downtime: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        src = self.body["source"]
+        return {
+            "id": self.body["id"],
+            "database": src["database"],
+            "mode": src["mode"],
+            "backup_type": src.get("backup_type"),
+            "parent": self.body.get("parent"),
+            "version": src["version"],
+            "raw_size": self.body["raw_size"],
+            "stored_size": self.body["stored_size"],
+            "downtime_seconds": src["downtime_ms"] / 1000 if src.get("downtime_ms") is not None else None,
+            "counts": src.get("counts"),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def _counts(job: Neo4jJob) -> dict[str, Any] | None:
+    return job.graph.counts() if job.graph is not None else None
+
+
+def chain_of(repo: Repository, database: str, *, upto: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The newest online-backup chain of ``database`` (FULL first), ending at ``upto`` if given."""
+    online = {}
+    for entry in repo.entries():
+        b = entry.body
+        if b and b.get("kind") == KIND and b["source"].get("mode") == "online" and b["source"]["database"] == database:
+            online[entry.backup_id] = b
+    if not online:
+        return []
+    last = upto or max(online)
+    if last not in online:
+        raise BackupNotFound(f"backup {last} is not an online Neo4j backup of {database}")
+    chain = [(last, online[last])]
+    while chain[-1][1].get("parent"):
+        parent = chain[-1][1]["parent"]
+        if parent not in online:
+            raise BackupNotFound(f"backup {chain[-1][0]} extends {parent}, which is missing: the chain is broken")
+        chain.append((parent, online[parent]))
+    return list(reversed(chain))
+
+
+def backup_neo4j(
+    repo: Repository,
+    settings: Settings,
+    job: Neo4jJob,
+    *,
+    mode: str = "dump",
+    backup_type: str = "FULL",
+    label: str | None = None,
+    staging: bool = False,
+) -> Neo4jBackupReport:
+    """Take one Neo4j backup; returns the committed manifest and timings."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}")
+    t0 = time.perf_counter()
+    version = job.admin.version() if mode != "export" else None
+    if version is not None and job.edition is None:
+        job.edition = version.edition
+    seconds: dict[str, float] = {"version": time.perf_counter() - t0}
+    source: dict[str, Any] = {
+        "type": "neo4j",
+        "database": job.database,
+        "mode": mode,
+        "version": version.text if version else None,
+        "dialect": version.dialect if version else None,
+        "edition": job.edition,
+        "where": job.admin.config.describe(),
+    }
+    t1 = time.perf_counter()
+    counts = _counts(job)
+    seconds["counts"] = time.perf_counter() - t1
+    source["counts"] = counts
+    parent = None
+    chain: list[tuple[str, dict[str, Any]]] = []
+    if mode == "online":
+        if job.edition == "community":
+            raise SourceError("online backups need Neo4j Enterprise; use --mode dump (offline) or --mode export")
+        backup_type = backup_type.upper()
+        assert version is not None
+        if version.dialect == DIALECT_44:
+            backup_type = "FULL"  # stored whole: 4.4's incremental rewrites the backup directory in place
+        chain = chain_of(repo, job.database) if backup_type in ("DIFF", "AUTO") else []
+        if backup_type == "DIFF" and not chain:
+            raise BackupNotFound(f"no online backup of {job.database} to take a DIFF from (take a FULL first)")
+        backup_type = "DIFF" if chain and backup_type in ("DIFF", "AUTO") else "FULL"
+        parent = chain[-1][0] if chain and backup_type == "DIFF" else None
+        source["backup_type"] = backup_type
+    with repo.begin(
+        kind=KIND,
+        labels={"name": label or f"neo4j-{job.database}", "database": job.database},
+        source=source,
+        parent=parent,
+        compression=settings.compression,
+        level=settings.zstd_level_for(NEO4J_ZSTD_LEVEL),
+        threads=settings.zstd_threads,
+        chunk_size=settings.chunk_size,
+    ) as backup:
+        t2 = time.perf_counter()
+        downtime = None
+        if mode == "dump":
+            assert version is not None
+            downtime = _offline_dump(backup, job, version, staging=staging)
+            source["downtime_ms"] = int(round(downtime * 1000))  # manifests hold no floats
+        elif mode == "online":
+            assert version is not None
+            source["artifacts"] = _online_backup(repo, backup, job, version, backup_type, chain)
+            source["chain"] = [bid for bid, _ in chain] + [backup.backup_id] if parent else [backup.backup_id]
+        else:
+            from seedvault.sources.neo4j.export import GraphExporter
+
+            if job.graph is None:
+                raise ConfigError("an export needs the Bolt connection (URI, user, password)")
+            exporter = GraphExporter(job.graph)  # type: ignore[arg-type]
+            backup.write_object("graph.jsonl", exporter.reader())  # type: ignore[arg-type]
+            source["export"] = _no_floats(exporter.summary or {})  # Community has no snapshot: what changed
+            end_counts = job.graph.counts()
+            if counts is not None and end_counts != counts:
+                source["counts_at_end"] = end_counts
+        seconds[mode] = time.perf_counter() - t2
+        backup.source = source
+    seconds["total"] = time.perf_counter() - t0
+    return Neo4jBackupReport(backup.body or {}, downtime, seconds)
+
+
+def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> float:
+    """Stop, dump through the engine, start again whatever happened; returns the downtime."""
+    admin = job.admin
+    down = time.perf_counter()
+    job.stop()
+    failure: BaseException | None = None
+    try:
+        if version.streams and not staging:
+            reader = admin.admin_reader(dump_args(version, job.database, to_dir=None))
+            try:
+                backup.write_object("dump", reader)
+            finally:
+                reader.close()
+        else:
+            with admin.staging("dump") as stage:
+                admin.run_admin(dump_args(version, job.database, to_dir=stage))
+                reader = admin.read_file(f"{stage}/{job.database}.dump")
+                try:
+                    backup.write_object("dump", reader)
+                finally:
+                    reader.close()
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        try:
+            job.start()
+        except SeedvaultError as start_exc:
+            if failure is None:
+                raise
+            raise SourceError(
+                f"{_line(failure)}; and starting {job.database} again failed too: {start_exc.one_line()}",
+                hint="start the database by hand now",
+            ) from None
+    return time.perf_counter() - down
+
+
+def _online_backup(
+    repo: Repository,
+    backup: Any,
+    job: Neo4jJob,
+    version: Neo4jVersion,
+    backup_type: str,
+    chain: list[tuple[str, dict[str, Any]]],
+) -> list[str]:
+    admin = job.admin
+    with admin.staging("backup") as stage:
+        if backup_type == "DIFF":
+            for bid, _body in chain:  # the chain neo4j-admin extends
+                _unpack(repo, admin, bid, stage)
+        before = set(admin.list_dir(stage))
+        args = backup_args(version, job.database, stage, kind=backup_type, source=job.backup_from)
+        admin.run_admin(args)
+        new = sorted(set(admin.list_dir(stage)) - before) if version.dialect != DIALECT_44 else [job.database]
+        if not new:
+            raise SourceError(f"neo4j-admin backup of {job.database} produced no artifact in {stage}")
+        reader = admin.tar_out(stage, new)
+        try:
+            backup.write_object("backup.tar", reader)
+        finally:
+            reader.close()
+    return new
+
+
+def _unpack(repo: Repository, admin: Admin, backup_id: str, directory: str) -> None:
+    from seedvault.sources.neo4j.admin import feed
+
+    writer = admin.tar_in(directory)
+    feed(writer, repo.read_object(backup_id, "backup.tar"))
+
+
+def _no_floats(value: Any) -> Any:
+    """Manifests are canonical JSON without floats: keep numbers that are whole, render the rest."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else repr(value)
+    if isinstance(value, dict):
+        return {k: _no_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_floats(v) for v in value]
+    return value
+
+
+def _line(exc: BaseException) -> str:
+    if isinstance(exc, SeedvaultError):
+        return exc.one_line()
+    with contextlib.suppress(Exception):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return type(exc).__name__

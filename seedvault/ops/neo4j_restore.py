@@ -1,0 +1,191 @@
+"""``restore neo4j``: load a dump, restore an online-backup chain, or import an export; counts verified.
+
+The order protects the live database:
+
+1. the backup is authenticated (manifest) before anything is touched;
+2. **safety copy**: if the target database exists, it is dumped through the engine as a backup of its
+   own (label ``safety-<db>-before-<id>``) and that copy is verified (every object read back against
+   its SHA-256) - unless the operator explicitly declines it;
+3. the database is stopped, loaded/restored with overwrite, started (created first when new, 5.x);
+4. counts over Bolt are compared with the backup's; any difference fails the restore, naming it;
+5. on any failure after step 2, the safety copy is loaded back, so the old database is in place again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from seedvault.config import Settings
+from seedvault.errors import BackupNotFound, ConfigError, RestoreVerificationFailed, SeedvaultError, TargetError
+from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of
+from seedvault.ops.verify import verify_backup
+from seedvault.repository import Repository
+from seedvault.sources.neo4j.admin import feed, load_args, restore_args
+from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
+
+
+@dataclass
+class Neo4jRestoreReport:
+    backup_id: str
+    database: str
+    mode: str
+    safety_copy: str | None = None
+    counts: dict[str, Any] | None = None
+    downtime: float | None = None
+    rolled_back: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def restore_neo4j(
+    repo: Repository,
+    settings: Settings,
+    backup_id: str,
+    job: Neo4jJob,
+    *,
+    safety_copy: bool = True,
+    until: str | None = None,
+    staging: bool = False,
+) -> Neo4jRestoreReport:
+    t0 = time.perf_counter()
+    body = repo.manifest(backup_id)
+    if body.get("kind") != KIND:
+        raise BackupNotFound(f"backup {backup_id} is not a Neo4j backup (kind {body.get('kind')})")
+    src = body["source"]
+    mode = src["mode"]
+    report = Neo4jRestoreReport(backup_id, job.database, mode)
+    version = job.admin.version() if mode != "export" else None
+    if version is not None and job.edition is None:
+        job.edition = version.edition
+    if until and (mode != "online" or version is None or not version.point_in_time):
+        raise ConfigError("--restore-until needs an online backup restored with Neo4j 5.x or later")
+    exists = job.graph.database_exists() if job.graph is not None else True
+    if safety_copy and exists and mode != "export":
+        copy = backup_neo4j(repo, settings, job, mode="dump", label=f"safety-{job.database}-before-{backup_id}",
+                            staging=staging)  # fmt: skip
+        check = verify_backup(repo, copy.body["id"])
+        if not check.ok:
+            raise TargetError(f"the safety copy {copy.body['id']} did not verify: {check.problems[0]}; nothing changed")
+        report.safety_copy = copy.body["id"]
+        report.seconds["safety_copy"] = time.perf_counter() - t0
+    try:
+        down = time.perf_counter()
+        if mode == "export":
+            expected = _import(repo, backup_id, job)
+            if expected is not None:  # what the import can reproduce (dangling relationships excepted)
+                src = dict(src, counts=dict(src.get("counts") or {}, **expected))
+        else:
+            assert version is not None
+            if exists:
+                job.stop()
+            try:
+                if mode == "dump":
+                    _load(repo, backup_id, job, version, staging=staging)
+                else:
+                    _restore_chain(repo, backup_id, job, version, until)
+            finally:
+                _start_or_create(job, exists, version)
+            report.downtime = round(time.perf_counter() - down, 3)
+        report.counts = _verify_counts(job, src.get("counts"), backup_id)
+    except BaseException as exc:
+        if report.safety_copy is None:
+            raise
+        _roll_back(repo, settings, report, job, staging, exc)
+        raise
+    report.seconds["total"] = time.perf_counter() - t0
+    return report
+
+
+def _load(repo: Repository, backup_id: str, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> None:
+    admin = job.admin
+    chunks = repo.read_object(backup_id, "dump")
+    if version.streams and not staging:
+        feed(admin.admin_writer(load_args(version, job.database, from_dir=None)), chunks)
+        return
+    with admin.staging("load") as stage:
+        feed(admin.write_file(f"{stage}/{job.database}.dump"), chunks)
+        admin.run_admin(load_args(version, job.database, from_dir=stage), error=TargetError)
+
+
+def _restore_chain(repo: Repository, backup_id: str, job: Neo4jJob, version: Neo4jVersion, until: str | None) -> None:
+    admin = job.admin
+    chain = chain_of(repo, job_db(repo, backup_id), upto=backup_id)
+    with admin.staging("restore") as stage:
+        for bid, _ in chain:
+            feed(admin.tar_in(stage), repo.read_object(bid, "backup.tar"))
+        if version.dialect == DIALECT_44:
+            path = f"{stage}/{chain[-1][1]['source']['database']}"
+        else:
+            path = f"{stage}/{chain[-1][1]['source']['artifacts'][-1]}"
+        admin.run_admin(restore_args(version, job.database, path, until=until), error=TargetError)
+
+
+def job_db(repo: Repository, backup_id: str) -> str:
+    return str(repo.manifest(backup_id)["source"]["database"])
+
+
+def _start_or_create(job: Neo4jJob, existed: bool, version: Neo4jVersion) -> None:
+    if not existed and job.graph is not None and job.edition == "enterprise" and version.dialect != DIALECT_44:
+        job.graph.create_database()  # a restored store of a new name must be registered (5.x)
+        return
+    job.start()
+
+
+def _import(repo: Repository, backup_id: str, job: Neo4jJob) -> dict[str, Any] | None:
+    from seedvault.sources.neo4j.export import import_stream
+
+    if job.graph is None:
+        raise ConfigError("importing an export needs the Bolt connection (URI, user, password)")
+    result = import_stream(job.graph, repo.read_object(backup_id, "graph.jsonl"))  # type: ignore[arg-type]
+    return result.expected_counts()
+
+
+def _verify_counts(job: Neo4jJob, expected: dict[str, Any] | None, backup_id: str) -> dict[str, Any] | None:
+    if job.graph is None or expected is None:
+        return None
+    from seedvault.sources.neo4j.bolt import compare_counts
+
+    actual = job.graph.counts()
+    diff = compare_counts(expected, actual)
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise RestoreVerificationFailed(
+            f"restored {job.database} does not match backup {backup_id}: {'; '.join(diff[:3])}{more}"
+        )
+    return actual
+
+
+def _roll_back(
+    repo: Repository, settings: Settings, report: Neo4jRestoreReport, job: Neo4jJob, staging: bool, exc: BaseException
+) -> None:
+    """Put the safety copy back after a failed restore; the original error is raised by the caller."""
+    assert report.safety_copy is not None
+    try:
+        version = job.admin.version()
+        try:
+            job.stop()
+        except SeedvaultError:
+            pass  # it may be down already
+        try:
+            _load(repo, report.safety_copy, job, version, staging=staging)
+        finally:
+            job.start()
+        report.rolled_back = True
+    except SeedvaultError as again:
+        raise TargetError(
+            f"restore of {report.backup_id} failed ({_line(exc)}) and putting the safety copy "
+            f"{report.safety_copy} back failed too: {again.one_line()}",
+            hint=f"restore the safety copy by hand: seedvault restore neo4j {report.safety_copy}",
+        ) from None
+    if isinstance(exc, SeedvaultError):
+        exc.hint = (
+            exc.hint + "; " if exc.hint else ""
+        ) + f"the previous database was put back from {report.safety_copy}"
+
+
+def _line(exc: BaseException) -> str:
+    return exc.one_line() if isinstance(exc, SeedvaultError) else f"{type(exc).__name__}: {exc}"
