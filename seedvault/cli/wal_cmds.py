@@ -42,9 +42,13 @@ def wal_push(
     When a wal-daemon answers on the configured socket it does the work (the console script asks it
     before loading this CLI); this is the direct path, used when none does.
     """
-    from seedvault.wal import direct
+    from seedvault.wal import client, direct
 
-    code = direct.push(state(ctx).overrides, path, pgdata=pgdata, system_id=system_id, pg_major=pg_major)
+    st = state(ctx)
+    sock = _socket(st, socket_path)
+    code = client.push_via(sock, path, pgdata, system_id, str(pg_major) if pg_major else None) if sock else None
+    if code is None:
+        code = direct.push(st.overrides, path, pgdata=pgdata, system_id=system_id, pg_major=pg_major)
     if code:
         raise typer.Exit(code)
 
@@ -58,11 +62,25 @@ def wal_fetch(
     socket_path: str = typer.Option(None, "--socket", help=SOCKET_HELP),
 ) -> None:
     """Fetch and verify one WAL file (restore_command = 'seedvault wal-fetch %f %p')."""
-    from seedvault.wal import direct
+    from seedvault.wal import client, direct
 
-    code = direct.fetch(state(ctx).overrides, name, dest, pgdata=pgdata, system_id=system_id)
+    st = state(ctx)
+    sock = _socket(st, socket_path)
+    code = client.fetch_via(sock, name, dest, pgdata, system_id) if sock else None
+    if code is None:
+        code = direct.fetch(st.overrides, name, dest, pgdata=pgdata, system_id=system_id)
     if code:
         raise typer.Exit(code)
+
+
+def _socket(st, explicit: str | None) -> str | None:
+    """The daemon socket for this call; a broken config is left to the direct path to report."""
+    from seedvault.wal import client
+
+    try:
+        return explicit or os.environ.get(client.SOCKET_ENV) or st.settings.wal_socket
+    except SeedvaultError:
+        return None
 
 
 def wal_daemon(

@@ -224,6 +224,9 @@ def restore_pitr(
         old = cluster._read_conf_block()
         settings = {k: v for k, v in old.items() if k not in _HOST_SETTINGS}
         effective = effective_settings(data)  # postgresql.conf, then postgresql.auto.conf (ALTER SYSTEM)
+        for name in list(settings):  # on the source, ALTER SYSTEM beat our block: keep what it ran with
+            if name in effective:
+                settings[name] = effective[name]
         settings["restore_command"] = restore_command_for(effective.get("archive_command"), restore_command)
         if "archive_command" in effective and "archive_command" not in settings:
             settings["archive_command"] = effective["archive_command"]

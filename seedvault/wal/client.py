@@ -157,17 +157,21 @@ def try_push(argv: Sequence[str]) -> int | None:
     sock = socket_path(options)
     if not sock:
         return None
-    pgdata = options.get("--pgdata")
+    return push_via(sock, path, options.get("--pgdata"), options.get("--system-id"), options.get("--pg-major"))
+
+
+def push_via(sock: str, path: str, pgdata: str | None, system_id: str | None, pg_major: str | None) -> int | None:
+    """Hand one WAL file to the daemon at ``sock``: its exit code, or None to archive directly."""
     full = path if os.path.isabs(path) or not pgdata else os.path.join(pgdata, path)
     try:
-        sid = int(options["--system-id"]) if options.get("--system-id") else read_system_id(pgdata)
+        sid = int(system_id) if system_id else read_system_id(pgdata)
         fd = os.open(full, os.O_RDONLY)
     except (OSError, ValueError, struct.error):
         return None  # the direct path gives the proper error
     try:
         msg = {"v": PROTOCOL, "op": "push", "name": os.path.basename(full), "system_id": str(sid)}
-        if options.get("--pg-major"):
-            msg["pg_major"] = options["--pg-major"]
+        if pg_major:
+            msg["pg_major"] = str(pg_major)
         reply = _request(sock, msg, fd)
     except Fallback as exc:
         _note(f"seedvault wal-push: {exc}; archiving directly")
@@ -192,10 +196,14 @@ def try_fetch(argv: Sequence[str]) -> int | None:
     sock = socket_path(options)
     if not sock:
         return None
-    pgdata = options.get("--pgdata")
+    return fetch_via(sock, name, dest, options.get("--pgdata"), options.get("--system-id"))
+
+
+def fetch_via(sock: str, name: str, dest: str, pgdata: str | None, system_id: str | None) -> int | None:
+    """Ask the daemon at ``sock`` for one WAL file: 0, 1 (missing), 126 (fatal), or None to go direct."""
     full = dest if os.path.isabs(dest) else os.path.join(pgdata or os.getcwd(), dest)
     try:
-        sid = int(options["--system-id"]) if options.get("--system-id") else read_system_id(pgdata)
+        sid = int(system_id) if system_id else read_system_id(pgdata)
     except (OSError, ValueError, struct.error):
         return None
     try:
