@@ -1,1 +1,1 @@
-"""Scheduled seedvault deployments: nightly full backup, monthly DR drill (see ``definitions`` and prefect.yaml)."""
+"""Scheduled seedvault deployments: PostgreSQL and Neo4j backups, WAL freshness, DR drill (see ``definitions``)."""

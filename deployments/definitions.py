@@ -1,15 +1,19 @@
-"""The scheduled deployments, all in UTC: nightly logical backup, daily base backup, WAL freshness, DR drill.
+"""The scheduled deployments, all in UTC: PostgreSQL logical and base backups, WAL freshness, DR drill; Neo4j.
 
-==================================  =================  =================================================
-deployment                          schedule (UTC)     flow
-==================================  =================  =================================================
-backup-postgres/nightly             ``0 2 * * *``      full logical backup (checksums on), verified, artifact
-backup-postgres-base/daily          ``0 1 * * *``      physical base backup (pg_basebackup), verified, artifact
-check-wal-freshness/every-5-minutes ``*/5 * * * *``    WAL archiving fails, lags or has a hole -> failed run
-dr-drill/monthly                    ``0 4 1 * *``      latest backup -> scratch DB, counts + checksums, drop
-==================================  =================  =================================================
+===================================  ====================  ================================================
+deployment                           schedule (UTC)        flow
+===================================  ====================  ================================================
+backup-postgres/nightly              ``0 2 * * *``         full logical backup (checksums on), verified
+backup-postgres-base/daily           ``0 1 * * *``         physical base backup (pg_basebackup), verified
+check-wal-freshness/every-5-minutes  ``*/5 * * * *``       WAL archiving fails, lags, has a hole -> failed
+dr-drill/monthly                     ``0 4 1 * *``         latest backup -> scratch DB, counts, drop
+backup-neo4j/nightly                 ``30 2 * * *``        Neo4j full: offline dump, or (incremental on)
+                                                           an online FULL; verified
+backup-neo4j/every-15-minutes        ``5-59/15 * * * *``   Enterprise, on request only: online AUTO (a DIFF
+                                                           of the night's chain); verified
+===================================  ====================  ================================================
 
-Why there is no 15-minute "incremental" (the old scripts took one): the server archives its WAL
+Why PostgreSQL has no 15-minute "incremental" (the old scripts took one): the server archives its WAL
 continuously instead. ``archive_command = 'seedvault wal-push %p'`` pushes every completed 16 MiB segment
 the moment PostgreSQL completes it, and ``archive_timeout = 60s`` (seedvault's recommended setting;
 PostgreSQL's own default, 0, never switches a partly filled segment) completes one at least every minute
@@ -20,10 +24,19 @@ runs every 5 minutes and fails, notifying like any failed seedvault run, when WA
 ``max_lag`` (default 300 s) or the repository lacks a segment since the last base backup. The base backup
 runs at 01:00, before the 02:00 logical backup, so the two never load the server at the same time.
 
+Neo4j has no WAL archive to lean on, so the platform's "incremental every 15 minutes" is kept there, as
+Enterprise online backups: ``neo4j_incremental=True`` (``--neo4j-incremental``) makes the nightly an online
+FULL, which starts a new chain each night without downtime (so a chain never grows past a day, 96 links),
+and adds ``backup-neo4j/every-15-minutes``, an online ``AUTO`` backup: a DIFF of the newest chain that stores
+only the difference (a FULL when no chain exists yet, e.g. right after installation). It runs at :05, :20,
+:35 and :50, never at 02:30 with the nightly FULL, and at most one run at a time (``CANCEL_NEW``: a run due
+while the previous one is still going is cancelled, not queued). Without it (Community, or not requested)
+the nightly is an offline dump, with its downtime recorded in the artifact.
+
 Parameters are block *names* only; the secrets stay in the blocks. Two ways to register:
 
-* ``python -m deployments.serve --repository R --key K --target T`` (this module's :func:`build`; a long-running
-  process runs the scheduled flows, no work pool needed), or
+* ``python -m deployments.serve --repository R --key K --target T [--neo4j-target N]`` (this module's
+  :func:`build`; a long-running process runs the scheduled flows, no work pool needed), or
 * ``prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml`` for a process work pool and workers.
 """
 
@@ -31,9 +44,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.backup_neo4j import backup_neo4j_flow
 from flows.backup_postgres import backup_postgres_flow
 from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
@@ -48,24 +63,34 @@ WAL_FRESHNESS = "every-5-minutes"
 WAL_FRESHNESS_CRON = "*/5 * * * *"
 MONTHLY_DRILL = "monthly"
 MONTHLY_DRILL_CRON = "0 4 1 * *"
+NEO4J_NIGHTLY = "nightly"
+NEO4J_NIGHTLY_CRON = "30 2 * * *"
+NEO4J_INCREMENTAL = "every-15-minutes"
+NEO4J_INCREMENTAL_CRON = "5-59/15 * * * *"  # every 15 minutes, never at 02:30 with the nightly FULL
 TAGS = ["seedvault"]
 
 
 def build(
     repository: str,
     key: str,
-    target: str,
+    target: str | None,
     *,
     database: str | None = None,
     drill_target: str | None = None,
     base_target: str | None = None,
     notify_block: str | None = None,
     wal: bool = True,
+    neo4j_target: str | None = None,
+    neo4j_database: str | None = None,
+    neo4j_incremental: bool = False,
 ) -> list[RunnerDeployment]:
-    """The deployments for one server: logical backup, DR drill and (with ``wal``) base backup + freshness.
+    """The deployments for one platform: PostgreSQL (logical backup, DR drill, with ``wal`` base backup +
+    freshness) when ``target`` is given, and Neo4j (nightly, and the 15-minute online backup on request)
+    when ``neo4j_target`` is given.
 
     Args:
-        repository, key, target: names of the saved seedvault blocks.
+        repository, key, target: names of the saved seedvault blocks (``target``: the ``PostgresTarget``;
+            None: no PostgreSQL deployments).
         database: the database to back up and drill (default: the target block's database).
         drill_target: the ``PostgresTarget`` block of the server to drill on (default: ``target``, the
             drill then restores into a scratch database next to the source).
@@ -74,8 +99,28 @@ def build(
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
         wal: also schedule the base backup and the freshness check (the server archives its WAL with
             ``seedvault wal-push``); without archiving they would only fail.
+        neo4j_target: the ``Neo4jTarget`` block of the Neo4j database to back up nightly.
+        neo4j_database: the Neo4j database (default: the block's).
+        neo4j_incremental: Enterprise: the nightly becomes an online FULL and an online AUTO (DIFF) backup
+            runs every 15 minutes; see the module docstring.
     """
+    if target is None and neo4j_target is None:
+        raise ValueError("nothing to deploy: give a PostgreSQL target, a Neo4j target, or both")
     common: dict[str, Any] = {"repository": repository, "key": key, "notify_block": notify_block}
+    out = _postgres(common, target, database, drill_target, base_target, wal) if target is not None else []
+    if neo4j_target is not None:
+        out += _neo4j(common, neo4j_target, neo4j_database, neo4j_incremental)
+    return out
+
+
+def _postgres(
+    common: dict[str, Any],
+    target: str,
+    database: str | None,
+    drill_target: str | None,
+    base_target: str | None,
+    wal: bool,
+) -> list[RunnerDeployment]:
     backup = backup_postgres_flow.to_deployment(
         name=NIGHTLY_BACKUP,
         schedules=[Cron(NIGHTLY_BACKUP_CRON, timezone=TIMEZONE)],
@@ -107,3 +152,28 @@ def build(
         description="Every 5 minutes: fail (and notify) when WAL archiving fails, lags or left a hole.",
     )
     return [backup, drill, base, freshness]
+
+
+def _neo4j(common: dict[str, Any], target: str, database: str | None, incremental: bool) -> list[RunnerDeployment]:
+    params = {**common, "target": target, "database": database, "verify": True}
+    mode = "online" if incremental else "dump"
+    nightly = backup_neo4j_flow.to_deployment(
+        name=NEO4J_NIGHTLY,
+        schedules=[Cron(NEO4J_NIGHTLY_CRON, timezone=TIMEZONE)],
+        parameters={**params, "mode": mode, "backup_type": "FULL"},
+        tags=[*TAGS, "backup", "neo4j"],
+        description="Nightly full Neo4j backup"
+        + (" (online FULL: a new chain, no downtime)" if incremental else " (offline dump, downtime recorded)")
+        + ", verified, with an artifact.",
+    )
+    if not incremental:
+        return [nightly]
+    every = backup_neo4j_flow.to_deployment(
+        name=NEO4J_INCREMENTAL,
+        schedules=[Cron(NEO4J_INCREMENTAL_CRON, timezone=TIMEZONE)],
+        parameters={**params, "mode": "online", "backup_type": "AUTO", "retry_delay_seconds": 30},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        tags=[*TAGS, "backup", "neo4j", "incremental"],
+        description="Every 15 minutes (Enterprise): online AUTO backup, a DIFF of the night's chain, verified.",
+    )
+    return [nightly, every]

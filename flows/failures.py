@@ -32,6 +32,8 @@ SEEDVAULT_FLOWS = (
     "restore-postgres",
     "dr-drill",
     "check-wal-freshness",
+    "backup-neo4j",
+    "restore-neo4j",
 )
 AUTOMATION_NAME = "seedvault-flow-failed"
 

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from prefect.artifacts import create_table_artifact
 
+from seedvault.ops.neo4j_backup import Neo4jBackupReport
 from seedvault.ops.postgres_backup import BackupReport
 
 
@@ -228,4 +229,105 @@ def publish_drill_artifact(source: str, report: dict[str, Any], extra: list[tupl
         restore_rows(report, [("drill of", source), *extra]),
         key=artifact_key("seedvault-dr-drill", source),
         description=f"seedvault DR drill of {source}: backup {report['backup_id']} restored, verified, dropped",
+    )
+
+
+# --- Neo4j ---------------------------------------------------------------------------------------------
+def neo4j_backup_summary(report: Neo4jBackupReport, attempt: int) -> dict[str, Any]:
+    """The engine's summary plus what the artifact shows: edition, finish time, chain, the task attempt."""
+    summary = report.summary()
+    src = report.body["source"]
+    stored = summary["stored_size"]
+    summary.update(
+        attempt=attempt,
+        edition=src.get("edition"),
+        finished=report.body.get("finished"),
+        chain=src.get("chain"),
+        ratio=round(summary["raw_size"] / stored, 2) if stored else None,
+    )
+    return summary
+
+
+def neo4j_count_rows(counts: dict[str, Any] | None, *, missing: str) -> list[tuple[str, Any]]:
+    """Nodes and relationships in total, per label and per relationship type; ``missing`` when unknown.
+
+    ``counts`` is what :meth:`seedvault.sources.neo4j.bolt.BoltGraph.counts` returns (``labels``, ``types``).
+    """
+    if counts is None:
+        return [("counts", missing)]
+    pairs: list[tuple[str, Any]] = [("nodes", counts.get("nodes")), ("relationships", counts.get("relationships"))]
+    pairs += [(f"nodes :{label}", n) for label, n in sorted((counts.get("labels") or {}).items())]
+    pairs += [(f"relationships :{rel}", n) for rel, n in sorted((counts.get("types") or {}).items())]
+    for what in ("indexes", "constraints"):
+        if counts.get(what) is not None:
+            pairs.append((what, len(counts[what])))
+    return pairs
+
+
+def neo4j_key(kind: str, target: str, database: str) -> str:
+    """``seedvault-neo4j-<kind>-<target block>-<database>``: most servers call their database ``neo4j``."""
+    return artifact_key("seedvault-neo4j", kind, target, database)
+
+
+def publish_neo4j_backup_artifact(summary: dict[str, Any], repository: str, target: str, where: str) -> UUID:
+    seconds = summary.get("seconds", {})
+    verify = summary.get("verify") or {}
+    down = summary.get("downtime_seconds")
+    chain = summary.get("chain") or []
+    pairs: list[tuple[str, Any]] = [
+        ("id", summary["id"]),
+        ("status", "completed" + (", verified" if verify else "")),
+        ("database", summary["database"]),
+        ("server", where),
+        ("repository", repository),
+        ("mode", summary["mode"] + (f" {summary['backup_type']}" if summary.get("backup_type") else "")),
+        ("parent", summary.get("parent")),
+        ("chain length", len(chain) if chain else None),
+        ("neo4j", f"{summary['version']} {summary.get('edition') or ''}".strip() if summary.get("version") else None),
+        ("finished", summary.get("finished")),
+        ("attempts", summary.get("attempt")),
+        ("raw bytes", summary["raw_size"]),
+        ("stored bytes", summary["stored_size"]),
+        ("ratio raw/stored", summary.get("ratio")),
+        ("downtime s", round(down, 3) if down is not None else "none (database kept running)"),
+    ]
+    pairs += [(f"{phase} s", seconds.get(phase)) for phase in ("counts", summary["mode"], "total")]
+    pairs.append(("verify s", verify.get("seconds")))
+    pairs += neo4j_count_rows(summary.get("counts"), missing="not recorded (no Bolt URI)")
+    return create_table_artifact(
+        _rows(pairs),
+        key=neo4j_key("backup", target, summary["database"]),
+        description=f"seedvault backup {summary['id']} of Neo4j database {summary['database']} ({summary['mode']})",
+    )
+
+
+def publish_neo4j_restore_artifact(report: dict[str, Any], target: str, where: str) -> UUID:
+    seconds = report.get("seconds", {})
+    down = report.get("downtime")
+    pairs: list[tuple[str, Any]] = [
+        ("backup id", report["backup_id"]),
+        ("status", "restored" + (", counts verified" if report.get("counts") is not None else "")),
+        ("database", report["database"]),
+        ("server", where),
+        ("mode", report["mode"]),
+        ("safety copy", report.get("safety_copy") or "none (declined)"),
+        ("downtime s", round(down, 3) if down is not None else None),
+        ("verify backup s", report.get("verify_seconds")),
+        ("safety copy s", seconds.get("safety_copy")),
+        ("total s", seconds.get("total")),
+    ]
+    pairs += neo4j_count_rows(report.get("counts"), missing="not checked (no Bolt URI)")
+    return create_table_artifact(
+        _rows(pairs),
+        key=neo4j_key("restore", target, report["database"]),
+        description=f"seedvault restore of {report['backup_id']} into Neo4j database {report['database']}",
+    )
+
+
+def publish_neo4j_failure_artifact(kind: str, target: str, database: str, reason: str) -> UUID:
+    """The same key as a success, so the latest artifact always shows the latest outcome."""
+    return create_table_artifact(
+        _rows([("status", "failed"), ("database", database), ("reason", reason)]),
+        key=neo4j_key(kind, target, database),
+        description=f"seedvault {kind} of Neo4j database {database} failed",
     )

@@ -77,7 +77,9 @@ _DB = typer.Option("neo4j", "--database", help="Database name.")
 _URI = typer.Option(None, "--uri", help="Bolt URI (neo4j://host:7687) for counts and STOP/START DATABASE.")
 _USER = typer.Option("neo4j", "--user", help="Bolt user.")
 _PWFILE = typer.Option(None, "--password-file", help=f"File with the Bolt password [env {PASSWORD_ENV}].")
-_PREFIX = typer.Option(None, "--admin-prefix", help="Run neo4j-admin through e.g. 'docker exec CONTAINER'.")
+_PREFIX = typer.Option(
+    None, "--admin-prefix", help="Run neo4j-admin through e.g. 'docker exec -i CONTAINER' (-i is added when missing)."
+)
 _HOME = typer.Option(None, "--neo4j-home", help="NEO4J_HOME on the Neo4j side [env NEO4J_HOME].")
 _CONF = typer.Option(None, "--neo4j-conf", help="NEO4J_CONF on the Neo4j side [env NEO4J_CONF].")
 _STAGE = typer.Option(None, "--staging-dir", help="Parent of staging directories on the Neo4j side (/tmp).")

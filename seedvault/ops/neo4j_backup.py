@@ -55,17 +55,30 @@ class Neo4jJob:
     edition: str | None = None  # community | enterprise (default: from neo4j-admin --version)
     backup_from: str | None = None  # --from=HOST:PORT for online backups
 
-    def stop(self) -> float:
-        t0 = time.perf_counter()
-        if self.admin.config.stop_command:
-            run_local(self.admin.config.stop_command, what=f"stopping Neo4j database {self.database}")
-        elif self.graph is not None and self.edition == "enterprise":
-            self.graph.stop_database()
-        else:
+    def server(self) -> str:
+        """Which server this is, for chains: the backup address, else where neo4j-admin runs."""
+        return self.backup_from or self.admin.config.describe()
+
+    def check_stoppable(self) -> None:
+        """Refuse before touching anything when the database could not be stopped and started again."""
+        if self.admin.config.stop_command and self.admin.config.start_command:
+            return
+        if self.admin.config.stop_command or self.admin.config.start_command:
+            raise ConfigError("configure both the stop and the start command, or neither")
+        if not (self.graph is not None and self.edition == "enterprise"):
             raise ConfigError(
                 f"an offline dump of {self.database} needs the database stopped, and there is no way to stop it",
                 hint="configure stop/start commands (Community), or give the Bolt connection (Enterprise)",
             )
+
+    def stop(self) -> float:
+        t0 = time.perf_counter()
+        self.check_stoppable()
+        if self.admin.config.stop_command:
+            run_local(self.admin.config.stop_command, what=f"stopping Neo4j database {self.database}")
+        else:
+            assert self.graph is not None
+            self.graph.stop_database()
         return time.perf_counter() - t0
 
     def start(self) -> None:
@@ -104,12 +117,25 @@ def _counts(job: Neo4jJob) -> dict[str, Any] | None:
     return job.graph.counts() if job.graph is not None else None
 
 
-def chain_of(repo: Repository, database: str, *, upto: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """The newest online-backup chain of ``database`` (FULL first), ending at ``upto`` if given."""
+def chain_of(
+    repo: Repository, database: str, *, upto: str | None = None, where: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The newest online-backup chain of ``database`` (FULL first), ending at ``upto`` if given.
+
+    ``where`` (the server: backup address or command prefix) keeps two servers' ``neo4j`` databases in one
+    repository from being taken for one chain.
+    """
     online = {}
     for entry in repo.entries():
         b = entry.body
-        if b and b.get("kind") == KIND and b["source"].get("mode") == "online" and b["source"]["database"] == database:
+        if not b or b.get("kind") != KIND:
+            continue
+        src = b["source"]
+        if (
+            src.get("mode") == "online"
+            and src["database"] == database
+            and (where is None or src.get("server") == where)
+        ):
             online[entry.backup_id] = b
     if not online:
         return []
@@ -142,6 +168,8 @@ def backup_neo4j(
     version = job.admin.version() if mode != "export" else None
     if version is not None and job.edition is None:
         job.edition = version.edition
+    if job.edition is None and job.graph is not None and hasattr(job.graph, "components"):
+        job.edition = job.graph.components()[1]  # CALL dbms.components(): neo4j-admin may not say
     seconds: dict[str, float] = {"version": time.perf_counter() - t0}
     source: dict[str, Any] = {
         "type": "neo4j",
@@ -151,6 +179,7 @@ def backup_neo4j(
         "dialect": version.dialect if version else None,
         "edition": job.edition,
         "where": job.admin.config.describe(),
+        "server": job.server(),
     }
     t1 = time.perf_counter()
     counts = _counts(job)
@@ -165,7 +194,7 @@ def backup_neo4j(
         assert version is not None
         if version.dialect == DIALECT_44:
             backup_type = "FULL"  # stored whole: 4.4's incremental rewrites the backup directory in place
-        chain = chain_of(repo, job.database) if backup_type in ("DIFF", "AUTO") else []
+        chain = chain_of(repo, job.database, where=job.server()) if backup_type in ("DIFF", "AUTO") else []
         if backup_type == "DIFF" and not chain:
             raise BackupNotFound(f"no online backup of {job.database} to take a DIFF from (take a FULL first)")
         backup_type = "DIFF" if chain and backup_type in ("DIFF", "AUTO") else "FULL"
@@ -211,10 +240,11 @@ def backup_neo4j(
 def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> float:
     """Stop, dump through the engine, start again whatever happened; returns the downtime."""
     admin = job.admin
+    job.check_stoppable()
     down = time.perf_counter()
-    job.stop()
     failure: BaseException | None = None
     try:
+        job.stop()  # inside: a stop command that fails half-way still gets its start
         if version.streams and not staging:
             reader = admin.admin_reader(dump_args(version, job.database, to_dir=None))
             try:

@@ -61,6 +61,8 @@ def restore_neo4j(
     version = job.admin.version() if mode != "export" else None
     if version is not None and job.edition is None:
         job.edition = version.edition
+    if job.edition is None and job.graph is not None and hasattr(job.graph, "components"):
+        job.edition = job.graph.components()[1]  # CALL dbms.components(): neo4j-admin may not say
     if until and (mode != "online" or version is None or not version.point_in_time):
         raise ConfigError("--restore-until needs an online backup restored with Neo4j 5.x or later")
     exists = job.graph.database_exists() if job.graph is not None else True
@@ -90,7 +92,10 @@ def restore_neo4j(
             finally:
                 _start_or_create(job, exists, version)
             report.downtime = round(time.perf_counter() - down, 3)
-        report.counts = _verify_counts(job, src.get("counts"), backup_id)
+        if until:  # the recorded counts are the chain's end, not the point restored to
+            report.counts = job.graph.counts() if job.graph is not None else None
+        else:
+            report.counts = _verify_counts(job, src.get("counts"), backup_id)
     except BaseException as exc:
         if report.safety_copy is None:
             raise

@@ -117,14 +117,19 @@ def test_deleted_segments_fail_with_wal_gap_naming_them(wal_env: WalEnv, base_ba
     client = boto3_client(env)
     prefix = f"repo/v1/wal/{base_backup['system_id']}/"
     keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in list_all(client, env.bucket, prefix)}
-    for victim, expected in ((segs[1], "but later WAL"), (segs[2], "according to pg_stat_archiver")):
+    # The newest one is "the last archived" unless the server archived more meanwhile (autovacuum WAL plus
+    # archive_timeout on a loaded machine): then it is a hole before later WAL, named just the same.
+    for victim, expected in (
+        (segs[1], ("but later WAL",)),
+        (segs[2], ("according to pg_stat_archiver", "but later WAL")),
+    ):
         saved = client.get_object(Bucket=env.bucket, Key=keys[victim])["Body"].read()
         client.delete_object(Bucket=env.bucket, Key=keys[victim])
         try:
             proc, _ = _check(env)
             assert proc.returncode == 25, proc.stderr
             line = proc.stderr.strip()
-            assert len(line.splitlines()) == 1 and victim in line and expected in line, line
+            assert len(line.splitlines()) == 1 and victim in line and any(e in line for e in expected), line
             assert "missing from s3://" in line and "seedvault backup postgres-base" in line
         finally:
             client.put_object(Bucket=env.bucket, Key=keys[victim], Body=saved)

@@ -87,3 +87,61 @@ def test_s3_repository_block_uses_the_prefect_aws_client(prefect_harness, moto_s
     assert storage.get_bytes("probe/object") == b"hello"
     keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert keys == ["team/backups/probe/object"]
+
+
+def test_neo4j_block_masks_the_password_and_hands_it_to_bolt_only(prefect_harness, monkeypatch):
+    import sys
+
+    from blocks import Neo4jTarget
+
+    password = "n30-graph-pw-" + generate_raw_key()[:8]
+    Neo4jTarget(
+        uri="neo4j://graph.internal:7687",
+        password=password,
+        command_prefix="kubectl exec -n data neo4j-0 --",
+        neo4j_home="/var/lib/neo4j",
+        stop_command="systemctl stop neo4j",
+        start_command="systemctl start neo4j",
+        edition="enterprise",
+        backup_from="graph.internal:6362",
+    ).save("test-neo4j", overwrite=True)
+    block = Neo4jTarget.load("test-neo4j")
+    job = block.neo4j_job("movies")
+    assert password not in repr(block) + str(block) + repr(job) + block.display()
+    assert job.database == "movies" and job.edition == "enterprise" and job.backup_from == "graph.internal:6362"
+    assert type(job.graph).__name__ == "BoltGraph" and job.graph.database == "movies"  # connects on first use
+    assert job.admin.admin(["--version"]) == [
+        "kubectl", "exec", "-n", "data", "neo4j-0", "--",
+        "env", "NEO4J_HOME=/var/lib/neo4j", "/var/lib/neo4j/bin/neo4j-admin", "--version",
+    ]  # fmt: skip
+    assert job.admin.config.stop_command == ["systemctl", "stop", "neo4j"]
+    with pytest.raises(ConfigError, match="a secret would appear in its arguments"):
+        process.run(["echo", password])
+
+    # Without a URI there is no Bolt side at all: no counts, and the driver module is never needed.
+    monkeypatch.delitem(sys.modules, "seedvault.sources.neo4j.bolt", raising=False)
+    plain = Neo4jTarget(stop_command="fake-neo4j stop neo4j", start_command="fake-neo4j start neo4j")
+    with plain.open_job() as bare:
+        assert bare.graph is None and bare.edition is None and bare.database == "neo4j"
+    assert "seedvault.sources.neo4j.bolt" not in sys.modules
+
+
+def test_neo4j_block_rejects_bad_settings_without_echoing_secrets():
+    from blocks import Neo4jTarget
+
+    with pytest.raises(ValidationError) as info:
+        Neo4jTarget(uri="neo4j://neo4j:hunter2-secret@graph:7687", password="x")
+    assert "contains credentials" in str(info.value) and "hunter2" not in str(info.value)
+    with pytest.raises(ValidationError, match="needs the password"):
+        Neo4jTarget(uri="bolt://graph:7687")
+    with pytest.raises(ValidationError, match="must start with one of"):
+        Neo4jTarget(uri="http://graph:7474", password="x")
+    with pytest.raises(ValidationError, match="docker exec"):
+        Neo4jTarget(command_prefix="docker graph1")
+    with pytest.raises(ValidationError, match="kubectl exec"):
+        Neo4jTarget(command_prefix="kubectl exec -n data neo4j-0")
+    with pytest.raises(ValidationError, match="both stop_command and start_command"):
+        Neo4jTarget(stop_command="systemctl stop neo4j")
+    with pytest.raises(ValidationError, match="not a valid command line"):
+        Neo4jTarget(stop_command="sh -c 'unterminated", start_command="true")
+    assert Neo4jTarget(command_prefix="ssh graph@db1").admin_config().prefix == ["ssh", "graph@db1"]

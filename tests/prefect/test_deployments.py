@@ -1,10 +1,12 @@
 """Deployments: the schedules (daily base backup 01:00 and logical backup 02:00 UTC, WAL freshness every 5
-minutes, monthly DR drill), registered on the API, and prefect.yaml."""
+minutes, monthly DR drill, Neo4j nightly 02:30 and, on request, every 15 minutes), registered on the API, and
+prefect.yaml."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deployments import definitions
@@ -51,40 +53,99 @@ def test_build_with_a_replication_target_or_without_wal():
     assert [d.flow_name for d in definitions.build("repo", "key", "pg", wal=False)] == ["backup-postgres", "dr-drill"]
 
 
+def test_build_adds_the_neo4j_nightly_dump_and_only_on_request_the_15_minute_online_backup():
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    *pg, nightly = definitions.build("repo", "key", "pg", neo4j_target="graph", notify_block="custom-webhook/ops")
+    assert [d.flow_name for d in pg] == ["backup-postgres", "dr-drill", "backup-postgres-base", "check-wal-freshness"]
+    assert (nightly.flow_name, nightly.name) == ("backup-neo4j", "nightly")
+    assert _cron(nightly) == ("30 2 * * *", "UTC")
+    common = {"repository": "repo", "key": "key", "target": "graph", "notify_block": "custom-webhook/ops"}
+    assert nightly.parameters == {**common, "database": None, "verify": True, "mode": "dump", "backup_type": "FULL"}
+
+    # Enterprise: the nightly is an online FULL (a new chain each night), the 15-minute one an online AUTO.
+    nightly, every = definitions.build("repo", "key", None, neo4j_target="graph", neo4j_database="movies",
+                                       neo4j_incremental=True)  # fmt: skip
+    assert nightly.parameters["mode"] == "online" and nightly.parameters["backup_type"] == "FULL"
+    assert (every.flow_name, every.name) == ("backup-neo4j", "every-15-minutes")
+    assert _cron(every) == ("5-59/15 * * * *", "UTC")
+    assert every.parameters["mode"] == "online" and every.parameters["backup_type"] == "AUTO"
+    assert every.parameters["database"] == nightly.parameters["database"] == "movies"
+    assert every.concurrency_limit == 1
+    assert every.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    with pytest.raises(ValueError, match="nothing to deploy"):
+        definitions.build("repo", "key", None)
+
+
+def test_every_15_minutes_never_meets_the_nightly_full():
+    minute, hour, *rest = definitions.NEO4J_INCREMENTAL_CRON.split()
+    span, step = minute.split("/")
+    first, last = map(int, span.split("-"))
+    minutes = list(range(first, last + 1, int(step)))
+    assert minutes == [5, 20, 35, 50] and hour == "*" and rest == ["*", "*", "*"], "every 15 minutes, 96 a day"
+    n_minute, n_hour, *_ = definitions.NEO4J_NIGHTLY_CRON.split()
+    assert (int(n_hour), int(n_minute)) == (2, 30) and int(n_minute) not in minutes
+
+
 def test_register_only_creates_the_deployments_on_the_server(prefect_harness):
     from prefect.client.orchestration import get_client
 
-    ids = serve_main(["--repository", "r", "--key", "k", "--target", "t", "--drill-target", "dr", "--register-only"])
-    assert len(ids) == 4
+    args = ["--repository", "r", "--key", "k", "--target", "t", "--drill-target", "dr"]
+    ids = serve_main([*args, "--neo4j-target", "g", "--neo4j-incremental", "--register-only"])
+    assert len(ids) == 6
     with get_client(sync_client=True) as client:
         backup = client.read_deployment_by_name("backup-postgres/nightly")
         drill = client.read_deployment_by_name("dr-drill/monthly")
         base = client.read_deployment_by_name("backup-postgres-base/daily")
         freshness = client.read_deployment_by_name("check-wal-freshness/every-5-minutes")
+        neo4j = client.read_deployment_by_name("backup-neo4j/nightly")
+        every = client.read_deployment_by_name("backup-neo4j/every-15-minutes")
     assert _cron(backup) == ("0 2 * * *", "UTC") and backup.schedules[0].active
     assert _cron(drill) == ("0 4 1 * *", "UTC")
     assert _cron(base) == ("0 1 * * *", "UTC") and base.schedules[0].active
     assert _cron(freshness) == ("*/5 * * * *", "UTC") and freshness.schedules[0].active
     assert backup.parameters["target"] == "t" and drill.parameters["target"] == "dr"
     assert base.parameters["target"] == freshness.parameters["target"] == "t"
+    assert _cron(neo4j) == ("30 2 * * *", "UTC") and neo4j.parameters["mode"] == "online"
+    assert _cron(every) == ("5-59/15 * * * *", "UTC") and every.schedules[0].active
+    assert every.parameters["target"] == "g" and every.parameters["backup_type"] == "AUTO"
+    assert every.global_concurrency_limit.limit == 1
+    assert every.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+
+
+def test_serve_needs_a_target_and_incremental_needs_neo4j(capsys):
+    with pytest.raises(SystemExit):
+        serve_main(["--repository", "r", "--key", "k", "--register-only"])
+    assert "give --target (PostgreSQL), --neo4j-target, or both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve_main(["--repository", "r", "--key", "k", "--target", "t", "--neo4j-incremental"])
+    assert "--neo4j-incremental needs --neo4j-target" in capsys.readouterr().err
 
 
 def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
     from prefect.flows import load_flow_from_entrypoint
 
     spec = yaml.safe_load(PREFECT_YAML.read_text())
-    by_name = {d["name"]: d for d in spec["deployments"]}
-    expected = {
-        definitions.NIGHTLY_BACKUP: ("backup-postgres", definitions.NIGHTLY_BACKUP_CRON),
-        definitions.MONTHLY_DRILL: ("dr-drill", definitions.MONTHLY_DRILL_CRON),
-        definitions.DAILY_BASE_BACKUP: ("backup-postgres-base", definitions.DAILY_BASE_BACKUP_CRON),
-        definitions.WAL_FRESHNESS: ("check-wal-freshness", definitions.WAL_FRESHNESS_CRON),
-    }
-    assert set(by_name) == set(expected)
     root = PREFECT_YAML.parents[1]
-    for name, (flow_name, cron) in expected.items():
-        d = by_name[name]
-        assert d["schedules"] == [{"cron": cron, "timezone": "UTC", "active": True}]
+    by_name = {}
+    for d in spec["deployments"]:
         path, func = d["entrypoint"].split(":")
-        assert load_flow_from_entrypoint(f"{root / path}:{func}").name == flow_name
+        by_name[(load_flow_from_entrypoint(f"{root / path}:{func}").name, d["name"])] = d
+    expected = {
+        ("backup-postgres", definitions.NIGHTLY_BACKUP): (definitions.NIGHTLY_BACKUP_CRON, True),
+        ("dr-drill", definitions.MONTHLY_DRILL): (definitions.MONTHLY_DRILL_CRON, True),
+        ("backup-postgres-base", definitions.DAILY_BASE_BACKUP): (definitions.DAILY_BASE_BACKUP_CRON, True),
+        ("check-wal-freshness", definitions.WAL_FRESHNESS): (definitions.WAL_FRESHNESS_CRON, True),
+        ("backup-neo4j", definitions.NEO4J_NIGHTLY): (definitions.NEO4J_NIGHTLY_CRON, True),
+        # Enterprise only: registered paused, to be resumed where online backups exist.
+        ("backup-neo4j", definitions.NEO4J_INCREMENTAL): (definitions.NEO4J_INCREMENTAL_CRON, False),
+    }
+    assert set(by_name) == set(expected) and len(spec["deployments"]) == len(expected)
+    for name, (cron, active) in expected.items():
+        d = by_name[name]
+        assert d["schedules"] == [{"cron": cron, "timezone": "UTC", "active": active}]
         assert set(d["parameters"]) >= {"repository", "key", "target"}
+    assert by_name[("backup-neo4j", "nightly")]["parameters"]["mode"] == "dump"
+    every = by_name[("backup-neo4j", "every-15-minutes")]
+    assert every["parameters"]["mode"] == "online" and every["parameters"]["backup_type"] == "AUTO"
+    assert every["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}

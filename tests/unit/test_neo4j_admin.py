@@ -84,7 +84,8 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, editio
     svc.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --service "$@"\n')
     docker = bindir / "docker"  # `docker exec CONTAINER cmd...`: records itself, runs cmd
     docker.write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {state}/docker.log\n[ "$1" = exec ] || exit 125\nshift 2\nexec "$@"\n'
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {state}/docker.log\n[ "$1" = exec ] || exit 125\nshift\n'
+        '[ "$1" = -i ] && shift\nshift\nexec "$@"\n'
     )
     for p in (admin, svc, docker):
         p.chmod(0o755)
@@ -141,10 +142,10 @@ def test_documented_command_lines_per_dialect() -> None:
 
 def test_prefixes_wrap_commands() -> None:
     docker = Admin(AdminConfig.from_strings("docker exec graph1"))
-    assert docker.admin(["--version"]) == ["docker", "exec", "graph1", "neo4j-admin", "--version"]
+    assert docker.admin(["--version"]) == ["docker", "exec", "-i", "graph1", "neo4j-admin", "--version"]  # stdin
     kube = Admin(AdminConfig.from_strings("kubectl exec -n data neo4j-0 --", neo4j_home="/opt/neo4j"))
     assert kube.admin(["--version"]) == (
-        ["kubectl", "exec", "-n", "data", "neo4j-0", "--"]
+        ["kubectl", "exec", "-i", "-n", "data", "neo4j-0", "--"]
         + ["env", "NEO4J_HOME=/opt/neo4j", "/opt/neo4j/bin/neo4j-admin", "--version"]
     )
     ssh = Admin(AdminConfig.from_strings("ssh graph@db1"))
@@ -198,8 +199,8 @@ def test_44_dump_and_load_behind_a_prefix(tmp_path, monkeypatch, repo) -> None:
     stage = dump[2].removeprefix("--to=").rsplit("/", 1)[0]
     assert dump == ["dump", f"--database={DB}", f"--to={stage}/{DB}.dump"]
     docker = (state / "docker.log").read_text().splitlines()
-    assert all(line.startswith("exec graph1 ") for line in docker)
-    assert f"exec graph1 neo4j-admin dump --database={DB} --to={stage}/{DB}.dump" in docker
+    assert all(line.startswith("exec -i graph1 ") for line in docker)
+    assert f"exec -i graph1 neo4j-admin dump --database={DB} --to={stage}/{DB}.dump" in docker
     (state / f"store-{DB}").write_bytes(b"other")
     restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path, prefix="docker exec graph1"),
                   safety_copy=False)  # fmt: skip

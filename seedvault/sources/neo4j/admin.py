@@ -142,7 +142,7 @@ class Admin:
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """``command`` as run on the Neo4j side, behind the prefix."""
-        prefix = self.config.prefix
+        prefix = _interactive(self.config.prefix)
         if prefix and os.path.basename(prefix[0]) == "ssh":
             return [*prefix, shlex.join(command)]
         return [*prefix, *command]
@@ -189,10 +189,10 @@ class Admin:
             raise ToolMissing(f"cannot run {self.argv(command)[0]!r}", hint="check the Neo4j command prefix") from None
 
     def admin_reader(self, args: Sequence[str]) -> ChildReader:
-        return self.reader(self._admin_argv(args))
+        return _named(self.reader(self._admin_argv(args)), "neo4j-admin")
 
     def admin_writer(self, args: Sequence[str]) -> ChildWriter:
-        return self.writer(self._admin_argv(args))
+        return _named(self.writer(self._admin_argv(args)), "neo4j-admin")
 
     # staging files on the Neo4j side
     @contextlib.contextmanager
@@ -211,16 +211,39 @@ class Admin:
         return [ln for ln in out.splitlines() if ln]
 
     def read_file(self, path: str) -> ChildReader:
-        return self.reader(["cat", "--", path])
+        return _named(self.reader(["cat", "--", path]), f"reading {path}")
 
     def write_file(self, path: str) -> ChildWriter:
-        return self.writer(["sh", "-c", 'umask 077 && cat > "$1"', "seedvault-write", path])
+        return _named(self.writer(["sh", "-c", 'umask 077 && cat > "$1"', "seedvault-write", path]), f"writing {path}")
 
     def tar_out(self, directory: str, members: Iterable[str] = (".",)) -> ChildReader:
-        return self.reader(["tar", "-C", directory, "-cf", "-", "--", *members])
+        return _named(self.reader(["tar", "-C", directory, "-cf", "-", "--", *members]), f"tar of {directory}")
 
     def tar_in(self, directory: str) -> ChildWriter:
-        return self.writer(["tar", "-C", directory, "-xf", "-"])
+        return _named(self.writer(["tar", "-C", directory, "-xf", "-"]), f"untar into {directory}")
+
+
+_INTERACTIVE = {"docker", "podman", "kubectl", "oc"}
+
+
+def _interactive(prefix: list[str]) -> list[str]:
+    """``docker exec``/``kubectl exec`` pass no stdin without ``-i``: loads and restores would read nothing.
+
+    So ``-i`` is added right after ``exec`` when the configured prefix lacks it (never a TTY: ``-t`` would
+    mangle binary streams).
+    """
+    if not prefix or os.path.basename(prefix[0]) not in _INTERACTIVE or "exec" not in prefix:
+        return list(prefix)
+    if any(a in ("-i", "--interactive", "-it", "-ti", "--stdin") for a in prefix):
+        return list(prefix)
+    at = prefix.index("exec") + 1
+    return [*prefix[:at], "-i", *prefix[at:]]
+
+
+def _named(child: Any, tool: str) -> Any:
+    """Errors name the tool that failed, not the prefix in front of it (``docker failed`` says little)."""
+    child.tool = tool
+    return child
 
 
 def run_local(command: Sequence[str], *, what: str, timeout: float = 900.0) -> float:
