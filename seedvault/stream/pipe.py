@@ -32,11 +32,18 @@ class Pipe:
         self._q: queue.Queue = queue.Queue(depth)
         self._abandoned: BaseException | None = None
         self._closed = threading.Event()
+        self._failure: BaseException | None = None
         self.bytes = 0
 
     # writer side ------------------------------------------------------------------------------------
     def put(self, data: bytes | memoryview) -> None:
+        if self._abandoned is not None:
+            raise self._abandoned
         if self._closed.is_set():
+            if self._failure is not None:  # already failed on the writer side: that is the story, not the write
+                if isinstance(self._failure, SeedvaultError) and not isinstance(self._failure, PipeBroken):
+                    raise self._failure
+                raise PipeBroken(f"{self.name}: {self._failure}") from self._failure
             raise PipeBroken(f"{self.name}: write after close")
         while True:
             if self._abandoned is not None:
@@ -54,6 +61,8 @@ class Pipe:
 
     def fail(self, exc: BaseException) -> None:
         """The writer failed: the reader will raise instead of seeing an end of stream."""
+        if not self._closed.is_set():
+            self._failure = exc
         self._put_final(exc)
 
     def _put_final(self, item: object) -> None:

@@ -111,7 +111,7 @@ def test_neo4j_block_masks_the_password_and_hands_it_to_bolt_only(prefect_harnes
     assert job.database == "movies" and job.edition == "enterprise" and job.backup_from == "graph.internal:6362"
     assert type(job.graph).__name__ == "BoltGraph" and job.graph.database == "movies"  # connects on first use
     assert job.admin.admin(["--version"]) == [
-        "kubectl", "exec", "-n", "data", "neo4j-0", "--",
+        "kubectl", "exec", "-i", "-n", "data", "neo4j-0", "--",
         "env", "NEO4J_HOME=/var/lib/neo4j", "/var/lib/neo4j/bin/neo4j-admin", "--version",
     ]  # fmt: skip
     assert job.admin.config.stop_command == ["systemctl", "stop", "neo4j"]
