@@ -80,8 +80,11 @@ def restore_command_for(archive_command: str | None, override: str | None) -> st
         if "%f" not in override or "%p" not in override:
             raise UsageError("--restore-command must contain %f and %p")
         return override
-    if archive_command and re.search(r"\bwal-push\b.*%p", archive_command):
-        return re.sub(r"\bwal-push\b(.*)%p", r"wal-fetch\1%f %p", archive_command, count=1)
+    # Only the command that runs wal-push: an archive_command such as "pgbackrest ... archive-push %p &&
+    # seedvault wal-push %p" (a migration) must not turn into a restore_command that runs pgbackrest.
+    for part in re.split(r"\s*(?:&&|\|\||;)\s*", archive_command or ""):
+        if re.search(r"\bwal-push\b.*%p", part):
+            return re.sub(r"\bwal-push\b(.*)%p", r"wal-fetch\1%f %p", part, count=1)
     raise ConfigError(
         "cannot derive restore_command: the backup's archive_command does not run 'seedvault wal-push %p'",
         hint='pass --restore-command "/path/to/seedvault --config FILE wal-fetch %f %p"',
@@ -147,7 +150,12 @@ def extract_base(repo: Repository, plan: Plan, data_dir: Path) -> int:
         for member in tar:
             if member.name.startswith("/") or ".." in Path(member.name).parts:
                 raise RestoreVerificationFailed(f"base backup member {member.name!r} escapes the data directory")
-            tar.extract(member, data_dir, set_attrs=False, filter="tar")
+            if member.islnk() or (member.issym() and (member.linkname.startswith("/") or ".." in member.linkname)):
+                raise RestoreVerificationFailed(f"base backup member {member.name!r} links outside the data directory")
+            try:
+                tar.extract(member, data_dir, set_attrs=False, filter="tar")
+            except TypeError:  # Python < 3.11.4 has no extraction filters; the checks above stand in
+                tar.extract(member, data_dir, set_attrs=False)
             count += 1
     reader.drain()
     (data_dir / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
@@ -315,8 +323,9 @@ class _ReadAhead:
 
     @classmethod
     def start(cls, cluster: LocalCluster, archive_command: str, workers: int) -> _ReadAhead | None:
+        parts = [p for p in re.split(r"\s*(?:&&|\|\||;)\s*", archive_command) if "wal-push" in p]
         try:
-            tokens = shlex.split(archive_command)
+            tokens = shlex.split(parts[0] if parts else "")
             head = tokens[: tokens.index("wal-push")]
         except ValueError:
             return None

@@ -148,7 +148,11 @@ class WalStore:
             return self._current, self._epochs[self._current]
         self._current = None
         master = self.repo.master
-        cache = self.state_dir / f"wal-epoch-{self.system_id}-{master.key_id}.json" if self.state_dir else None
+        # The repository is part of the name: an epoch key cached for one repository does not exist in
+        # another, and sealing with it there would archive WAL that can never be read back.
+        where = hashlib.sha256(str(self.repo.storage.url).encode()).hexdigest()[:12]
+        name = f"wal-epoch-{self.system_id}-{master.key_id}-{where}.json"
+        cache = self.state_dir / name if self.state_dir else None
         if cache is not None:
             with contextlib.suppress(OSError, ValueError, KeyError, AuthenticationFailed, FormatError):
                 cached = json.loads(cache.read_text())

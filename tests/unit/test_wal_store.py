@@ -305,3 +305,17 @@ def test_pushes_without_a_state_dir_share_the_young_epoch_key(repo: Repository, 
         WalStore(repo, SYSID).push(write_seg(tmp_path, 1, s))
     keys = [o.key for o in repo.storage.list(f"v1/wal/{SYSID}/keys/")]
     assert len(keys) == 1, keys
+
+
+def test_state_dir_cache_is_per_repository(tmp_path: Path) -> None:
+    """One state dir, two repositories: WAL pushed to the second must be readable from it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = make_wal_repo(tmp_path / "a"), make_wal_repo(tmp_path / "b")
+    WalStore(first, SYSID, state_dir=str(state)).push(write_seg(tmp_path, 1, 40))
+    seg = write_seg(tmp_path, 1, 41)
+    WalStore(second, SYSID, state_dir=str(state)).push(seg)
+    WalStore(second, SYSID).fetch(seg.name, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == seg.read_bytes()
