@@ -100,6 +100,7 @@ class WalDaemon:
         self.stats = DaemonStats()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wal-daemon")
         self._jobs: dict[str, _Job] = {}
+        self._served: dict[str, tuple[int, int, int, int]] = {}  # answered recently: never pushed ahead again
         self._prefetch: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -261,6 +262,9 @@ class WalDaemon:
             self._log_push(result, "request")
         with self._lock:
             self._jobs.pop(name, None)
+            self._served[name] = ident  # PostgreSQL renames .ready to .done only after our answer
+            while len(self._served) > KEEP_JOBS:
+                self._served.pop(next(iter(self._served)))
         self._work_ahead(name)
         return {"ok": True, "result": result.result, "key": result.key}
 
@@ -300,7 +304,7 @@ class WalDaemon:
             for name in self._ready_names():
                 if room <= 0:
                     break
-                if name == just_done or name in self._jobs:
+                if name == just_done or name in self._jobs or name in self._served:
                     continue
                 try:
                     fd = os.open(self.pgdata / "pg_wal" / name, os.O_RDONLY)  # type: ignore[operator]
