@@ -301,7 +301,9 @@ def test_runbook_pitr_blocks_run(wal_env: WalEnv, request) -> None:
     def check_streaming(env: dict[str, str]) -> None:
         """18: the receiver stopped cleanly, pushed partial copies of its own, and left no slot behind."""
         log = (work / "wal-receive.log").read_text()
-        assert "stopped;" in log and "pushed partial" in log, log
+        # A partial copy appears only if the segment was still in progress at an upload tick; on a busy machine
+        # it may complete first (test_wal_receive.py proves recovery through a partial copy).
+        assert "stopped;" in log and re.search(r"pushed (partial )?[0-9A-F]{24}", log), log
         assert _exited(work / "wal-receive.pid"), log
         with wal.connect() as conn:
             assert conn.execute("SHOW synchronous_standby_names").fetchone()[0] == ""
@@ -310,7 +312,7 @@ def test_runbook_pitr_blocks_run(wal_env: WalEnv, request) -> None:
         # archive_command, whichever was first); the partial copies of a whole segment are deleted.
         partial = re.findall(r"pushed partial ([0-9A-F]{24})\.partial", log)
         whole = dict(re.findall(r"pushed ([0-9A-F]{24}) \((stored|duplicate),", log))
-        assert set(partial) & set(whole), log
+        assert whole and (not partial or set(partial) & set(whole) or partial[-1] > max(whole)), log
         store = _store(wal)
         assert {seg: _source(store, seg) for seg, how in whole.items() if how == "stored"} == {
             seg: "pg_receivewal" for seg, how in whole.items() if how == "stored"
