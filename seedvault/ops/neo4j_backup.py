@@ -269,7 +269,7 @@ def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging:
             if failure is None:
                 raise
             raise SourceError(
-                f"{_line(failure)}; and starting {job.database} again failed too: {start_exc.one_line()}",
+                f"{one_line(failure)}; and starting {job.database} again failed too: {start_exc.one_line()}",
                 hint="start the database by hand now",
             ) from None
     return time.perf_counter() - down
@@ -320,7 +320,7 @@ def _no_floats(value: Any) -> Any:
     return value
 
 
-def _line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     if isinstance(exc, SeedvaultError):
         return exc.one_line()
     with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ from typing import Any
 
 from seedvault.config import Settings
 from seedvault.errors import BackupNotFound, ConfigError, RestoreVerificationFailed, SeedvaultError, TargetError
-from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of
+from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of, one_line
 from seedvault.ops.verify import verify_backup
 from seedvault.repository import Repository
 from seedvault.sources.neo4j.admin import feed, load_args, restore_args
@@ -182,7 +182,7 @@ def _roll_back(
         report.rolled_back = True
     except SeedvaultError as again:
         raise TargetError(
-            f"restore of {report.backup_id} failed ({_line(exc)}) and putting the safety copy "
+            f"restore of {report.backup_id} failed ({one_line(exc)}) and putting the safety copy "
             f"{report.safety_copy} back failed too: {again.one_line()}",
             hint=f"restore the safety copy by hand: seedvault restore neo4j {report.safety_copy}",
         ) from None
@@ -190,7 +190,3 @@ def _roll_back(
         exc.hint = (
             exc.hint + "; " if exc.hint else ""
         ) + f"the previous database was put back from {report.safety_copy}"
-
-
-def _line(exc: BaseException) -> str:
-    return exc.one_line() if isinstance(exc, SeedvaultError) else f"{type(exc).__name__}: {exc}"

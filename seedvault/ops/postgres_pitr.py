@@ -80,15 +80,25 @@ def restore_command_for(archive_command: str | None, override: str | None) -> st
         if "%f" not in override or "%p" not in override:
             raise UsageError("--restore-command must contain %f and %p")
         return override
-    # Only the command that runs wal-push: an archive_command such as "pgbackrest ... archive-push %p &&
-    # seedvault wal-push %p" (a migration) must not turn into a restore_command that runs pgbackrest.
-    for part in re.split(r"\s*(?:&&|\|\||;)\s*", archive_command or ""):
-        if re.search(r"\bwal-push\b.*%p", part):
-            return re.sub(r"\bwal-push\b(.*)%p", r"wal-fetch\1%f %p", part, count=1)
+    part = wal_push_part(archive_command)
+    if part is not None:
+        return re.sub(r"\bwal-push\b(.*)%p", r"wal-fetch\1%f %p", part, count=1)
     raise ConfigError(
         "cannot derive restore_command: the backup's archive_command does not run 'seedvault wal-push %p'",
         hint='pass --restore-command "/path/to/seedvault --config FILE wal-fetch %f %p"',
     )
+
+
+def wal_push_part(archive_command: str | None) -> str | None:
+    """The command of ``archive_command`` that runs ``wal-push ... %p``, or None.
+
+    Only that command: an archive_command such as "pgbackrest ... archive-push %p && seedvault wal-push %p"
+    (a migration) must not turn into a restore_command, or a read-ahead daemon, that runs pgbackrest.
+    """
+    for part in re.split(r"\s*(?:&&|\|\||;)\s*", archive_command or ""):
+        if re.search(r"\bwal-push\b.*%p", part):
+            return part
+    return None
 
 
 def _target_settings(target: Target, timeline: int) -> dict[str, str]:
@@ -323,9 +333,8 @@ class _ReadAhead:
 
     @classmethod
     def start(cls, cluster: LocalCluster, archive_command: str, workers: int) -> _ReadAhead | None:
-        parts = [p for p in re.split(r"\s*(?:&&|\|\||;)\s*", archive_command) if "wal-push" in p]
         try:
-            tokens = shlex.split(parts[0] if parts else "")
+            tokens = shlex.split(wal_push_part(archive_command) or "")
             head = tokens[: tokens.index("wal-push")]
         except ValueError:
             return None
