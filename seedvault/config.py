@@ -47,6 +47,14 @@ class Settings:
     wal_state_dir: str | None = None
     # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.
     wal_socket: str | None = None
+    # "auto": a wal-push that finds no daemon on wal_socket starts one (as pgBackRest's archive-async
+    # starts its async process), which exits after wal_daemon_idle seconds without requests. "off": never.
+    wal_daemon: str = "off"
+    wal_daemon_idle: int = 600
+
+    def __post_init__(self) -> None:
+        if self.wal_daemon not in ("off", "auto"):
+            raise ConfigError(f"wal_daemon must be 'off' or 'auto', not {self.wal_daemon!r}")
 
     def zstd_level_for(self, source_default: int) -> int:
         """The configured zstd level, else the default of the source being backed up.

@@ -46,7 +46,11 @@ def wal_push(
 
     st = state(ctx)
     sock = _socket(st, socket_path)
-    code = client.push_via(sock, path, pgdata, system_id, str(pg_major) if pg_major else None) if sock else None
+    auto = _auto(st)
+    major = str(pg_major) if pg_major else None
+    code = client.push_via(sock, path, pgdata, system_id, major, quiet_absent=auto is not None) if sock else None
+    if code is None and sock and auto is not None and not client._alive(sock):
+        client.start_daemon(sock, direct.global_options(st.overrides), pgdata, auto)
     if code is None:
         code = direct.push(st.overrides, path, pgdata=pgdata, system_id=system_id, pg_major=pg_major)
     if code:
@@ -73,6 +77,14 @@ def wal_fetch(
         raise typer.Exit(code)
 
 
+def _auto(st) -> int | None:
+    """The idle timeout of an automatically started daemon, or None when wal_daemon is off."""
+    try:
+        return st.settings.wal_daemon_idle if st.settings.wal_daemon == "auto" else None
+    except SeedvaultError:
+        return None
+
+
 def _socket(st, explicit: str | None) -> str | None:
     """The daemon socket for this call; a broken config is left to the direct path to report."""
     from seedvault.wal import client
@@ -91,6 +103,8 @@ def wal_daemon(
     workers: int = typer.Option(4, "--workers", min=1, max=64, help="Parallel pushes/fetches."),
     lookahead: int = typer.Option(None, "--lookahead", min=0, help="Ready segments pushed ahead (default: workers)."),
     fetch_ahead: int = typer.Option(None, "--fetch-ahead", min=0, help="Segments read ahead in recovery."),
+    idle_exit: int = typer.Option(0, "--idle-exit", min=0, help="Stop after this many idle seconds (0: never)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Report failures, starts and stops only, not every push."),
 ) -> None:
     """Run the archiver: warm storage connections, parallel look-ahead pushes, read-ahead for recovery.
 
@@ -121,10 +135,12 @@ def wal_daemon(
             fetch_ahead=fetch_ahead,
             zstd_level=st.settings.zstd_level,
             emit=lambda line: err(f"seedvault wal-daemon: {line}"),
+            idle_exit=idle_exit,
+            verbose=not quiet,
         )
         daemon.bind()
         daemon.install_signal_handlers()
-        err(f"seedvault wal-daemon: serving {path} for system {sid} ({workers} workers)")
+        err(f"seedvault wal-daemon: serving {path} for system {sid} ({workers} workers, pid {os.getpid()})")
         daemon.serve_forever()
         s = daemon.stats
         err(

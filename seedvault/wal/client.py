@@ -6,6 +6,14 @@ a busy server outruns. This module imports only the standard library (~30 ms), p
 descriptor to the daemon over a unix socket (SCM_RIGHTS: the daemon archives exactly the file
 PostgreSQL named, with no path games) and waits until the daemon says the file is durable.
 
+With ``wal_daemon = "auto"`` a push that finds no daemon starts one in the background (a new session,
+output appended to ``<socket>.log``; it exits after ``wal_daemon_idle`` seconds without requests) and
+archives its own file directly; the next pushes find the daemon, which has meanwhile worked ahead
+through the ``.ready`` backlog. This is pgBackRest's archive-async pattern: the operator sets one line,
+nothing has to be supervised. A start is attempted at most once a minute (a daemon that cannot start,
+say on a broken config, must not double the cost of every push) and never twice at once (a lock the
+starting daemon holds until its socket is bound).
+
 The daemon is an accelerator, never a dependency: no socket configured, nothing listening, a daemon
 killed mid-request, or a daemon that cannot serve this cluster -> :func:`try_push` returns ``None`` and
 the caller archives directly (the segment then ends up stored once: the direct push finds a daemon's
@@ -24,17 +32,23 @@ Wire protocol (version 1), one request per connection:
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import socket
 import struct
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 
 PROTOCOL = 1
 SOCKET_ENV = "SEEDVAULT_WAL_SOCKET"
+DAEMON_ENV = "SEEDVAULT_WAL_DAEMON"
+IDLE_ENV = "SEEDVAULT_WAL_DAEMON_IDLE"
 CONFIG_ENV = "SEEDVAULT_CONFIG"
+START_INTERVAL = 60.0  # at most one automatic daemon start per socket per minute
+LOCK_FD_ENV = "SEEDVAULT_WAL_DAEMON_LOCK_FD"  # the start lock a starting daemon releases once bound
 REPLY_TIMEOUT = 900.0  # a daemon that hangs longer than this is treated as dead: the push goes direct
 MAX_LINE = 1 << 16
 
@@ -46,6 +60,10 @@ FETCH_OPTS = {"--pgdata", "--system-id", "--socket"}
 
 class Fallback(Exception):
     """The daemon path is not available for this request; archive directly."""
+
+    def __init__(self, message: str, *, absent: bool = False) -> None:
+        super().__init__(message)
+        self.absent = absent  # no daemon at all (rather than one that failed or declined)
 
 
 def parse_args(argv: Sequence[str], command: str, opts: set[str]) -> tuple[dict[str, str], list[str]] | None:
@@ -79,23 +97,93 @@ def parse_args(argv: Sequence[str], command: str, opts: set[str]) -> tuple[dict[
     return options, positionals
 
 
-def socket_path(options: dict[str, str], env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
-    """The daemon socket: ``--socket``, else SEEDVAULT_WAL_SOCKET, else ``wal_socket`` in the config file."""
-    if options.get("--socket"):
-        return options["--socket"]
-    if env.get(SOCKET_ENV):
-        return env[SOCKET_ENV]
+def _config_section(options: dict[str, str], env: dict[str, str] | os._Environ[str]) -> dict:
     config = options.get("--config") or env.get(CONFIG_ENV)
     if not config:
-        return None
+        return {}
     try:
         with open(config, "rb") as fh:
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError):
-        return None  # the full CLI reports a broken config properly
+        return {}  # the full CLI reports a broken config properly
     section = data.get("seedvault", data)
-    value = section.get("wal_socket") if isinstance(section, dict) else None
-    return str(value) if value else None
+    return section if isinstance(section, dict) else {}
+
+
+def socket_path(options: dict[str, str], env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The daemon socket: ``--socket``, else SEEDVAULT_WAL_SOCKET, else ``wal_socket`` in the config file."""
+    return daemon_settings(options, env)[0]
+
+
+def daemon_settings(
+    options: dict[str, str], env: dict[str, str] | os._Environ[str] = os.environ
+) -> tuple[str | None, bool, int]:
+    """(socket, start one automatically?, idle seconds) with the precedence of seedvault.config."""
+    section = _config_section(options, env)
+    sock = options.get("--socket") or env.get(SOCKET_ENV) or section.get("wal_socket")
+    mode = env.get(DAEMON_ENV) or section.get("wal_daemon") or "off"
+    try:
+        idle = int(env.get(IDLE_ENV) or section.get("wal_daemon_idle") or 600)
+    except (TypeError, ValueError):
+        idle = 600
+    return (str(sock) if sock else None), str(mode) == "auto", max(idle, 1)
+
+
+def _self_argv() -> list[str]:
+    """How to run this same seedvault again (the console script, or the interpreter and module)."""
+    me = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if me and os.access(me, os.X_OK) and not me.endswith(".py"):
+        return [me]
+    return [sys.executable, *(["-I"] if sys.flags.isolated else []), "-m", "seedvault.cli.entry"]
+
+
+def start_daemon(
+    sock: str, options: dict[str, str], pgdata: str | None, idle: int, *, argv: list[str] | None = None
+) -> bool:
+    """Start a wal-daemon on ``sock`` in the background unless one is starting or started recently.
+
+    Never blocks and never fails the push: any problem leaves the direct path to do its job (the daemon's
+    own errors go to ``<sock>.log``). True when a daemon was started.
+    """
+    import subprocess  # only here: the common path (a daemon answers) stays lean
+
+    lock_path = sock + ".lock"
+    try:
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # another push is starting one right now
+        if time.time() - os.fstat(lock).st_mtime < START_INTERVAL and os.fstat(lock).st_size > 0:
+            return False  # one was started (or tried) less than a minute ago
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()} {time.time():.0f}\n".encode())  # also sets the mtime
+        data_dir = os.path.abspath(pgdata or os.getcwd())
+        globals_ = [x for opt, val in options.items() if opt in GLOBAL_VALUE_OPTS for x in (opt, val)]
+        cmd = [*(argv or _self_argv()), *globals_, "wal-daemon", "--pgdata", data_dir, "--socket", sock,
+               "--idle-exit", str(idle), "--quiet"]  # fmt: skip
+        log = os.open(sock + ".log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            subprocess.Popen(  # noqa: S603 (our own command, no shell)
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=data_dir,
+                start_new_session=True,  # PostgreSQL's archiver never waits for it, signals never reach it
+                pass_fds=(lock,),
+                env={**os.environ, LOCK_FD_ENV: str(lock)},
+            )
+        finally:
+            os.close(log)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(lock)  # the child holds its own copy of the lock until its socket is bound
 
 
 def read_system_id(pgdata: str | None) -> int:
@@ -105,14 +193,14 @@ def read_system_id(pgdata: str | None) -> int:
 
 def _request(path: str, message: dict, fd: int | None) -> dict:
     if not os.path.exists(path):
-        raise Fallback("no archiver daemon socket")
+        raise Fallback("no archiver daemon socket", absent=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(5.0)
         try:
             sock.connect(path)
         except OSError as exc:
-            raise Fallback(f"archiver daemon not reachable ({exc.strerror or exc})") from None
+            raise Fallback(f"archiver daemon not reachable ({exc.strerror or exc})", absent=True) from None
         data = (json.dumps(message) + "\n").encode()
         try:
             if fd is None:
@@ -154,14 +242,41 @@ def try_push(argv: Sequence[str]) -> int | None:
     if parsed is None or len(parsed[1]) != 1:
         return None
     options, (path,) = parsed
-    sock = socket_path(options)
+    sock, auto, idle = daemon_settings(options)
     if not sock:
         return None
-    return push_via(sock, path, options.get("--pgdata"), options.get("--system-id"), options.get("--pg-major"))
+    pgdata = options.get("--pgdata")
+    code = push_via(sock, path, pgdata, options.get("--system-id"), options.get("--pg-major"), quiet_absent=auto)
+    if code is None and auto and not _alive(sock):
+        start_daemon(sock, options, pgdata, idle)
+    return code
 
 
-def push_via(sock: str, path: str, pgdata: str | None, system_id: str | None, pg_major: str | None) -> int | None:
-    """Hand one WAL file to the daemon at ``sock``: its exit code, or None to archive directly."""
+def _alive(sock: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(sock)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def push_via(
+    sock: str,
+    path: str,
+    pgdata: str | None,
+    system_id: str | None,
+    pg_major: str | None,
+    *,
+    quiet_absent: bool = False,
+) -> int | None:
+    """Hand one WAL file to the daemon at ``sock``: its exit code, or None to archive directly.
+
+    ``quiet_absent``: say nothing when no daemon is there (with automatic starts that is normal).
+    """
     full = path if os.path.isabs(path) or not pgdata else os.path.join(pgdata, path)
     try:
         sid = int(system_id) if system_id else read_system_id(pgdata)
@@ -174,7 +289,8 @@ def push_via(sock: str, path: str, pgdata: str | None, system_id: str | None, pg
             msg["pg_major"] = str(pg_major)
         reply = _request(sock, msg, fd)
     except Fallback as exc:
-        _note(f"seedvault wal-push: {exc}; archiving directly")
+        if not (quiet_absent and exc.absent):
+            _note(f"seedvault wal-push: {exc}; archiving directly")
         return None
     finally:
         os.close(fd)

@@ -87,6 +87,8 @@ class WalDaemon:
         zstd_level: int | None = None,
         allowed_uids: set[int] | None = None,
         emit: Any = None,
+        idle_exit: float = 0.0,
+        verbose: bool = True,
     ) -> None:
         self.store = store
         self.socket_path = Path(socket_path)
@@ -97,6 +99,9 @@ class WalDaemon:
         self.zstd_level = zstd_level
         self.allowed_uids = allowed_uids if allowed_uids is not None else {os.getuid(), 0}
         self.emit = emit or (lambda line: log.info("%s", line))
+        self.idle_exit = idle_exit  # seconds without requests or work before stopping; 0 = never
+        self.verbose = verbose  # one line per push; failures are always reported
+        self._last_activity = time.monotonic()
         self.stats = DaemonStats()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wal-daemon")
         self._jobs: dict[str, _Job] = {}
@@ -139,6 +144,7 @@ class WalDaemon:
         self._listener = sock
         self._socket_ino = path.stat().st_ino
         self.store.current_epoch()  # the key object exists before the first request: no race on it
+        _release_start_lock()
 
     def serve_forever(self) -> None:
         if self._listener is None:
@@ -149,6 +155,9 @@ class WalDaemon:
                 try:
                     conn, _ = self._listener.accept()
                 except TimeoutError:
+                    if self._idle_expired():
+                        self.emit(f"no requests for {self.idle_exit:.0f} s: stopping")
+                        break
                     continue
                 except OSError:
                     if self._stop.is_set():
@@ -161,6 +170,19 @@ class WalDaemon:
                 t.start()
         finally:
             self._shutdown()
+
+    def _idle_expired(self) -> bool:
+        if not self.idle_exit:
+            return False
+        with self._lock:
+            busy = any(not j.future.done() for j in self._jobs.values()) or any(
+                not f.done() for f in self._prefetch.values()
+            )
+            busy = busy or any(t.is_alive() for t in self._conns)
+        if busy:
+            self._last_activity = time.monotonic()
+            return False
+        return time.monotonic() - self._last_activity > self.idle_exit
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
@@ -226,6 +248,7 @@ class WalDaemon:
 
     def _handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         self.stats.requests += 1
+        self._last_activity = time.monotonic()
         if str(request.get("system_id")) != self.store.system_id:
             return {"ok": False, "fallback": True, "error": f"daemon serves system {self.store.system_id}"}
         op = request.get("op")
@@ -276,6 +299,8 @@ class WalDaemon:
         return res
 
     def _log_push(self, res: PushResult, origin: str) -> None:
+        if not self.verbose:
+            return
         mib = 1048576
         self.emit(
             f"pushed {res.name} ({res.result}, {res.raw_size / mib:.1f} MiB -> {res.stored_size / mib:.1f} MiB, "
@@ -381,6 +406,16 @@ class WalDaemon:
     def _prefetch_job(self, name: str) -> dict[str, Any]:
         # A miss is not remembered: on a standby the segment may be archived a moment later.
         return self.store.fetch(name, self._spool_dir() / name)
+
+
+def _release_start_lock() -> None:
+    """Close the start lock an automatic start handed down (seedvault.wal.client.start_daemon)."""
+    from seedvault.wal.client import LOCK_FD_ENV
+
+    fd = os.environ.pop(LOCK_FD_ENV, None)
+    if fd and fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
 
 
 def _place(src: Path, dest: Path) -> None:

@@ -42,6 +42,12 @@ _GLOBAL_TO_SETTING = {
 }
 
 
+def global_options(overrides: dict[str, Any]) -> dict[str, str]:
+    """The command-line global options that produce ``overrides`` (for a daemon started on our behalf)."""
+    back = {setting: opt for opt, setting in _GLOBAL_TO_SETTING.items() if opt != "-r"}
+    return {back[k]: str(v) for k, v in overrides.items() if k in back and v is not None}
+
+
 def _say(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()

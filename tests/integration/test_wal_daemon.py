@@ -8,6 +8,7 @@ test hits "mid-push" deterministically instead of racing a timer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -132,3 +133,39 @@ def test_daemon_killed_mid_push_loses_nothing(wal_env: WalEnv, sock: Path, kill_
     finally:
         d2.stop()
     assert _failed_count(env) == failed
+
+
+def test_wal_daemon_auto_is_started_by_the_archiver_and_stops_when_idle(wal_env: WalEnv, sock: Path) -> None:
+    """``wal_daemon = "auto"``: PostgreSQL's archiver starts the daemon itself (pgBackRest archive-async style)."""
+    env = wal_env
+    failed = _failed_count(env)
+    log = Path(f"{sock}.log")
+    with env.config.open("a") as fh:
+        fh.write('wal_daemon = "auto"\nwal_daemon_idle = 8\n')
+    pid = None
+    try:
+        seg, header = _archive_one(env)  # no daemon yet: archived directly, and one is started
+        assert header["source"] == "archive_command"
+        deadline = time.monotonic() + 60
+        while "serving" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "no daemon was started"
+            time.sleep(0.1)
+        pid = int(log.read_text().split("pid ")[1].split(")")[0])
+        assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(env.primary.run_as).pw_uid  # the server's user
+        assert os.getsid(pid) != os.getsid(
+            int((env.primary.data_dir / "postmaster.pid").read_text().split()[0])
+        )  # its own session: not PostgreSQL's to signal
+        seg2, header2 = _archive_one(env)
+        assert header2["source"] == "wal-daemon" and seg2 > seg
+        deadline = time.monotonic() + 60
+        while "stopped;" not in log.read_text():  # nothing more to archive: it stops by itself
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert "no requests for 8 s: stopping" in log.read_text() and not sock.exists()
+        assert log.read_text().count("serving") == 1  # started once, not once per push
+        pid = None
+        assert _failed_count(env) == failed
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -132,6 +132,85 @@ def test_repush_with_different_content_fails_and_keeps_first(repo: Repository, t
     assert out.read_bytes() == original
 
 
+def test_repush_differing_in_the_last_byte_fails(repo: Repository, tmp_path: Path) -> None:
+    """The duplicate check compares the whole authenticated body, not a prefix or the size."""
+    store = WalStore(repo, SYSID)
+    p = write_seg(tmp_path, 1, 11)
+    store.push(p)
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(ObjectExists, match="different content"):
+        WalStore(repo, SYSID).push(p)
+
+
+def _legacy_record(store: WalStore, p: Path, *, mac_of: bytes | None = None) -> str:
+    """Store ``p`` as seedvault < 0.2 did: the header carries a keyed content MAC (of ``mac_of``)."""
+    import io as _io
+
+    from seedvault.wal import record
+
+    wal = wn.classify(p.name)
+    key = store.object_key(wal)
+    epoch, ek = store.current_epoch()
+    data = p.read_bytes()
+    mac, _ = record.content_mac(ek, key, _io.BytesIO(mac_of if mac_of is not None else data))
+    header = {
+        "format": record.FORMAT, "version": 1, "name": wal.name, "kind": wal.kind, "system_id": str(SYSID),
+        "timeline": 1, "segno": wal.segno(SEG), "pg_major": 15, "wal_segment_size": SEG, "raw_size": len(data),
+        "content_mac": mac, "epoch": epoch, "compression": "zstd", "chunk_size": 1 << 20,
+        "source": "archive_command", "archived": "2026-11-01T00:00:00.000000Z", "tool": "seedvault 0.1.0",
+    }  # fmt: skip
+    out = _io.BytesIO()
+    record.write_record(out, _io.BytesIO(data), epoch_key=ek, object_key=key, header=header, level=1,
+                        chunk_size=1 << 20)  # fmt: skip
+    repo_storage = store.repo.storage
+    repo_storage.put_bytes(key, out.getvalue())
+    return key
+
+
+def test_legacy_records_with_a_content_mac_stay_readable_and_checked(repo: Repository, tmp_path: Path) -> None:
+    store = WalStore(repo, SYSID)
+    good = write_seg(tmp_path, 1, 12)
+    _legacy_record(store, good)
+    store.fetch(good.name, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == good.read_bytes()
+    assert WalStore(repo, SYSID).push(good).result == "duplicate"  # compared through the old MAC
+    other = good.read_bytes()[:-1] + b"x"
+    (tmp_path / "other").write_bytes(other)
+    with pytest.raises(ObjectExists, match="different content"):
+        WalStore(repo, SYSID).push(tmp_path / "other", name=good.name)
+    bad = write_seg(tmp_path, 1, 13)
+    _legacy_record(store, bad, mac_of=b"not these bytes")  # authentic chunks, wrong MAC: refused
+    with pytest.raises(Exception, match="does not match"):
+        store.fetch(bad.name, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_new_records_carry_no_content_mac_and_push_reads_once(repo: Repository, tmp_path: Path) -> None:
+    """One pass over the file: the body's chunk tags are the content check, no MAC pass before it."""
+    store = WalStore(repo, SYSID)
+    p = write_seg(tmp_path, 1, 14)
+    reads: list[int] = []
+
+    class Counting(io.FileIO):
+        def readinto(self, b):  # type: ignore[override]
+            n = super().readinto(b)
+            reads.append(n or 0)
+            return n
+
+        def read(self, size=-1):  # type: ignore[override]
+            data = super().read(size)
+            reads.append(len(data))
+            return data
+
+    with Counting(str(p), "r") as fh:
+        store.push(p, fileobj=fh)  # type: ignore[arg-type]
+    assert sum(reads) <= SEG + 64  # the 64-byte page header probe, then the file once
+    header = store.read_header(store.object_key(wn.classify(p.name)))
+    assert "content_mac" not in header and header["raw_size"] == SEG
+
+
 def test_foreign_segment_refused_at_push(repo: Repository, tmp_path: Path) -> None:
     p = write_seg(tmp_path, 1, 5, sysid=SYSID + 9)
     with pytest.raises(ForeignWal, match=str(SYSID + 9)):
