@@ -33,7 +33,12 @@ line or in the output.
        (``--barman-compression``) and SSE ``AES256`` (barman has no client-side encryption).
      * When ``seedvault wal-daemon --help`` exits 0: ``wal-push`` handing over to a running ``wal-daemon``
        (local repository; it works ahead on the ``.ready`` files), and beside it ``pgbackrest archive-push``
-       with ``archive-async=y`` (process-max=2), pgBackRest's own work-ahead mode. Skipped otherwise.
+       with ``archive-async=y`` (process-max=2), pgBackRest's own work-ahead mode; and ``wal-push`` with
+       ``wal_daemon = "auto"`` (RUNBOOK 17.5: nothing started by hand, the first push starts the daemon,
+       which works ahead from then on). Skipped otherwise.
+     Goals: the direct path and the ``wal_daemon = "auto"`` row are each compared with synchronous
+     ``pgbackrest archive-push``; the latter is seedvault as RUNBOOK 17.5 configures it, the one-line
+     counterpart of pgBackRest's ``archive-async=y``.
 2. **Base backup** of a cluster of ``--size-mb`` (default 1024; the data set of ``bench/postgres.py``):
      * ``pg_basebackup -Ft -D DIR -c fast`` to local disk (the anchor; fast checkpoint like the others),
      * ``seedvault backup postgres-base`` (zstd + AES-256-GCM, local ``file://`` repository),
@@ -73,6 +78,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -106,6 +112,7 @@ APT_TOOLS = {"pgbackrest": "pgbackrest", "barman-cloud-wal-archive": "barman-cli
 SV_FILE = "seedvault wal-push (file://)"
 PGBR_SYNC = "pgbackrest archive-push (sync, zst, aes-256-cbc)"
 SV_DAEMON = "seedvault wal-push via wal-daemon (file://)"
+SV_AUTO = "seedvault wal-push, wal_daemon=auto (file://)"
 PGBR_ASYNC = "pgbackrest archive-push (archive-async, process-max=2)"
 SV_S3 = "seedvault wal-push (S3, moto)"
 BARMAN = "barman-cloud-wal-archive (S3, moto)"
@@ -640,8 +647,48 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
 
+        def sv_auto(r: int):
+            """RUNBOOK 17.5: nothing started by hand; the first wal-push starts the daemon itself."""
+            d = w.user.mkdir(base / f"sva-{r}", 0o755)
+            sock = d / "wal.sock"
+            cfg = w.sv_config(
+                d / "seedvault.toml", f"file://{d / 'repo'}", d / "state", wal_socket=str(sock), wal_daemon="auto"
+            )
+            run(w.sv(cfg, "init"), w.sv_env(), what="seedvault init", user=w.user)
+            log_path = Path(f"{sock}.log")
+
+            def size() -> int:
+                text = log_path.read_text(errors="replace") if log_path.exists() else ""
+                pids = re.findall(r"serving .* pid (\d+)\)", text)
+                if len(pids) != 1:
+                    raise BenchError(f"wal_daemon=auto started {len(pids)} daemons: {text[-400:]}")
+                pid = int(pids[0])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while "stopped;" not in log_path.read_text(errors="replace"):
+                    if time.monotonic() > deadline:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        raise BenchError(f"the automatically started wal-daemon did not stop: {text[-400:]}")
+                    time.sleep(0.05)
+                stats = [ln for ln in log_path.read_text(errors="replace").splitlines() if "stopped" in ln]
+                w.notes.setdefault(SV_AUTO, []).append(stats[-1].strip())
+                log(f"      {stats[-1].strip()[:160]}")
+                return tree_size(d / "repo")
+
+            return (lambda name: w.sv(cfg, "wal-push", f"pg_wal/{name}")), w.sv_env(), size
+
+        def stop_auto() -> None:
+            for log_path in base.glob("sva-*/wal.sock.log"):
+                for pid in re.findall(r"serving .* pid (\d+)\)", log_path.read_text(errors="replace")):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+
         finishers.append(stop_daemons)
+        finishers.append(stop_auto)
         rows.append(PushRow(SV_DAEMON, sv_daemon))
+        rows.append(PushRow(SV_AUTO, sv_auto))
         rows.append(PushRow(PGBR_ASYNC, lambda r: pgbr(r, async_=True)))
     if w.endpoint:
 
@@ -1003,10 +1050,24 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
         ratios["wal-push seg/s (medians): seedvault file:// / pgbackrest sync"] = round(
             rate(SV_FILE, "segments_per_s_median") / rate(PGBR_SYNC, "segments_per_s_median"), 3
         )
-        goals["wal-push >= 1.0x pgbackrest (seg/s)"] = {
+        goals["wal-push, direct (no daemon) >= 1.0x pgbackrest sync"] = {
             "value": ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"],
             "limit": GOALS["wal_push_ratio_min"],
             "met": ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"] >= GOALS["wal_push_ratio_min"],
+        }
+    if SV_AUTO in push and PGBR_SYNC in push:
+        auto = round(rate(SV_AUTO) / rate(PGBR_SYNC), 3)
+        ratios["wal-push seg/s: seedvault wal_daemon=auto / pgbackrest sync"] = auto
+        ratios["wal-push seg/s (medians): seedvault wal_daemon=auto / pgbackrest sync"] = round(
+            rate(SV_AUTO, "segments_per_s_median") / rate(PGBR_SYNC, "segments_per_s_median"), 3
+        )
+        ratios["wal-push seg/s: seedvault wal_daemon=auto / pgbackrest async"] = round(
+            rate(SV_AUTO) / rate(PGBR_ASYNC), 3
+        )
+        goals["wal-push, wal_daemon=auto (RUNBOOK 17.5) >= 1.0x pgbackrest sync"] = {
+            "value": auto,
+            "limit": GOALS["wal_push_ratio_min"],
+            "met": auto >= GOALS["wal_push_ratio_min"],
         }
     if SV_DAEMON in push:
         ratios["wal-push seg/s: seedvault via daemon / pgbackrest sync"] = round(rate(SV_DAEMON) / rate(PGBR_SYNC), 3)

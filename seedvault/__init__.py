@@ -1,3 +1,3 @@
 """seedvault: streaming, encrypted, tamper-evident backups."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

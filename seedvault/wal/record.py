@@ -15,7 +15,7 @@ storage key: K_hdr = HKDF(EK, "seedvault/v1/wal-header" 0 OK), K_cmp = HKDF(EK, 
 0 OK), and the body's object key is bound to (EK, "wal/<system id>", OK). A record copied to another
 name, timeline or cluster therefore fails its header MAC and every chunk tag.
 
-Records written before seedvault 0.2 also carry ``content_mac`` = HMAC-SHA256(K_cmp, plaintext) in the
+Records written by seedvault 0.1 also carry ``content_mac`` = HMAC-SHA256(K_cmp, plaintext) in the
 header; readers still check it when present. New records leave it out: the chunk tags already
 authenticate every byte and the end of the body, and computing the MAC cost a second pass over each
 16 MB file (~20 ms of a ~90 ms push) only to spare the rare re-push a download for its comparison.

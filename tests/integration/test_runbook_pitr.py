@@ -43,7 +43,7 @@ from tests.test_runbook import fenced_blocks, run_blocks, runbook_blocks
 TAG = "runbook-pitr"
 SECTIONS = (
     *("13.1", "13.2", "13.3", "14.", "15.", "16.1", "16.2", "16.3", "16.4", "16.5"),
-    *("17.2", "17.3", "17.4", "18.1", "18.2", "18.3", "18.4", "19.1", "19.2"),
+    *("17.2", "17.3", "17.4", "17.5", "18.1", "18.2", "18.3", "18.4", "19.1", "19.2"),
 )
 # Background processes the blocks start, by the pid file they write: (pid file, what its command line holds).
 BACKGROUND = (("wal-daemon.pid", "wal-daemon"), ("wal-receive.pid", "wal-receive"))
@@ -126,11 +126,19 @@ def _stop_pid(pid: int, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
-def _stop_background(work: Path) -> None:
-    """Stop what a failed block left running: the blocks' daemon and receiver (and pg_receivewal)."""
+def _stop_background(work: Path, run: Path | None = None) -> None:
+    """Stop what a failed block left running: the blocks' daemon and receiver (and pg_receivewal), and
+    a daemon wal-push started (17.5; its pid is in its log)."""
+    pids: list[tuple[str, str]] = []
     for pidfile, marker in BACKGROUND:
+        with contextlib.suppress(OSError):
+            pids.append(((work / pidfile).read_text(), marker))
+    auto = run / "wal.sock.log" if run is not None else None
+    if auto is not None and auto.exists():
+        pids += [(pid, "wal-daemon") for pid in re.findall(r"serving .* pid (\d+)\)", auto.read_text())]
+    for text, marker in pids:
         try:
-            pid = int((work / pidfile).read_text())
+            pid = int(text)
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError):
             continue
@@ -174,7 +182,7 @@ def test_runbook_pitr_blocks_run(wal_env: WalEnv, request) -> None:
     etc.mkdir(mode=0o755)
     request.addfinalizer(lambda: _stop_all(restore))
     request.addfinalizer(lambda: _undo_streaming(wal))
-    request.addfinalizer(lambda: _stop_background(work))  # finalizers run last-in first-out: this first
+    request.addfinalizer(lambda: _stop_background(work, run))  # finalizers run last-in first-out: this first
 
     # What the operator puts in place by hand (13.1): copies of the master key and the credentials, still
     # root's (the block must give them to the server's user), and the settings file of the runbook.
@@ -292,6 +300,15 @@ def test_runbook_pitr_blocks_run(wal_env: WalEnv, request) -> None:
         assert stored, log
         store = _store(wal)
         assert {seg: _source(store, seg) for seg in stored} == dict.fromkeys(stored, "wal-daemon"), log
+        # 17.5: wal-push started one daemon itself, it served requests, stopped on SIGTERM, removed its socket.
+        auto = (run / "wal.sock.log").read_text()
+        assert auto.count("wal-daemon: serving") == 1 and re.search(r"stopped; [1-9]\d* requests", auto), auto
+        auto_pid = int(re.findall(r"serving .* pid (\d+)\)", auto)[-1])
+        deadline = time.monotonic() + 30
+        while _alive(auto_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(auto_pid), auto
+        assert "wal_daemon" not in Path(env["SEEDVAULT_CONFIG"]).read_text()
         with wal.connect() as conn:
             _insert(conn, 5, "after-daemon")
         seg = wal.wait_archived()
