@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError
 from seedvault.wal import names as wn
-from seedvault.wal.client import MAX_LINE, PROTOCOL
+from seedvault.wal.client import MAX_LINE, decode_request, encode_reply
 from seedvault.wal.store import PushResult, WalStore, partial_note
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,14 @@ class WalDaemon:
     # --- one connection --------------------------------------------------------------------------
     def _serve_conn(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        legacy = False  # a version-1 (JSON) client gets a version-1 answer
         try:
             conn.settimeout(30)
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", creds)
-            request, fds = self._receive(conn)
+            line, fds = self._receive(conn)
+            legacy = line.startswith(b"{")
+            request = _parse_request(line)
             if uid not in self.allowed_uids:
                 reply: dict[str, Any] = {"ok": False, "fallback": True, "error": f"uid {uid} may not use this daemon"}
             else:
@@ -224,10 +227,10 @@ class WalDaemon:
                     os.close(fd)
         with contextlib.suppress(OSError):
             conn.settimeout(30)
-            conn.sendall((json.dumps(reply) + "\n").encode())
+            conn.sendall((json.dumps(reply) + "\n").encode() if legacy else encode_reply(reply))
         conn.close()
 
-    def _receive(self, conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    def _receive(self, conn: socket.socket) -> tuple[bytes, list[int]]:
         buf = b""
         fds: list[int] = []
         fd_size = array.array("i").itemsize
@@ -241,10 +244,7 @@ class WalDaemon:
             buf += data
             if len(buf) > MAX_LINE:
                 raise ValueError("request too long")
-        request = json.loads(buf)
-        if not isinstance(request, dict) or request.get("v") != PROTOCOL:
-            raise ValueError(f"unsupported request (protocol {PROTOCOL} expected)")
-        return request, fds
+        return buf, fds
 
     def _handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         self.stats.requests += 1
@@ -406,6 +406,19 @@ class WalDaemon:
     def _prefetch_job(self, name: str) -> dict[str, Any]:
         # A miss is not remembered: on a standby the segment may be archived a moment later.
         return self.store.fetch(name, self._spool_dir() / name)
+
+
+def _parse_request(line: bytes) -> dict[str, Any]:
+    """A request of protocol version 2 (seedvault.wal.client), or of version 1 (JSON) from an older client."""
+    if line.startswith(b"{"):
+        request = json.loads(line)
+        if not isinstance(request, dict) or request.get("v") != 1:
+            raise ValueError("unsupported request (protocol 1 or 2 expected)")
+        return request
+    request = decode_request(line)
+    if request is None:
+        raise ValueError("unsupported request (protocol 1 or 2 expected)")
+    return request
 
 
 def _release_start_lock() -> None:

@@ -179,3 +179,118 @@ def test_console_script_wal_paths_load_neither_prefect_nor_typer(repo, pgdata: P
         [sys.executable, "-c", probe, str(cfg), f"pg_wal/{seg.name}"], cwd=pgdata, capture_output=True, text=True
     )
     assert out.stdout.strip() == "0 []", out.stdout + out.stderr
+
+
+def test_daemon_served_push_imports_no_json_re_or_toml_parser(daemon, pgdata: Path, tmp_path: Path) -> None:
+    """The common path of a busy server: the console script hands the file over with a lean import set."""
+    import subprocess
+    import sys
+
+    _, sock, _ = daemon
+    cfg = tmp_path / "sv.toml"
+    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nwal_socket = "{sock}"  # the daemon\n')
+    seg = write_seg(pgdata / "pg_wal", 1, 44)
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['seedvault', '--config', sys.argv[1], 'wal-push', sys.argv[2]]\n"
+        "try:\n    runpy.run_module('seedvault.cli.entry', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = ('json', 're', 'tomllib', 'seedvault.wal.direct', 'seedvault.wal.store', 'cryptography',\n"
+        "         'zstandard')\n"
+        "print(code, sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(cfg), f"pg_wal/{seg.name}"],
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": os.pathsep.join(sys.path), "PATH": os.environ.get("PATH", "")},
+    )
+    assert out.stdout.strip() == "0 []", out.stdout + out.stderr
+
+
+def test_a_version_1_client_is_still_served(daemon, pgdata: Path) -> None:
+    """A daemon outlives the client version that started it; and the other way round."""
+    import array
+    import json
+    import socket
+
+    _, sock, _ = daemon
+    seg = write_seg(pgdata / "pg_wal", 1, 45)
+    fd = os.open(seg, os.O_RDONLY)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(sock)
+        msg = json.dumps({"v": 1, "op": "push", "name": seg.name, "system_id": str(SYSID)}) + "\n"
+        conn.sendmsg([msg.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        reply = json.loads(conn.makefile("rb").readline())
+    finally:
+        conn.close()
+        os.close(fd)
+    assert reply["ok"] is True and reply["result"] == "stored"
+
+
+@pytest.mark.parametrize(
+    "reply, expect",
+    [
+        (b"OK\tstored\t\n", {"ok": True, "result": "stored", "note": None}),
+        (b"OK\tfetched\tserved partial\n", {"ok": True, "result": "fetched", "note": "served partial"}),
+        (b"ERR\t16\talready archived with different content\n", {"ok": False, "exit": 16}),
+        (b"MISSING\n", {"ok": False, "missing": True}),
+        (b"OK\tmaybe\t\n", None),  # not a result the client knows: never read as success
+        (b"OK\n", None),
+        (b"ERR\tx\ty\n", None),
+        (b'{"ok": true}\n', None),
+        (b"FALLBACK\tdaemon serves system 1\n", None),
+        (b"\xff\n", None),
+    ],
+)
+def test_reply_decoding_is_strict(reply: bytes, expect) -> None:
+    if expect is None:
+        with pytest.raises(client.Fallback):
+            client.decode_reply(reply)
+    else:
+        got = client.decode_reply(reply)
+        assert {k: got[k] for k in expect} == expect
+
+
+def test_requests_round_trip_and_refuse_tabs() -> None:
+    line = client.encode_request("fetch", "7", "000000010000000000000001", "/data/pg wal/RECOVERYXLOG")
+    assert client.decode_request(line) == {
+        "v": 2, "op": "fetch", "system_id": "7", "name": "000000010000000000000001",
+        "dest": "/data/pg wal/RECOVERYXLOG",
+    }  # fmt: skip
+    with pytest.raises(client.Fallback):
+        client.encode_request("fetch", "7", "x", "/a\tb")
+    assert client.decode_request(b"SVWAL2\tpush\t7\n") is None
+
+
+FLAT_SAMPLES = [
+    'repository = "file:///x"\nwal_socket = "/run/a.sock"\n',
+    "wal_socket = '/run/b.sock' # literal\nwal_daemon = \"auto\"\nwal_daemon_idle = 120\n",
+    "# only comments\n\n   \n",
+    'key_file = "/k"\ns3_part_size = 16777216\nwal_daemon = "off"  # trailing\n',
+    '[seedvault]\nwal_socket = "/run/c.sock"\n',
+    'wal_socket = "/run/\\u0064.sock"\n',
+    'wal_socket = """/run/d.sock"""\n',
+    'tags = [\n  "a",\n]\nwal_socket = "/run/e.sock"\n',
+    'tags = ["a", "b"]\nwal_socket = "/run/f.sock"\n',
+    'wal_socket = "/run/g.sock"\nwal_socket = "/run/h.sock"\n',
+    '"wal_socket" = "/run/i.sock"\n',
+    'wal.socket = "/run/j.sock"\n',
+    "wal_daemon_idle = 0x10\n",
+    'wal_socket = "/run/k.sock" junk\n',
+]
+
+
+@pytest.mark.parametrize("text", FLAT_SAMPLES)
+def test_flat_config_scan_never_disagrees_with_tomllib(text: str) -> None:
+    import tomllib
+
+    keys = client.DAEMON_KEYS
+    scanned = client.scan_flat_toml(text.encode(), keys)
+    if scanned is None:
+        return  # the client then uses tomllib itself
+    data = tomllib.loads(text)
+    section = data.get("seedvault", data)
+    assert scanned == {k: section[k] for k in keys if k in section}
