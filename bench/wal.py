@@ -30,7 +30,8 @@ line or in the output.
        on the same disk). Goal: seedvault >= 1.0x pgBackRest's segments per second.
      * ``seedvault wal-push`` to a moto S3 endpoint (a local ``moto.server`` subprocess), beside
      * ``barman-cloud-wal-archive --endpoint-url`` (the Python/boto3 peer) to the same endpoint, ``--gzip``
-       (``--barman-compression``) and SSE ``AES256`` (barman has no client-side encryption).
+       (``--barman-compression``) and SSE ``AES256`` (barman has no client-side encryption); with the daemon
+       available also ``wal_daemon = "auto"`` to the same endpoint (one boto3 client for all segments).
      * When ``seedvault wal-daemon --help`` exits 0: ``wal-push`` handing over to a running ``wal-daemon``
        (local repository; it works ahead on the ``.ready`` files), and beside it ``pgbackrest archive-push``
        with ``archive-async=y`` (process-max=2), pgBackRest's own work-ahead mode; and ``wal-push`` with
@@ -115,6 +116,7 @@ SV_DAEMON = "seedvault wal-push via wal-daemon (file://)"
 SV_AUTO = "seedvault wal-push, wal_daemon=auto (file://)"
 PGBR_ASYNC = "pgbackrest archive-push (archive-async, process-max=2)"
 SV_S3 = "seedvault wal-push (S3, moto)"
+SV_S3_AUTO = "seedvault wal-push, wal_daemon=auto (S3, moto)"
 BARMAN = "barman-cloud-wal-archive (S3, moto)"
 PGBB = "pg_basebackup -Ft -D (local disk)"
 SV_BASE = "seedvault backup postgres-base"
@@ -326,7 +328,7 @@ class World:
         path.write_text("\n".join(lines) + "\n")
         return self.user.own(path, 0o644)
 
-    def sv_s3_config(self, path: Path, bucket: str, state: Path) -> Path:
+    def sv_s3_config(self, path: Path, bucket: str, state: Path, **extra: str) -> Path:
         assert self.endpoint and self.aws_creds
         return self.sv_config(
             path,
@@ -335,6 +337,7 @@ class World:
             s3_endpoint=self.endpoint,
             s3_region=S3_REGION,
             s3_credentials_file=str(self.aws_creds),
+            **extra,
         )
 
     def pgbr_config(
@@ -658,29 +661,13 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
             log_path = Path(f"{sock}.log")
 
             def size() -> int:
-                text = log_path.read_text(errors="replace") if log_path.exists() else ""
-                pids = re.findall(r"serving .* pid (\d+)\)", text)
-                if len(pids) != 1:
-                    raise BenchError(f"wal_daemon=auto started {len(pids)} daemons: {text[-400:]}")
-                pid = int(pids[0])
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 60
-                while "stopped;" not in log_path.read_text(errors="replace"):
-                    if time.monotonic() > deadline:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                        raise BenchError(f"the automatically started wal-daemon did not stop: {text[-400:]}")
-                    time.sleep(0.05)
-                stats = [ln for ln in log_path.read_text(errors="replace").splitlines() if "stopped" in ln]
-                w.notes.setdefault(SV_AUTO, []).append(stats[-1].strip())
-                log(f"      {stats[-1].strip()[:160]}")
+                _stop_auto_daemon(w, log_path, SV_AUTO)
                 return tree_size(d / "repo")
 
             return (lambda name: w.sv(cfg, "wal-push", f"pg_wal/{name}")), w.sv_env(), size
 
         def stop_auto() -> None:
-            for log_path in base.glob("sva-*/wal.sock.log"):
+            for log_path in [*base.glob("sva-*/wal.sock.log"), *base.glob("sva3-*/wal.sock.log")]:
                 for pid in re.findall(r"serving .* pid (\d+)\)", log_path.read_text(errors="replace")):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
@@ -700,6 +687,23 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
             run(w.sv(cfg, "init"), w.sv_env(), what="seedvault init (S3)", user=w.user)
 
             def size() -> int:
+                n = s3_bucket_size(w, bucket)
+                s3_drop_bucket(w, bucket)
+                return n
+
+            return (lambda name: w.sv(cfg, "wal-push", f"pg_wal/{name}")), w.sv_env(), size
+
+        def sv_s3_auto(r: int):
+            """The same as SV_S3 with wal_daemon = "auto": the boto3 client is built once, not per segment."""
+            d = w.user.mkdir(base / f"sva3-{r}", 0o755)
+            bucket = f"sva-{uuid.uuid4().hex[:12]}"
+            s3_client(w).create_bucket(Bucket=bucket)
+            sock = d / "wal.sock"
+            cfg = w.sv_s3_config(d / "seedvault.toml", bucket, d / "state", wal_socket=str(sock), wal_daemon="auto")
+            run(w.sv(cfg, "init"), w.sv_env(), what="seedvault init (S3)", user=w.user)
+
+            def size() -> int:
+                _stop_auto_daemon(w, Path(f"{sock}.log"), SV_S3_AUTO)
                 n = s3_bucket_size(w, bucket)
                 s3_drop_bucket(w, bucket)
                 return n
@@ -730,9 +734,32 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
             )
 
         rows.append(PushRow(SV_S3, sv_s3))
+        if w.daemon_available:
+            rows.append(PushRow(SV_S3_AUTO, sv_s3_auto))
         rows.append(PushRow(BARMAN, barman))
     w.cleanups.extend(finishers)
     return rows
+
+
+def _stop_auto_daemon(w: World, log_path: Path, row: str) -> None:
+    """Stop the one daemon a wal_daemon=auto row's first push started (its pid is in its log)."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    pids = re.findall(r"serving .* pid (\d+)\)", text)
+    if len(pids) != 1:
+        raise BenchError(f"wal_daemon=auto started {len(pids)} daemons: {text[-400:]}")
+    pid = int(pids[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while "stopped;" not in log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise BenchError(f"the automatically started wal-daemon did not stop: {text[-400:]}")
+        time.sleep(0.05)
+    stats = [ln for ln in log_path.read_text(errors="replace").splitlines() if "stopped" in ln]
+    w.notes.setdefault(row, []).append(stats[-1].strip())
+    log(f"      {stats[-1].strip()[:160]}")
 
 
 def bench_push(w: World, staging: Path, names: list[str]) -> dict[str, Any]:
@@ -1072,6 +1099,13 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
     if SV_DAEMON in push:
         ratios["wal-push seg/s: seedvault via daemon / pgbackrest sync"] = round(rate(SV_DAEMON) / rate(PGBR_SYNC), 3)
         ratios["wal-push seg/s: seedvault via daemon / pgbackrest async"] = round(rate(SV_DAEMON) / rate(PGBR_ASYNC), 3)
+    if SV_S3_AUTO in push and BARMAN in push:
+        ratios["wal-push seg/s: seedvault wal_daemon=auto S3 / barman-cloud S3"] = round(
+            rate(SV_S3_AUTO) / rate(BARMAN), 3
+        )
+        ratios["wal-push seg/s: seedvault wal_daemon=auto S3 / seedvault S3 direct"] = round(
+            rate(SV_S3_AUTO) / rate(SV_S3), 3
+        )
     if SV_S3 in push and BARMAN in push:
         ratios["wal-push seg/s: seedvault S3 / barman-cloud S3"] = round(rate(SV_S3) / rate(BARMAN), 3)
         ratios["wal-push seg/s (medians): seedvault S3 / barman-cloud S3"] = round(
