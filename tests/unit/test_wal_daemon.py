@@ -159,54 +159,45 @@ def test_socket_path_from_config_file(tmp_path) -> None:
     assert client.socket_path({}, env={}) is None
 
 
-def test_console_script_wal_paths_load_neither_prefect_nor_typer(repo, pgdata: Path, tmp_path: Path) -> None:
-    """archive_command's process stays small: daemon client and direct path import no framework."""
+def _wal_push_imports(cfg: Path, pgdata: Path, seg: Path, watched: tuple[str, ...]) -> str:
+    """Run the console script's wal-push in a fresh interpreter: '<exit code> [watched modules it loaded]'."""
     import subprocess
     import sys
 
-    cfg = tmp_path / "sv.toml"  # the repo fixture's repository and key
-    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nkey_file = "{tmp_path / "master.key"}"\n')
-    seg = write_seg(pgdata / "pg_wal", 1, 3)
     probe = (
         "import sys, runpy\n"
+        "watched = tuple(sys.argv[3].split(','))\n"
         "sys.argv = ['seedvault', '--config', sys.argv[1], 'wal-push', sys.argv[2]]\n"
         "try:\n    runpy.run_module('seedvault.cli.entry', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'typer', 'click', 'rich'))\n"
-        "print(code, bad)\n"
+        "print(code, sorted(m for m in sys.modules if m in watched or m.split('.')[0] in watched))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe, str(cfg), f"pg_wal/{seg.name}"], cwd=pgdata, capture_output=True, text=True
-    )
-    assert out.stdout.strip() == "0 []", out.stdout + out.stderr
-
-
-def test_daemon_served_push_imports_no_json_re_or_toml_parser(daemon, pgdata: Path, tmp_path: Path) -> None:
-    """The common path of a busy server: the console script hands the file over with a lean import set."""
-    import subprocess
-    import sys
-
-    _, sock, _ = daemon
-    cfg = tmp_path / "sv.toml"
-    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nwal_socket = "{sock}"  # the daemon\n')
-    seg = write_seg(pgdata / "pg_wal", 1, 44)
-    probe = (
-        "import sys, runpy\n"
-        "sys.argv = ['seedvault', '--config', sys.argv[1], 'wal-push', sys.argv[2]]\n"
-        "try:\n    runpy.run_module('seedvault.cli.entry', run_name='__main__')\n"
-        "except SystemExit as e:\n    code = e.code\n"
-        "heavy = ('json', 're', 'tomllib', 'seedvault.wal.direct', 'seedvault.wal.store', 'cryptography',\n"
-        "         'zstandard')\n"
-        "print(code, sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", probe, str(cfg), f"pg_wal/{seg.name}"],
+        [sys.executable, "-S", "-c", probe, str(cfg), f"pg_wal/{seg.name}", ",".join(watched)],
         cwd=pgdata,
         capture_output=True,
         text=True,
         env={"PYTHONPATH": os.pathsep.join(sys.path), "PATH": os.environ.get("PATH", "")},
     )
-    assert out.stdout.strip() == "0 []", out.stdout + out.stderr
+    return out.stdout.strip() or out.stderr
+
+
+def test_console_script_wal_paths_load_neither_prefect_nor_typer(repo, pgdata: Path, tmp_path: Path) -> None:
+    """archive_command's process stays small: daemon client and direct path import no framework."""
+    cfg = tmp_path / "sv.toml"  # the repo fixture's repository and key
+    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nkey_file = "{tmp_path / "master.key"}"\n')
+    seg = write_seg(pgdata / "pg_wal", 1, 3)
+    assert _wal_push_imports(cfg, pgdata, seg, ("prefect", "typer", "click", "rich")) == "0 []"
+
+
+def test_daemon_served_push_imports_no_json_re_or_toml_parser(daemon, pgdata: Path, tmp_path: Path) -> None:
+    """The common path of a busy server: the console script hands the file over with a lean import set."""
+    _, sock, _ = daemon
+    cfg = tmp_path / "sv.toml"
+    cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nwal_socket = "{sock}"  # the daemon\n')
+    seg = write_seg(pgdata / "pg_wal", 1, 44)
+    heavy = ("json", "re", "tomllib", "seedvault.wal.direct", "seedvault.wal.store", "cryptography", "zstandard")
+    assert _wal_push_imports(cfg, pgdata, seg, heavy) == "0 []"
 
 
 def test_a_version_1_client_is_still_served(daemon, pgdata: Path) -> None:
