@@ -165,6 +165,15 @@ class DatabaseRefused(DatabaseUnreachable):
     exit_code = 56
 
 
+class DatabaseLeftStopped(SourceError):
+    """A database the backup stopped could not be started again: a person must start it, now.
+
+    Its own class (and code) so that schedulers never retry it: another attempt would stop it again.
+    """
+
+    exit_code = 57
+
+
 class ToolMissing(SourceError):
     """A client binary (pg_dump, neo4j-admin, ...) was not found or does not fit the server."""
 

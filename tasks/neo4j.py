@@ -34,6 +34,7 @@ from seedvault.config import Settings
 from seedvault.errors import (
     BackupNotFound,
     ConfigError,
+    DatabaseLeftStopped,
     SourceError,
     StorageUnreachable,
     ToolMissing,
@@ -47,13 +48,11 @@ from tasks.reports import neo4j_backup_summary
 SAFETY_LABEL = "safety-"  # the engine's label of the copy a restore takes first
 # The engine's words for a command that ran and failed (seedvault.process, Admin.run, run_local) ...
 COMMAND_FAILED = " failed (exit "
-# ... and for a database it could not start again (Neo4jJob.start, alone or after a failed dump).
-NOT_STARTED = ("starting Neo4j database", "again failed too")
 
 
 def left_stopped(exc: BaseException) -> bool:
     """The database may be down: the engine could not start it again (a person must, now)."""
-    return any(words in str(exc) for words in NOT_STARTED)
+    return isinstance(exc, DatabaseLeftStopped)
 
 
 def neo4j_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from seedvault.config import Settings
-from seedvault.errors import BackupNotFound, ConfigError, SeedvaultError, SourceError
+from seedvault.errors import BackupNotFound, ConfigError, DatabaseLeftStopped, SeedvaultError, SourceError
 from seedvault.repository import Repository
 from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, run_local
 from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
@@ -266,9 +266,12 @@ def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging:
         try:
             job.start()
         except SeedvaultError as start_exc:
-            if failure is None:
-                raise
-            raise SourceError(
+            if failure is None:  # the dump is stored; the database is down
+                raise DatabaseLeftStopped(
+                    f"{start_exc.one_line()} after the dump (so the backup is not kept)",
+                    hint="start the database by hand now, then back up again",
+                ) from None
+            raise DatabaseLeftStopped(
                 f"{one_line(failure)}; and starting {job.database} again failed too: {start_exc.one_line()}",
                 hint="start the database by hand now",
             ) from None

@@ -21,7 +21,7 @@ from flows.backup_neo4j import backup_neo4j_flow
 from flows.restore_neo4j import restore_neo4j_flow
 from seedvault import process
 from seedvault.crypto.keys import generate_raw_key
-from seedvault.errors import ConfigError, SourceError, TargetError
+from seedvault.errors import ConfigError, DatabaseLeftStopped, SourceError, TargetError
 from seedvault.repository import Repository
 from tests.fixtures import fake_neo4j
 from tests.prefect.api import as_fields, latest_table, task_runs
@@ -223,7 +223,7 @@ def test_failing_dump_fails_with_the_tools_message_and_neo4j_runs_again(communit
 def test_a_database_left_stopped_is_not_retried(community: Neo4jEnv, monkeypatch):
     monkeypatch.setenv(fake_neo4j.FAIL_ENV, "start")  # the dump works, starting the database again fails
     state = backup_neo4j_flow(**community.params(), retries=2, retry_delay_seconds=0, return_state=True)
-    with pytest.raises(SourceError, match="starting Neo4j database neo4j failed .*simulated start failure"):
+    with pytest.raises(DatabaseLeftStopped, match="starting Neo4j database neo4j failed .*simulated start failure"):
         state.result()
     (backup,) = _tasks(state)["backup-neo4j"]
     assert backup.run_count == 1, "another attempt would stop it again: a person must start it now"

@@ -336,6 +336,10 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, repo) -> None:
     bad = _cli(tmp_path, "backup", "neo4j", *svc, extra_env={fake_neo4j.FAIL_ENV: "dump"})
     assert bad.returncode == 50 and "simulated No space left on device" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and (state / f"running-{DB}").exists()
+    down = _cli(tmp_path, "backup", "neo4j", *svc, extra_env={fake_neo4j.FAIL_ENV: "start"})
+    assert down.returncode == 57, down.stderr  # its own code: a scheduler must not retry (it would stop it again)
+    assert "after the dump" in down.stderr and "start the database by hand" in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1 and not (state / f"running-{DB}").exists()
     creds = _cli(tmp_path, "backup", "neo4j", "--uri", "neo4j://neo4j:secret@127.0.0.1:7687", *svc)
     assert creds.returncode == 3 and "credentials" in creds.stderr and "secret" not in creds.stderr
     nopw = _cli(tmp_path, "backup", "neo4j", "--uri", "neo4j://127.0.0.1:7687", *svc)
