@@ -1,8 +1,8 @@
-"""WAL epoch key objects seen from outside one WalStore: listed per system id, (re-)wrapped under any master key.
+"""WAL epoch key objects (FORMAT.md 8.2): their keys, listing, wrapping and unwrapping, under any master key.
 
-``key rotate`` and ``key retire`` (:mod:`seedvault.ops.keys`) work on every system id of a repository and with
-a master key other than the configured one, which :class:`~seedvault.wal.store.WalStore` (bound to
-``repo.master``) does not. The object is FORMAT.md 8.2's, exactly as WalStore writes it::
+The one implementation for :class:`~seedvault.wal.store.WalStore` (which seals new records with the current
+epoch, under the configured master key) and for ``key rotate``/``key retire`` (:mod:`seedvault.ops.keys`),
+which work on every system id of a repository and with master keys other than the configured one::
 
     v1/wal/<system id>/keys/<epoch>/<key id>.json    the epoch key wrapped with scope wal/<system id>/<epoch>
 """
@@ -10,12 +10,18 @@ a master key other than the configured one, which :class:`~seedvault.wal.store.W
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from seedvault.crypto.keys import MasterKey
 from seedvault.errors import AuthenticationFailed, FormatError, ObjectNotFound
 from seedvault.format import layout
 from seedvault.repository import Repository
-from seedvault.wal.store import KEY_FORMAT, wal_prefix
+
+KEY_FORMAT = "seedvault-wal-key"
+
+
+def wal_prefix(system_id: str) -> str:
+    return f"{layout.ROOT}/wal/{system_id}/"
 
 
 def epoch_key_path(system_id: str, epoch: str, key_id: str) -> str:
@@ -47,17 +53,29 @@ def read_epoch_key(repo: Repository, system_id: str, epoch: str, master: MasterK
         raise AuthenticationFailed(
             f"WAL key epoch {epoch} of system {system_id} has no key object for master key {master.key_id}"
         ) from None
+    return unwrap_record(parse_record(data, system_id, epoch), system_id, epoch, master)
+
+
+def parse_record(data: bytes, system_id: str, epoch: str) -> dict[str, Any]:
     try:
         rec = json.loads(data)
     except ValueError:
         raise AuthenticationFailed(f"WAL key object of epoch {epoch} of system {system_id} is corrupted") from None
     if not isinstance(rec, dict) or rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
         raise FormatError(f"WAL key object of epoch {epoch} of system {system_id} has an unknown format")
+    return rec
+
+
+def unwrap_record(rec: dict[str, Any], system_id: str, epoch: str, master: MasterKey) -> bytes:
+    """The epoch key of a parsed key object (AuthenticationFailed/WrongKey when ``master`` does not open it)."""
     return master.unwrap(rec, scope(system_id, epoch))
 
 
-def write_epoch_key(repo: Repository, system_id: str, epoch: str, epoch_key: bytes, master: MasterKey) -> None:
+def write_epoch_key(
+    repo: Repository, system_id: str, epoch: str, epoch_key: bytes, master: MasterKey
+) -> dict[str, Any]:
     """Store the epoch key wrapped under ``master`` (no overwrite: ObjectExists when that object is there)."""
     rec = {"format": KEY_FORMAT, "version": 1, "epoch": epoch, "key_id": master.key_id, "cipher": "aes-256-gcm"}
     rec.update(master.wrap(epoch_key, scope(system_id, epoch)))
     repo.storage.put_bytes(epoch_key_path(system_id, epoch, master.key_id), json.dumps(rec, indent=2).encode())
+    return rec

@@ -45,17 +45,13 @@ from seedvault.errors import (
 )
 from seedvault.format import layout
 from seedvault.repository import Repository
+from seedvault.wal import epochs, record
 from seedvault.wal import names as wn
-from seedvault.wal import record
+from seedvault.wal.epochs import wal_prefix
 
-KEY_FORMAT = "seedvault-wal-key"
 EPOCH_MAX_AGE = timedelta(hours=24)
 WAL_ZSTD_LEVEL = 1  # WAL compresses well at level 1; a push must keep up with the server
 HEAD_READ = 8192
-
-
-def wal_prefix(system_id: str) -> str:
-    return f"{layout.ROOT}/wal/{system_id}/"
 
 
 @dataclass(frozen=True)
@@ -105,12 +101,6 @@ class WalStore:
             return f"{base}{name.name}.{unique or _unique()}"
         return base + name.name
 
-    def _epoch_key_path(self, epoch: str, key_id: str) -> str:
-        return f"{self.prefix}keys/{epoch}/{key_id}.json"
-
-    def _scope(self, epoch: str) -> str:
-        return f"wal/{self.system_id}/{epoch}"
-
     def epoch_key(self, epoch: str) -> bytes:
         """Unwrap an epoch's data key with the configured master key (cached per process)."""
         if epoch in self._epochs:
@@ -119,24 +109,18 @@ class WalStore:
             raise AuthenticationFailed(f"WAL record names an invalid key epoch {epoch!r}")
         master = self.repo.master
         try:
-            data = self.repo.storage.get_bytes(self._epoch_key_path(epoch, master.key_id))
+            data = self.repo.storage.get_bytes(epochs.epoch_key_path(self.system_id, epoch, master.key_id))
         except ObjectNotFound:
             raise AuthenticationFailed(
                 f"WAL key epoch {epoch} has no key object for master key {master.key_id}",
                 hint="the WAL was archived under another master key, or its key object was removed",
             ) from None
-        key = self._unwrap(data, epoch)
+        key = self._unwrap(epochs.parse_record(data, self.system_id, epoch), epoch)
         self._epochs[epoch] = key
         return key
 
-    def _unwrap(self, data: bytes, epoch: str) -> bytes:
-        try:
-            rec = json.loads(data)
-        except ValueError:
-            raise AuthenticationFailed(f"WAL key object of epoch {epoch} is corrupted") from None
-        if rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
-            raise FormatError(f"WAL key object of epoch {epoch} has an unknown format")
-        return self.repo.master.unwrap(rec, self._scope(epoch))
+    def _unwrap(self, rec: dict[str, Any], epoch: str) -> bytes:
+        return epochs.unwrap_record(rec, self.system_id, epoch, self.repo.master)
 
     def current_epoch(self) -> tuple[str, bytes]:
         """The epoch new records are sealed with: reused for a day, cached (wrapped) in state_dir."""
@@ -158,7 +142,9 @@ class WalStore:
                 cached = json.loads(cache.read_text())
                 epoch = cached["epoch"]
                 if _epoch_young(epoch):
-                    self._epochs[epoch] = self._unwrap(json.dumps(cached["record"]).encode(), epoch)
+                    self._epochs[epoch] = self._unwrap(
+                        epochs.parse_record(json.dumps(cached["record"]).encode(), self.system_id, epoch), epoch
+                    )
                     self._current = epoch
                     return epoch, self._epochs[epoch]
         found = self._reuse_epoch(master.key_id)  # no (valid) cache: one LIST rather than a new key
@@ -168,15 +154,13 @@ class WalStore:
             self._current = epoch
             if cache is not None:
                 with contextlib.suppress(OSError, ObjectNotFound):
-                    raw = self.repo.storage.get_bytes(self._epoch_key_path(epoch, master.key_id))
+                    raw = self.repo.storage.get_bytes(epochs.epoch_key_path(self.system_id, epoch, master.key_id))
                     _write_private(cache, json.dumps({"epoch": epoch, "record": json.loads(raw)}))
             return epoch, key
         epoch = layout.new_backup_id()
         key = new_data_key()
-        rec = {"format": KEY_FORMAT, "version": 1, "epoch": epoch, "key_id": master.key_id, "cipher": "aes-256-gcm"}
-        rec.update(master.wrap(key, self._scope(epoch)))
         self.repo.config(create=True)
-        self.repo.storage.put_bytes(self._epoch_key_path(epoch, master.key_id), json.dumps(rec, indent=2).encode())
+        rec = epochs.write_epoch_key(self.repo, self.system_id, epoch, key, master)
         self._epochs[epoch] = key
         self._current = epoch
         if cache is not None:
@@ -186,18 +170,13 @@ class WalStore:
 
     def _reuse_epoch(self, key_id: str) -> tuple[str, bytes] | None:
         """The newest young epoch already wrapped for ``key_id``, so cache-less pushes share one key."""
-        base = f"{self.prefix}keys/"
-        wraps: dict[str, set[str]] = {}
-        for info in self.repo.storage.list(base):
-            parts = info.key[len(base) :].split("/")
-            if len(parts) == 2 and parts[1].endswith(".json"):
-                wraps.setdefault(parts[0], set()).add(parts[1][: -len(".json")])
+        wraps = epochs.epoch_wraps(self.repo, self.system_id)
         # Only epochs wrapped for this key alone: one re-wrapped by a rotation was born under the old key,
         # and new WAL must not be sealed with a key that the retired (maybe leaked) master key opens.
-        epochs = [e for e, ids in wraps.items() if ids == {key_id} and _epoch_young(e)]
-        for epoch in sorted(epochs, reverse=True)[:1]:
+        young = [e for e, ids in wraps.items() if ids == {key_id} and _epoch_young(e)]
+        for epoch in sorted(young, reverse=True)[:1]:
             with contextlib.suppress(ObjectNotFound, AuthenticationFailed, FormatError):
-                return epoch, self._unwrap(self.repo.storage.get_bytes(self._epoch_key_path(epoch, key_id)), epoch)
+                return epoch, epochs.read_epoch_key(self.repo, self.system_id, epoch, self.repo.master)
         return None
 
     # --- push ------------------------------------------------------------------------------------
