@@ -38,6 +38,7 @@ PINNED = {
     "RestoreVerificationFailed": 54,
     "RecoveryFailed": 55,
     "DatabaseRefused": 56,
+    "DatabaseLeftStopped": 57,
     "LockHeld": 60,
     "WalStale": 61,
     "Interrupted": 130,
