@@ -38,7 +38,7 @@ def setup(tmp_path: Path):
     config = tmp_path / "seedvault.toml"
     config.write_text(
         f'repository = "file://{tmp_path / "repo"}"\nkey_file = "{tmp_path / "master.key"}"\n'
-        f'wal_state_dir = "{tmp_path / "state"}"\nwal_socket = "{sock}"\nwal_daemon = "auto"\nwal_daemon_idle = 3\n'
+        f'wal_state_dir = "{tmp_path / "state"}"\nwal_socket = "{sock}"\nwal_daemon = "auto"\nwal_daemon_idle = 8\n'
     )
     yield repo, pgdata, sock, config
     log = Path(f"{sock}.log")
@@ -78,7 +78,7 @@ def test_push_starts_one_daemon_that_serves_the_rest_and_stops_when_idle(setup) 
         assert p.wait(timeout=120) == 0
     _wait_for(lambda: "stopped;" in log.read_text(), "the daemon did not stop when idle")
     text = log.read_text()
-    assert text.count("serving") == 1 and "no requests for 3 s: stopping" in text
+    assert text.count("serving") == 1 and "no requests for 8 s: stopping" in text
     assert "ahead of PostgreSQL" in text and not sock.exists()
     assert "5 requests" in text  # every later push was served by the daemon
     assert "pushed 0000" not in text  # --quiet: no line per push in a log nobody rotates
