@@ -267,14 +267,16 @@ def start_daemon(
     """Start a wal-daemon on ``sock`` in the background unless one is starting or started recently.
 
     Never blocks and never fails the push: any problem leaves the direct path to do its job (the daemon's
-    own errors go to ``<sock>.log``). True when a daemon was started.
+    own errors go to ``<sock>.log``; one that stops us from starting it at all, such as a socket directory
+    the server's user cannot write, is said on stderr, i.e. in the server log). True when one was started.
     """
     import subprocess  # only here: the common path (a daemon answers) stays lean
 
     lock_path = sock + ".lock"
     try:
         lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
+    except OSError as exc:
+        _note(f"seedvault wal-push: cannot start the archiver daemon ({lock_path}: {exc.strerror}); archiving directly")
         return False
     try:
         try:
@@ -304,7 +306,8 @@ def start_daemon(
         finally:
             os.close(log)
         return True
-    except OSError:
+    except OSError as exc:
+        _note(f"seedvault wal-push: cannot start the archiver daemon ({exc.strerror or exc}); archiving directly")
         return False
     finally:
         os.close(lock)  # the child holds its own copy of the lock until its socket is bound

@@ -139,3 +139,19 @@ def test_wal_daemon_setting_is_validated(tmp_path: Path) -> None:
     cfg.write_text('wal_socket = "/run/x.sock"\nwal_daemon = "auto"\nwal_daemon_idle = 90\n')
     assert client.daemon_settings({"--config": str(cfg)}, {}) == ("/run/x.sock", True, 90)
     assert client.daemon_settings({"--config": str(cfg)}, {"SEEDVAULT_WAL_DAEMON": "off"}) == ("/run/x.sock", False, 90)
+
+
+def test_a_daemon_that_cannot_be_started_is_said_and_the_push_still_works(setup, tmp_path: Path) -> None:
+    repo, pgdata, _, config = setup
+    nowhere = tmp_path / "no-such-dir" / "wal.sock"  # e.g. a socket directory the server's user cannot write
+    config.write_text(
+        config.read_text().replace(f'wal_socket = "{tmp_path / "wal.sock"}"', f'wal_socket = "{nowhere}"')
+    )
+    seg = write_seg(pgdata / "pg_wal", 1, 40)
+    p = _push(config, pgdata, seg.name)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0
+    assert b"cannot start the archiver daemon" in err and b"archiving directly" in err
+    assert len(err.decode().strip().splitlines()) == 1
+    WalStore(repo, SYSID).fetch(seg.name, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == seg.read_bytes()
