@@ -46,11 +46,13 @@ def wal_push(
 
     st = state(ctx)
     sock = _socket(st, socket_path)
-    auto = _auto(st)
+    idle = _auto(st)
     major = str(pg_major) if pg_major else None
-    code = client.push_via(sock, path, pgdata, system_id, major, quiet_absent=auto is not None) if sock else None
-    if code is None and sock and auto is not None and not client._alive(sock):
-        client.start_daemon(sock, direct.global_options(st.overrides), pgdata, auto)
+    code = None
+    if sock:
+        opts = direct.global_options(st.overrides)
+        start = None if idle is None else lambda: client.start_daemon(sock, opts, pgdata, idle)
+        code = client.push_via(sock, path, pgdata, system_id, major, on_absent=start)
     if code is None:
         code = direct.push(st.overrides, path, pgdata=pgdata, system_id=system_id, pg_major=pg_major)
     if code:
@@ -113,7 +115,7 @@ def wal_daemon(
     """
     import logging
 
-    from seedvault.wal.daemon import WalDaemon
+    from seedvault.wal.daemon import WalDaemon, serving_line
     from seedvault.wal.store import WalStore
 
     try:
@@ -140,7 +142,7 @@ def wal_daemon(
         )
         daemon.bind()
         daemon.install_signal_handlers()
-        err(f"seedvault wal-daemon: serving {path} for system {sid} ({workers} workers, pid {os.getpid()})")
+        err(serving_line(path, sid, workers))
         daemon.serve_forever()
         s = daemon.stats
         err(

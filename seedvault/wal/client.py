@@ -44,7 +44,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PROTOCOL = 2
 MAGIC = "SVWAL2"
@@ -365,22 +365,8 @@ def try_push(argv: Sequence[str]) -> int | None:
     if not sock:
         return None
     pgdata = options.get("--pgdata")
-    code = push_via(sock, path, pgdata, options.get("--system-id"), options.get("--pg-major"), quiet_absent=auto)
-    if code is None and auto and not _alive(sock):
-        start_daemon(sock, options, pgdata, idle)
-    return code
-
-
-def _alive(sock: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(sock)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+    start = (lambda: start_daemon(sock, options, pgdata, idle)) if auto else None
+    return push_via(sock, path, pgdata, options.get("--system-id"), options.get("--pg-major"), on_absent=start)
 
 
 def push_via(
@@ -390,11 +376,11 @@ def push_via(
     system_id: str | None,
     pg_major: str | None,
     *,
-    quiet_absent: bool = False,
+    on_absent: Callable[[], object] | None = None,
 ) -> int | None:
     """Hand one WAL file to the daemon at ``sock``: its exit code, or None to archive directly.
 
-    ``quiet_absent``: say nothing when no daemon is there (with automatic starts that is normal).
+    ``on_absent`` (``wal_daemon = "auto"``): called, instead of a note, when no daemon is there at all.
     """
     full = path if os.path.isabs(path) or not pgdata else os.path.join(pgdata, path)
     try:
@@ -406,7 +392,9 @@ def push_via(
     try:
         reply = _request(sock, encode_request("push", str(sid), name, str(pg_major or "")), fd)
     except Fallback as exc:
-        if not (quiet_absent and exc.absent):
+        if exc.absent and on_absent is not None:
+            on_absent()
+        else:
             _note(f"seedvault wal-push: {exc}; archiving directly")
         return None
     finally:

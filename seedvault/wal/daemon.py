@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -419,6 +420,16 @@ def _parse_request(line: bytes) -> dict[str, Any]:
     if request is None:
         raise ValueError("unsupported request (protocol 1 or 2 expected)")
     return request
+
+
+def serving_line(socket_path: str | os.PathLike[str], system_id: str | int, workers: int) -> str:
+    """The daemon's first log line; it names the pid, which is how a started daemon is found and stopped."""
+    return f"seedvault wal-daemon: serving {socket_path} for system {system_id} ({workers} workers, pid {os.getpid()})"
+
+
+def daemon_pids(log_text: str) -> list[int]:
+    """The pids of every daemon a log says was serving (see :func:`serving_line`), oldest first."""
+    return [int(pid) for pid in re.findall(r"wal-daemon: serving .* pid (\d+)\)", log_text)]
 
 
 def _release_start_lock() -> None:

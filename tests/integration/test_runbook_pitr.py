@@ -34,6 +34,7 @@ from seedvault.repository import Repository
 from seedvault.sources.postgres.cluster import LocalCluster
 from seedvault.storage.open import open_storage
 from seedvault.wal import names as wn
+from seedvault.wal.daemon import daemon_pids
 from seedvault.wal.store import WalStore
 from tests.fixtures.s3 import S3_REGION
 from tests.fixtures.walenv import WalEnv
@@ -135,7 +136,7 @@ def _stop_background(work: Path, run: Path | None = None) -> None:
             pids.append(((work / pidfile).read_text(), marker))
     auto = run / "wal.sock.log" if run is not None else None
     if auto is not None and auto.exists():
-        pids += [(pid, "wal-daemon") for pid in re.findall(r"serving .* pid (\d+)\)", auto.read_text())]
+        pids += [(str(pid), "wal-daemon") for pid in daemon_pids(auto.read_text())]
     for text, marker in pids:
         try:
             pid = int(text)
@@ -303,7 +304,7 @@ def test_runbook_pitr_blocks_run(wal_env: WalEnv, request) -> None:
         # 17.5: wal-push started one daemon itself, it served requests, stopped on SIGTERM, removed its socket.
         auto = (run / "wal.sock.log").read_text()
         assert auto.count("wal-daemon: serving") == 1 and re.search(r"stopped; [1-9]\d* requests", auto), auto
-        auto_pid = int(re.findall(r"serving .* pid (\d+)\)", auto)[-1])
+        auto_pid = daemon_pids(auto)[-1]
         deadline = time.monotonic() + 30
         while _alive(auto_pid) and time.monotonic() < deadline:
             time.sleep(0.1)

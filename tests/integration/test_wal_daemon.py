@@ -23,6 +23,7 @@ from seedvault.config import load
 from seedvault.repository import Repository
 from seedvault.storage.open import open_storage
 from seedvault.wal import names as wn
+from seedvault.wal.daemon import daemon_pids
 from seedvault.wal.store import WalStore
 from tests.fixtures.walenv import WalEnv
 
@@ -150,7 +151,7 @@ def test_wal_daemon_auto_is_started_by_the_archiver_and_stops_when_idle(wal_env:
         while "serving" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, "no daemon was started"
             time.sleep(0.1)
-        pid = int(log.read_text().split("pid ")[1].split(")")[0])
+        (pid,) = daemon_pids(log.read_text())
         assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(env.primary.run_as).pw_uid  # the server's user
         assert os.getsid(pid) != os.getsid(
             int((env.primary.data_dir / "postmaster.pid").read_text().split()[0])

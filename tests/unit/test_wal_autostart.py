@@ -21,6 +21,7 @@ import pytest
 from seedvault.config import load
 from seedvault.errors import ConfigError
 from seedvault.wal import client
+from seedvault.wal.daemon import daemon_pids
 from seedvault.wal.store import WalStore
 from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
 
@@ -42,10 +43,9 @@ def setup(tmp_path: Path):
     )
     yield repo, pgdata, sock, config
     log = Path(f"{sock}.log")
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if "pid " in line:  # never leave a daemon behind, whatever the test did
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(line.split("pid ")[1].split(")")[0]), signal.SIGKILL)
+    for pid in daemon_pids(log.read_text()) if log.exists() else []:  # never leave a daemon behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _push(config: Path, pgdata: Path, name: str) -> subprocess.Popen:
