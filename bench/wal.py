@@ -79,7 +79,6 @@ import importlib.util
 import json
 import os
 import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -102,6 +101,7 @@ from seedvault.crypto.keys import generate_raw_key
 from seedvault.errors import SeedvaultError
 from seedvault.sources.postgres.binaries import PgBinaries
 from seedvault.sources.postgres.cluster import HOST, LocalCluster, default_run_as, free_loopback_port
+from seedvault.wal.daemon import daemon_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = 16 << 20
@@ -668,9 +668,9 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
 
         def stop_auto() -> None:
             for log_path in [*base.glob("sva-*/wal.sock.log"), *base.glob("sva3-*/wal.sock.log")]:
-                for pid in re.findall(r"serving .* pid (\d+)\)", log_path.read_text(errors="replace")):
+                for pid in daemon_pids(log_path.read_text(errors="replace")):
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+                        os.kill(pid, signal.SIGKILL)
 
         finishers.append(stop_daemons)
         finishers.append(stop_auto)
@@ -744,10 +744,10 @@ def _push_rows(w: World, staging: Path) -> list[PushRow]:
 def _stop_auto_daemon(w: World, log_path: Path, row: str) -> None:
     """Stop the one daemon a wal_daemon=auto row's first push started (its pid is in its log)."""
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    pids = re.findall(r"serving .* pid (\d+)\)", text)
+    pids = daemon_pids(text)
     if len(pids) != 1:
         raise BenchError(f"wal_daemon=auto started {len(pids)} daemons: {text[-400:]}")
-    pid = int(pids[0])
+    pid = pids[0]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
@@ -1072,16 +1072,20 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
     def rate(name: str, stat: str = "segments_per_s_best") -> float:
         return push[name][stat]
 
+    def goal(name: str, value: float, limit: float, *, at_least: bool) -> None:
+        goals[name] = {"value": value, "limit": limit, "met": value >= limit if at_least else value <= limit}
+
     if SV_FILE in push and PGBR_SYNC in push:
         ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"] = round(rate(SV_FILE) / rate(PGBR_SYNC), 3)
         ratios["wal-push seg/s (medians): seedvault file:// / pgbackrest sync"] = round(
             rate(SV_FILE, "segments_per_s_median") / rate(PGBR_SYNC, "segments_per_s_median"), 3
         )
-        goals["wal-push, direct (no daemon) >= 1.0x pgbackrest sync"] = {
-            "value": ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"],
-            "limit": GOALS["wal_push_ratio_min"],
-            "met": ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"] >= GOALS["wal_push_ratio_min"],
-        }
+        goal(
+            "wal-push, direct (no daemon) >= 1.0x pgbackrest sync",
+            ratios["wal-push seg/s: seedvault file:// / pgbackrest sync"],
+            GOALS["wal_push_ratio_min"],
+            at_least=True,
+        )
     if SV_AUTO in push and PGBR_SYNC in push:
         auto = round(rate(SV_AUTO) / rate(PGBR_SYNC), 3)
         ratios["wal-push seg/s: seedvault wal_daemon=auto / pgbackrest sync"] = auto
@@ -1091,11 +1095,12 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
         ratios["wal-push seg/s: seedvault wal_daemon=auto / pgbackrest async"] = round(
             rate(SV_AUTO) / rate(PGBR_ASYNC), 3
         )
-        goals["wal-push, wal_daemon=auto (RUNBOOK 17.5) >= 1.0x pgbackrest sync"] = {
-            "value": auto,
-            "limit": GOALS["wal_push_ratio_min"],
-            "met": auto >= GOALS["wal_push_ratio_min"],
-        }
+        goal(
+            "wal-push, wal_daemon=auto (RUNBOOK 17.5) >= 1.0x pgbackrest sync",
+            auto,
+            GOALS["wal_push_ratio_min"],
+            at_least=True,
+        )
     if SV_DAEMON in push:
         ratios["wal-push seg/s: seedvault via daemon / pgbackrest sync"] = round(rate(SV_DAEMON) / rate(PGBR_SYNC), 3)
         ratios["wal-push seg/s: seedvault via daemon / pgbackrest async"] = round(rate(SV_DAEMON) / rate(PGBR_ASYNC), 3)
@@ -1124,11 +1129,7 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
             base[PGBR_FULL]["best_s"] / base[PGBB]["best_s"], 3
         )
         v = ratios["base backup time: seedvault / pgbackrest"]
-        goals["base backup <= 1.0x pgbackrest (time)"] = {
-            "value": v,
-            "limit": GOALS["base_backup_ratio_max"],
-            "met": v <= GOALS["base_backup_ratio_max"],
-        }
+        goal("base backup <= 1.0x pgbackrest (time)", v, GOALS["base_backup_ratio_max"], at_least=False)
     pitr = res.get("pitr", {}).get("commands", {})
     if pitr:
         ratios["PITR time: seedvault / pgbackrest"] = round(pitr[SV_PITR]["best_s"] / pitr[PGBR_RESTORE]["best_s"], 3)
@@ -1136,11 +1137,7 @@ def ratios_and_goals(res: dict[str, Any]) -> tuple[dict[str, float], dict[str, d
             pitr[SV_PITR]["median_s"] / pitr[PGBR_RESTORE]["median_s"], 3
         )
         v = ratios["PITR time: seedvault / pgbackrest"]
-        goals["PITR <= 1.2x pgbackrest (time)"] = {
-            "value": v,
-            "limit": GOALS["pitr_ratio_max"],
-            "met": v <= GOALS["pitr_ratio_max"],
-        }
+        goal("PITR <= 1.2x pgbackrest (time)", v, GOALS["pitr_ratio_max"], at_least=False)
     return ratios, goals
 
 
