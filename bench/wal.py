@@ -87,8 +87,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -430,33 +428,17 @@ def start_moto(w: World) -> None:
         start_new_session=True,
     )
 
+    from tests.fixtures.s3 import stop_process, wait_until_answering
+
     def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         logf.close()
 
     w.cleanups.append(stop)
     endpoint = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise BenchError(f"moto server exited ({proc.returncode}): {log_path.read_text(errors='replace')[-500:]}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as resp:
-                if resp.status < 500:
-                    break
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise BenchError(f"moto server did not answer on {endpoint} within 60 s")
-        time.sleep(0.1)
+    problem = wait_until_answering(endpoint, proc, 60)
+    if problem:
+        raise BenchError(f"moto server {problem}: {log_path.read_text(errors='replace')[-500:]}")
     w.endpoint = endpoint
     w.s3_key_id = "bench-" + secrets.token_hex(6)
     w.s3_secret = secrets.token_urlsafe(30)
