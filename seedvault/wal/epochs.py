@@ -61,6 +61,11 @@ def parse_record(data: bytes, system_id: str, epoch: str) -> dict[str, Any]:
         rec = json.loads(data)
     except ValueError:
         raise AuthenticationFailed(f"WAL key object of epoch {epoch} of system {system_id} is corrupted") from None
+    return checked_record(rec, system_id, epoch)
+
+
+def checked_record(rec: object, system_id: str, epoch: str) -> dict[str, Any]:
+    """``rec`` if it is a key object of the known format (its wrapping is checked when it is unwrapped)."""
     if not isinstance(rec, dict) or rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
         raise FormatError(f"WAL key object of epoch {epoch} of system {system_id} has an unknown format")
     return rec

@@ -143,7 +143,7 @@ class WalStore:
                 epoch = cached["epoch"]
                 if _epoch_young(epoch):
                     self._epochs[epoch] = self._unwrap(
-                        epochs.parse_record(json.dumps(cached["record"]).encode(), self.system_id, epoch), epoch
+                        epochs.checked_record(cached["record"], self.system_id, epoch), epoch
                     )
                     self._current = epoch
                     return epoch, self._epochs[epoch]

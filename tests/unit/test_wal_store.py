@@ -398,3 +398,21 @@ def test_state_dir_cache_is_per_repository(tmp_path: Path) -> None:
     WalStore(second, SYSID, state_dir=str(state)).push(seg)
     WalStore(second, SYSID).fetch(seg.name, tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == seg.read_bytes()
+
+
+def test_a_cached_epoch_key_spares_the_listing(repo: Repository, tmp_path: Path, monkeypatch) -> None:
+    """With a state dir, a new process (store) takes the epoch from its cache: no LIST, the same epoch."""
+    state = tmp_path / "state"
+    first = WalStore(repo, SYSID, state_dir=str(state))
+    first.push(write_seg(tmp_path, 1, 50))
+    listed: list[str] = []
+    real_list = repo.storage.list
+    monkeypatch.setattr(repo.storage, "list", lambda prefix="": listed.append(prefix) or real_list(prefix))
+    again = WalStore(repo, SYSID, state_dir=str(state))
+    assert again.current_epoch()[0] == first.current_epoch()[0]
+    assert listed == []
+    cache = next(state.iterdir())
+    cache.write_text(cache.read_text().replace('"seedvault-wal-key"', '"something-else"'))  # unknown format
+    third = WalStore(repo, SYSID, state_dir=str(state))
+    assert third.current_epoch()[0] == first.current_epoch()[0]  # found by listing instead
+    assert listed
