@@ -216,10 +216,8 @@ def scan_flat_toml(raw: bytes, keys: Sequence[str]) -> dict | None:
         else:
             inner, _, rest = value.partition("#")
             inner, rest = inner.strip(), ("#" + rest) if rest else ""
-            if inner.startswith(("[", "{")) and key in keys:
-                return None
-            if inner.startswith(("[", "{")) and not (inner.endswith("]") or inner.endswith("}")):
-                return None  # a multi-line array
+            if inner.startswith(("[", "{")) and (key in keys or not inner.endswith(("]", "}"))):
+                return None  # a wanted key with an array or table, or a multi-line array
         if rest and not rest.startswith("#"):
             return None
         if key in keys:
