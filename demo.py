@@ -1,7 +1,7 @@
 """The seedvault demo: back up a PostgreSQL database with the ``backup-postgres`` Prefect flow and restore it.
 
-Run ``python3 demo.py`` after ``python3 -m pip install -e ".[test]"``. It needs no running Prefect server and
-no system PostgreSQL:
+Run by the README's set-up command, in the venv it makes from ``requirements.lock``. It needs no running
+Prefect server and no system PostgreSQL:
 
 1. starts a throwaway PostgreSQL server (the machine's PostgreSQL if installed, else the pgserver wheel's;
    run as an unprivileged user, since PostgreSQL refuses root) under ``/var/tmp/seedvault-demo-*``;
