@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -112,9 +113,21 @@ class _StderrTail:
         return self._buf.decode("utf-8", "replace")
 
 
+_JAVA_EXCEPTION = re.compile(r"^(?:Caused by: )?[\w.$]+(?:Exception|Error): ")
+
+
 def error_line(stderr: str, tool: str) -> str:
-    """The most useful single line of a tool's stderr (its first error, else its last line)."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    """The most useful single line of a tool's stderr (its first error, else its last line).
+
+    A Java stack trace (neo4j-admin --verbose) gives its first message and the first cause's, without the
+    exception class names: "Dump failed for databases: 'neo4j': The database is in use. Stop database ...".
+    """
+    # neo4j-admin 5.x ends every failure with this hint, which would win as "the line with 'error'"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("Run with '--verbose'")]
+    causes = [_JAVA_EXCEPTION.sub("", ln) for ln in lines if ln.startswith("Caused by: ")]
+    thrown = [ln for ln in lines if _JAVA_EXCEPTION.match(ln) and not ln.startswith("Caused by: ")]
+    if thrown:  # a stack trace: its preamble (command line, VM arguments) is no error however it reads
+        return (_JAVA_EXCEPTION.sub("", thrown[0]) + (f": {causes[0]}" if causes else ""))[:400]
     for ln in lines:
         low = ln.lower()
         if "error" in low or "fatal" in low or "failed" in low:

@@ -58,7 +58,8 @@ def _job(
     return Neo4jJob(database, Admin(cfg), graph=graph, edition=edition, backup_from=backup_from)
 
 
-def _password(path: str | None) -> str:
+def _password(path: str | None) -> str | None:
+    """The Bolt password from the file or NEO4J_PASSWORD; None when neither (a server with auth off)."""
     if path:
         try:
             text = Path(path).read_text().splitlines()
@@ -67,10 +68,7 @@ def _password(path: str | None) -> str:
         if not text or not text[0]:
             raise ConfigError(f"the Neo4j password file {path} is empty")
         return text[0]
-    value = os.environ.get(PASSWORD_ENV)
-    if not value:
-        raise ConfigError(f"no Neo4j password: set {PASSWORD_ENV} or pass --password-file")
-    return value
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 _DB = typer.Option("neo4j", "--database", help="Database name.")

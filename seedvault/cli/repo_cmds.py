@@ -172,7 +172,33 @@ def show(
         lines.append(
             f"object      {o['name']}: {_human(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
         )
+    lines += _source_lines(body.get("source"))
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _source_lines(source: object) -> list[str]:
+    """What a database backup recorded of its source: server, extensions, hypertables, tables and counts."""
+    if not isinstance(source, dict) or "server_version" not in source:
+        return []
+    lines = [
+        f"server      PostgreSQL {source['server_version']}, database {source.get('database', '?')}"
+        f" ({_human(int(source.get('database_size', 0)))})",
+        f"extensions  {', '.join(f'{k} {v}' for k, v in (source.get('extensions') or {}).items()) or '-'}",
+    ]
+    timescale = source.get("timescaledb") or {}
+    for h in timescale.get("hypertables", []):
+        compressed = f", {h['compressed_chunks']} compressed" if "compressed_chunks" in h else ""
+        lines.append(f"hypertable  {h['schema']}.{h['table']}: {h['chunks']} chunks{compressed}")
+    if timescale.get("jobs"):
+        lines.append(f"jobs        {len(timescale['jobs'])} TimescaleDB jobs and policies")
+    tables = source.get("tables", [])
+    lines.append(f"tables      {len(tables)}, {source.get('total_rows', 0)} rows")
+    for t in tables:
+        flags = [f for f in ("hypertable", "partitioned", "estimated") if t.get(f)] + (
+            ["checksum"] if t.get("sha256") else []
+        )
+        lines.append(f"  {t['schema']}.{t['name']}: {t['rows']} rows" + (f" ({', '.join(flags)})" if flags else ""))
+    return lines
 
 
 @handle_errors

@@ -78,6 +78,22 @@ def open_(data: bytes, data_key: bytes, backup_id: str) -> dict:
     return body
 
 
+def without_floats(value: Any) -> Any:
+    """``value`` made fit for a manifest: whole floats as integers, others as their ``repr`` string.
+
+    Why: manifests are canonical JSON without floats, and values recorded from a database (a POINT index's
+    ``spatial.cartesian.min: [-1000000.0, ...]``, an export summary) may hold them. Apply it to both sides of
+    a comparison (recorded and live), so they compare equal.
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else repr(value)
+    if isinstance(value, dict):
+        return {k: without_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_floats(v) for v in value]
+    return value
+
+
 def _reject_floats(obj: Any) -> None:
     if isinstance(obj, float):
         raise FormatError("manifest values must not be floats (canonical JSON)")

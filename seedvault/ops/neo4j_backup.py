@@ -26,19 +26,22 @@ from typing import Any, Protocol
 
 from seedvault.config import Settings
 from seedvault.errors import BackupNotFound, ConfigError, DatabaseLeftStopped, SeedvaultError, SourceError
+from seedvault.format.manifest import without_floats
 from seedvault.repository import Repository
-from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, run_local
+from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, dump_failure_cause, run_local
 from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
 
 KIND = "neo4j"
 NEO4J_ZSTD_LEVEL = 3
 MODES = ("dump", "online", "export")
+SERVE_TIMEOUT = 300.0  # seconds a started database has to serve again (a large store replays its logs)
 
 
 class Graph(Protocol):
     """What the Neo4j operations need over Bolt (seedvault.sources.neo4j.bolt.BoltGraph)."""
 
     def counts(self) -> dict[str, Any]: ...
+    def serves(self) -> bool: ...
     def stop_database(self) -> None: ...
     def start_database(self) -> None: ...
     def database_exists(self) -> bool: ...
@@ -81,13 +84,40 @@ class Neo4jJob:
             self.graph.stop_database()
         return time.perf_counter() - t0
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the database and wait until it serves again; True when that was seen over Bolt.
+
+        Why the wait: a start command may return before the server answers (``neo4j start`` does), and
+        everything after it (counts, the next restore step, the downtime recorded) is about a serving database.
+        Without a Bolt connection there is nothing to ask: False, and the caller says so.
+        """
         if self.admin.config.start_command:
             run_local(self.admin.config.start_command, what=f"starting Neo4j database {self.database}")
         elif self.graph is not None and self.edition == "enterprise":
             self.graph.start_database()
         else:
             raise ConfigError(f"no way to start Neo4j database {self.database} again")
+        return self.wait_serving()
+
+    def wait_serving(self, timeout: float = SERVE_TIMEOUT) -> bool:
+        if self.graph is None:
+            return False
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            try:
+                if self.graph.serves():
+                    return True
+                last = "not online yet"
+            except SeedvaultError as exc:
+                last = exc.one_line()
+            if time.monotonic() > deadline:
+                raise SourceError(
+                    f"Neo4j database {self.database} did not serve again within {timeout:.0f} s of being"
+                    f" started: {last}",
+                    hint="look at the Neo4j server log; the database may still be starting or may have failed",
+                )
+            time.sleep(0.5)
 
 
 @dataclass
@@ -160,8 +190,15 @@ def backup_neo4j(
     backup_type: str = "FULL",
     label: str | None = None,
     staging: bool = False,
+    stopped: bool = False,
+    stopped_counts: dict[str, Any] | None = None,
 ) -> Neo4jBackupReport:
-    """Take one Neo4j backup; returns the committed manifest and timings."""
+    """Take one Neo4j backup; returns the committed manifest and timings.
+
+    ``stopped``: the database is already stopped by the caller, who starts it again (a restore's safety copy:
+    one stop for the copy and the load, not a restart in between); ``stopped_counts`` are its counts, taken
+    by the caller before it stopped it.
+    """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}")
     t0 = time.perf_counter()
@@ -182,7 +219,7 @@ def backup_neo4j(
         "server": job.server(),
     }
     t1 = time.perf_counter()
-    counts = _counts(job)
+    counts = stopped_counts if stopped else _counts(job)
     seconds["counts"] = time.perf_counter() - t1
     source["counts"] = counts
     parent = None
@@ -214,8 +251,11 @@ def backup_neo4j(
         downtime = None
         if mode == "dump":
             assert version is not None
-            downtime = _offline_dump(backup, job, version, staging=staging)
-            source["downtime_ms"] = int(round(downtime * 1000))  # manifests hold no floats
+            downtime, serving = _offline_dump(backup, job, version, staging=staging, stopped=stopped)
+            if not stopped:
+                source["downtime_ms"] = int(round(downtime * 1000))  # manifests hold no floats
+                # until it served again (seen over Bolt), or only until the start command returned
+                source["downtime_until"] = "serving" if serving else "start-command-returned"
         elif mode == "online":
             assert version is not None
             source["artifacts"] = _online_backup(repo, backup, job, version, backup_type, chain)
@@ -227,7 +267,7 @@ def backup_neo4j(
                 raise ConfigError("an export needs the Bolt connection (URI, user, password)")
             exporter = GraphExporter(job.graph)  # type: ignore[arg-type]
             backup.write_object("graph.jsonl", exporter.reader())  # type: ignore[arg-type]
-            source["export"] = _no_floats(exporter.summary or {})  # Community has no snapshot: what changed
+            source["export"] = without_floats(exporter.summary or {})  # Community has no snapshot: what changed
             end_counts = job.graph.counts()
             if counts is not None and end_counts != counts:
                 source["counts_at_end"] = end_counts
@@ -237,34 +277,42 @@ def backup_neo4j(
     return Neo4jBackupReport(backup.body or {}, downtime, seconds)
 
 
-def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> float:
-    """Stop, dump through the engine, start again whatever happened; returns the downtime."""
-    admin = job.admin
+def _offline_dump(
+    backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool, stopped: bool = False
+) -> tuple[float, bool]:
+    """Stop, dump through the engine, start again whatever happened; returns (downtime, seen serving again).
+
+    A stop that fails leaves the database as the stop command left it, and nothing is started: the database
+    may never have stopped (starting it would fail and raise a false "left stopped" alarm). Only where Bolt
+    shows it is down after all is it started again. ``stopped``: the caller stopped it and starts it (a
+    restore's safety copy), so neither happens here.
+    """
+    if stopped:
+        _dump_stopped(backup, job, version, staging=staging)
+        return 0.0, False
     job.check_stoppable()
     down = time.perf_counter()
-    failure: BaseException | None = None
     try:
-        job.stop()  # inside: a stop command that fails half-way still gets its start
-        if version.streams and not staging:
-            reader = admin.admin_reader(dump_args(version, job.database, to_dir=None))
-            try:
-                backup.write_object("dump", reader)
-            finally:
-                reader.close()
-        else:
-            with admin.staging("dump") as stage:
-                admin.run_admin(dump_args(version, job.database, to_dir=stage))
-                reader = admin.read_file(f"{stage}/{job.database}.dump")
-                try:
-                    backup.write_object("dump", reader)
-                finally:
-                    reader.close()
+        job.stop()
+    except SeedvaultError as exc:
+        still_serving = _serving_now(job)
+        if still_serving is False:
+            job.start()  # it did go down: bring it back before reporting the failure
+        state = {True: "it still serves", False: "it was started again", None: "its state is unknown"}[still_serving]
+        raise SourceError(
+            f"{exc.one_line()}; nothing was dumped and {state}",
+            hint="fix the stop command (or stop the database by hand), then back up again",
+        ) from None
+    failure: BaseException | None = None
+    serving = False
+    try:
+        _dump_stopped(backup, job, version, staging=staging)
     except BaseException as exc:
         failure = exc
         raise
     finally:
         try:
-            job.start()
+            serving = job.start()
         except SeedvaultError as start_exc:
             if failure is None:  # the dump is stored; the database is down
                 raise DatabaseLeftStopped(
@@ -275,7 +323,41 @@ def _offline_dump(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging:
                 f"{one_line(failure)}; and starting {job.database} again failed too: {start_exc.one_line()}",
                 hint="start the database by hand now",
             ) from None
-    return time.perf_counter() - down
+    return time.perf_counter() - down, serving
+
+
+def _serving_now(job: Neo4jJob) -> bool | None:
+    """Whether the database serves right now (Bolt), None without a Bolt connection to ask."""
+    if job.graph is None:
+        return None
+    try:
+        return job.graph.serves()
+    except SeedvaultError:
+        return False
+
+
+def _dump_stopped(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> None:
+    """``neo4j-admin database dump`` of the stopped database into the backup's ``dump`` object."""
+    admin = job.admin
+    if version.streams and not staging:
+        reader = admin.admin_reader(dump_args(version, job.database, to_dir=None))
+        try:
+            backup.write_object("dump", reader)
+        except SourceError as exc:
+            cause = dump_failure_cause(admin, version, job.database)
+            if cause and cause not in exc.message:
+                raise SourceError(f"{exc.message}: {cause}", hint=exc.hint) from None
+            raise
+        finally:
+            reader.close()
+    else:
+        with admin.staging("dump") as stage:
+            admin.run_admin(dump_args(version, job.database, to_dir=stage))
+            reader = admin.read_file(f"{stage}/{job.database}.dump")
+            try:
+                backup.write_object("dump", reader)
+            finally:
+                reader.close()
 
 
 def _online_backup(
@@ -310,17 +392,6 @@ def _unpack(repo: Repository, admin: Admin, backup_id: str, directory: str) -> N
 
     writer = admin.tar_in(directory)
     feed(writer, repo.read_object(backup_id, "backup.tar"))
-
-
-def _no_floats(value: Any) -> Any:
-    """Manifests are canonical JSON without floats: keep numbers that are whole, render the rest."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else repr(value)
-    if isinstance(value, dict):
-        return {k: _no_floats(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_floats(v) for v in value]
-    return value
 
 
 def one_line(exc: BaseException) -> str:

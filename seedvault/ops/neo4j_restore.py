@@ -3,11 +3,14 @@
 The order protects the live database:
 
 1. the backup is authenticated (manifest) before anything is touched;
-2. **safety copy**: if the target database exists, it is dumped through the engine as a backup of its
-   own (label ``safety-<db>-before-<id>``) and that copy is verified (every object read back against
-   its SHA-256) - unless the operator explicitly declines it;
-3. the database is stopped, loaded/restored with overwrite, started (created first when new, 5.x);
-4. counts over Bolt are compared with the backup's; any difference fails the restore, naming it;
+2. a target Community cannot have (another database name) is refused before anything runs;
+3. the database is stopped once; **safety copy**: if it exists, it is dumped through the engine as a backup
+   of its own (label ``safety-<db>-before-<id>``) and that copy is verified (every object read back
+   against its SHA-256) - unless the operator explicitly declines it; if the copy fails, the database is
+   started again unchanged;
+4. the backup is loaded/restored with overwrite, the database started (created first when new, 5.x) and
+   waited for until it serves (the downtime ends there), and counts over Bolt are compared with the
+   backup's; any difference fails the restore, naming it;
 5. on any failure after step 2, the safety copy is loaded back, so the old database is in place again.
 """
 
@@ -22,7 +25,7 @@ from seedvault.errors import BackupNotFound, ConfigError, RestoreVerificationFai
 from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of, one_line
 from seedvault.ops.verify import verify_backup
 from seedvault.repository import Repository
-from seedvault.sources.neo4j.admin import feed, load_args, restore_args
+from seedvault.sources.neo4j.admin import feed, info_args, load_args, restore_args
 from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
 
 
@@ -34,6 +37,7 @@ class Neo4jRestoreReport:
     safety_copy: str | None = None
     counts: dict[str, Any] | None = None
     downtime: float | None = None
+    downtime_until: str | None = None  # "serving" (seen over Bolt) or "start-command-returned"
     rolled_back: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -65,33 +69,32 @@ def restore_neo4j(
         job.edition = job.graph.components()[1]  # CALL dbms.components(): neo4j-admin may not say
     if until and (mode != "online" or version is None or not version.point_in_time):
         raise ConfigError("--restore-until needs an online backup restored with Neo4j 5.x or later")
-    exists = job.graph.database_exists() if job.graph is not None else True
-    if safety_copy and exists and mode != "export":
-        copy = backup_neo4j(repo, settings, job, mode="dump", label=f"safety-{job.database}-before-{backup_id}",
-                            staging=staging)  # fmt: skip
-        check = verify_backup(repo, copy.body["id"])
-        if not check.ok:
-            raise TargetError(f"the safety copy {copy.body['id']} did not verify: {check.problems[0]}; nothing changed")
-        report.safety_copy = copy.body["id"]
-        report.seconds["safety_copy"] = time.perf_counter() - t0
-    try:
+    exists = _target_exists(job, mode, version)
+    down = time.perf_counter()
+    if exists and mode != "export":
+        before = job.graph.counts() if safety_copy and job.graph is not None else None
         down = time.perf_counter()
+        job.stop()  # once: the safety copy is dumped from the stopped database, then the backup loaded
+        if safety_copy:
+            _safety_copy(repo, settings, job, backup_id, report, staging, before)
+            report.seconds["safety_copy"] = time.perf_counter() - t0
+    try:
         if mode == "export":
             expected = _import(repo, backup_id, job)
             if expected is not None:  # what the import can reproduce (dangling relationships excepted)
                 src = dict(src, counts=dict(src.get("counts") or {}, **expected))
         else:
             assert version is not None
-            if exists:
-                job.stop()
+            serving = False
             try:
                 if mode == "dump":
                     _load(repo, backup_id, job, version, staging=staging)
                 else:
                     _restore_chain(repo, backup_id, job, version, until)
             finally:
-                _start_or_create(job, exists, version)
-            report.downtime = round(time.perf_counter() - down, 3)
+                serving = _start_or_create(job, exists, version)
+            report.downtime = round(time.perf_counter() - down, 3)  # until it serves again, where Bolt can tell
+            report.downtime_until = "serving" if serving else "start-command-returned"
         if until:  # the recorded counts are the chain's end, not the point restored to
             report.counts = job.graph.counts() if job.graph is not None else None
         else:
@@ -133,11 +136,64 @@ def job_db(repo: Repository, backup_id: str) -> str:
     return str(repo.manifest(backup_id)["source"]["database"])
 
 
-def _start_or_create(job: Neo4jJob, existed: bool, version: Neo4jVersion) -> None:
+def _start_or_create(job: Neo4jJob, existed: bool, version: Neo4jVersion) -> bool:
     if not existed and job.graph is not None and job.edition == "enterprise" and version.dialect != DIALECT_44:
         job.graph.create_database()  # a restored store of a new name must be registered (5.x)
-        return
-    job.start()
+        return job.wait_serving()
+    return job.start()
+
+
+def _target_exists(job: Neo4jJob, mode: str, version: Neo4jVersion | None) -> bool:
+    """Whether the target database exists; a database Community cannot have is refused before anything runs.
+
+    Why: Community serves one user database (and ``system``); a load into another name writes a store the
+    server never serves, and without a Bolt connection would even be reported as a success.
+    """
+    if job.graph is None:
+        if mode == "export" or version is None or (args := info_args(version, job.database)) is None:
+            return True  # 4.4 has no way to ask; the load itself then says what it finds
+        try:
+            job.admin.run_admin(args)
+        except SeedvaultError as exc:
+            if "does not exist" in exc.message:
+                raise TargetError(
+                    f"database {job.database} does not exist on this Neo4j server, and without a Bolt connection"
+                    " seedvault cannot create it (Community cannot at all)",
+                    hint="restore into the database the server serves (neo4j by default), or pass --uri",
+                ) from None
+        return True  # it exists (running, "in use", or stopped)
+    exists = job.graph.database_exists()
+    if not exists and job.edition == "community" and mode != "export":
+        raise TargetError(
+            f"database {job.database} does not exist on {job.graph.display()}, and Neo4j Community cannot create"
+            " another database",
+            hint="restore into the database the server serves (SHOW DATABASES; neo4j by default)",
+        )
+    return exists
+
+
+def _safety_copy(
+    repo: Repository,
+    settings: Settings,
+    job: Neo4jJob,
+    backup_id: str,
+    report: Neo4jRestoreReport,
+    staging: bool,
+    counts: dict[str, Any] | None,
+) -> None:
+    """Dump the stopped target through the engine and verify it; on any failure start it again, unchanged."""
+    try:
+        copy = backup_neo4j(
+            repo, settings, job, mode="dump", label=f"safety-{job.database}-before-{backup_id}",
+            staging=staging, stopped=True, stopped_counts=counts,
+        )  # fmt: skip
+        check = verify_backup(repo, copy.body["id"])
+        if not check.ok:
+            raise TargetError(f"the safety copy {copy.body['id']} did not verify: {check.problems[0]}; nothing changed")
+    except BaseException:
+        job.start()
+        raise
+    report.safety_copy = copy.body["id"]
 
 
 def _import(repo: Repository, backup_id: str, job: Neo4jJob) -> dict[str, Any] | None:

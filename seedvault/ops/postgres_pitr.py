@@ -36,9 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from seedvault import process
 from seedvault.errors import (
     ConfigError,
+    DatabaseUnreachable,
     RecoveryFailed,
     RestoreVerificationFailed,
     SourceError,
@@ -319,6 +322,27 @@ def restore_pitr(
     return report
 
 
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def daemon_program(archive_command: str | None) -> tuple[list[str], dict[str, str]] | None:
+    """The program (argv before ``wal-push``) and variable settings of archive_command's wal-push, or None.
+
+    The shell runs archive_command, so "SEEDVAULT_CONFIG=/etc/sv.toml seedvault wal-push %p" sets a variable
+    for the command: the read-ahead daemon gets the same in its environment (not as its program name).
+    """
+    try:
+        tokens = shlex.split(wal_push_part(archive_command) or "")
+        head = tokens[: tokens.index("wal-push")]
+    except ValueError:
+        return None
+    settings: dict[str, str] = {}
+    while head and _ASSIGNMENT.match(head[0]):
+        name, value = head.pop(0).split("=", 1)
+        settings[name] = value
+    return (head, settings) if head else None
+
+
 class _ReadAhead:
     """A ``seedvault wal-daemon`` serving this recovery's ``wal-fetch`` calls with parallel read-ahead.
 
@@ -333,13 +357,10 @@ class _ReadAhead:
 
     @classmethod
     def start(cls, cluster: LocalCluster, archive_command: str, workers: int) -> _ReadAhead | None:
-        try:
-            tokens = shlex.split(wal_push_part(archive_command) or "")
-            head = tokens[: tokens.index("wal-push")]
-        except ValueError:
+        found = daemon_program(archive_command)
+        if found is None:
             return None
-        if not head:
-            return None
+        head, settings = found
         tmpdir = Path(tempfile.mkdtemp(prefix="seedvault-recovery-"))
         sock = tmpdir / "wal.sock"
         log_path = cluster.data_dir.parent / f"{cluster.data_dir.name}.wal-daemon.log"
@@ -348,7 +369,9 @@ class _ReadAhead:
         argv += ["--workers", str(workers), "--lookahead", "0", "--fetch-ahead", str(workers * 2)]
         with open(log_path, "ab") as out:
             try:
-                proc = process.spawn(argv, inherit_env=False, stdout=out, stderr=out, **cluster._as_run_as())
+                proc = process.spawn(
+                    argv, extra_env=settings, inherit_env=False, stdout=out, stderr=out, **cluster._as_run_as()
+                )
             except OSError as exc:
                 log.warning("read-ahead daemon did not start (%s); wal-fetch works directly", exc)
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -422,8 +445,39 @@ def _recovery_state(cluster: LocalCluster) -> str | None:
                 if paused == "paused":
                     return "paused"
             return "recovering"
-    except Exception:
+    except DatabaseUnreachable as exc:
+        refusal = _refusal(exc.__cause__)
+        if refusal:
+            raise RecoveryFailed(
+                f"the recovered server at 127.0.0.1:{cluster.port} refuses seedvault's connection as"
+                f" {cluster.superuser}: {refusal}; its recovery cannot be followed",
+                hint="give that user's password in PGPASSFILE (an entry for 127.0.0.1:*) or PGPASSWORD,"
+                f" then remove {cluster.data_dir} and restore again",
+            ) from None
         return None
+    except psycopg.Error:
+        return None
+
+
+# Server answers that mean "not yet": starting up, in recovery and not yet accepting connections, too many.
+_NOT_YET = {"57P03", "53300"}
+
+
+def _refusal(exc: BaseException | None) -> str | None:
+    """Why a server that answers refuses the connection for good (auth, no such role), else None.
+
+    A poll that took a refusal for "not answering yet" would wait out its whole timeout (an hour) and then
+    report "recovery did not finish".
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate and sqlstate not in _NOT_YET:
+        return text
+    if "no password supplied" in text or "authentication failed" in text or "does not exist" in text:
+        return text
+    return None
 
 
 _CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")

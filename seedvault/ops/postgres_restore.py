@@ -65,7 +65,7 @@ from seedvault.repository import Repository
 from seedvault.sources.postgres import toc
 from seedvault.sources.postgres.binaries import PgBinaries, find_client_binaries
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.sources.postgres.inspect import table_checksum
+from seedvault.sources.postgres.inspect import HYPERTABLES_SQL, row_count_sql, table_checksum, timescale_jobs
 from seedvault.sources.postgres.logical import LogicalOptions
 
 KIND = "postgres-logical"
@@ -140,6 +140,11 @@ class _Restore:
         self.binaries: PgBinaries | None = None
         self.timescale = self.source.get("timescaledb")
 
+    def hypertables(self) -> set[str]:
+        """``schema.table`` of every hypertable the backup recorded (older backups: from the TimescaleDB facts)."""
+        found = {f"{h['schema']}.{h['table']}" for h in (self.timescale or {}).get("hypertables", [])}
+        return found | {f"{t['schema']}.{t['name']}" for t in self.source.get("tables", []) if t.get("hypertable")}
+
     # --- checks ---------------------------------------------------------------------------------------------
     def preflight(self, admin: psycopg.Connection) -> None:
         opts = self.opts
@@ -167,15 +172,35 @@ class _Restore:
         if opts.replace and not exists:
             raise TargetError(f"--replace: database {self.target.dbname} does not exist to be replaced")
         if self.timescale:
-            version = self.timescale["version"]
-            row = admin.execute(
-                "SELECT 1 FROM pg_available_extension_versions WHERE name = 'timescaledb' AND version = %s", (version,)
-            ).fetchone()
-            if row is None:
-                raise TargetError(
-                    f"the backup needs the timescaledb extension version {version}, which the target server lacks",
-                    hint="install that TimescaleDB version on the target (shared_preload_libraries too)",
-                )
+            self._check_timescale_target(admin)
+
+    def _check_timescale_target(self, admin: psycopg.Connection) -> None:
+        """TimescaleDB restores only at the dump's extension version, into a server that preloads it: say so now.
+
+        Why before anything is loaded: pg_restore of a TimescaleDB dump at another version fails half-way
+        (or, worse, loads a catalog the installed code misreads); the fix is on the server, not in seedvault.
+        """
+        assert self.timescale is not None
+        version = self.timescale["version"]
+        available = [
+            r[0]
+            for r in admin.execute(
+                "SELECT version FROM pg_available_extension_versions WHERE name = 'timescaledb' ORDER BY 1"
+            ).fetchall()
+        ]
+        if version not in available:
+            has = f"has {', '.join(available[-3:])}" if available else "has no timescaledb installed"
+            raise TargetError(
+                f"the backup needs the timescaledb extension version {version}; the target server {has}",
+                hint=f"install TimescaleDB {version} for PostgreSQL on the target (its .so and scripts; the restored"
+                f" database is created at exactly that version), or restore on a server that has it",
+            )
+        preload = admin.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+        if "timescaledb" not in [p.strip() for p in preload.split(",")]:
+            raise TargetError(
+                "the target server does not preload timescaledb (shared_preload_libraries), so it cannot load it",
+                hint="add timescaledb to shared_preload_libraries on the target and restart it",
+            )
 
     # --- streaming ------------------------------------------------------------------------------------------
     def _pieces(self, name: str):
@@ -255,15 +280,41 @@ class _Restore:
             if self.opts.jobs:
                 assert spool is not None
                 archive = self._spool(spool)
-                argv += [f"--jobs={self.opts.jobs}", archive]
-                writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
-                writer.finish()
+                for pass_argv in self._parallel_passes(argv, listing, spool):
+                    writer = ChildWriter([*pass_argv, archive], error=TargetError, extra_env=work.child_env())
+                    writer.finish()
             else:
                 writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
                 self._feed(writer, "dump", phase="pg-restore-streaming")
         finally:
             if spool is not None:
                 shutil.rmtree(spool, ignore_errors=True)
+
+    def _parallel_passes(self, argv: list[Any], listing: str | None, spool: Path) -> list[list[Any]]:
+        """The pg_restore runs of a ``--jobs`` restore (each gets the spooled archive appended).
+
+        Why several for TimescaleDB: parallel workers load ``_timescaledb_catalog``/``_timescaledb_config``
+        tables in any order, and their foreign keys (e.g. dimension -> hypertable) then fail. So: the schema
+        (pre-data, serial anyway), then those tables' data serially in dump order, then the rest of the data
+        and post-data with ``--jobs``, all between ``timescaledb_pre_restore()`` and ``_post_restore()``.
+        """
+        jobs = f"--jobs={self.opts.jobs}"
+        if not self.timescale or listing is None:
+            return [[*argv, jobs]]
+        argv = [a for a in argv if not str(a).startswith("--use-list=")]
+        entries = toc.parse(listing)
+        catalog = [
+            e for e in entries if e.desc == "TABLE DATA" and e.schema in ("_timescaledb_catalog", "_timescaledb_config")
+        ]
+        rest = [e for e in entries if e not in catalog]
+        lists = {"all": entries, "catalog": catalog, "rest": rest}
+        for name, chosen in lists.items():
+            (spool / f"{name}.list").write_text(toc.render(chosen))
+        passes = [[*argv, "--section=pre-data", f"--use-list={spool / 'all.list'}"]]
+        if catalog:
+            passes.append([*argv, "--section=data", f"--use-list={spool / 'catalog.list'}"])
+        passes.append([*argv, "--section=data", "--section=post-data", jobs, f"--use-list={spool / 'rest.list'}"])
+        return passes
 
     def _spool(self, spool: Path) -> Path:
         entry = next(o for o in self.body["objects"] if o["name"] == "dump")
@@ -319,7 +370,7 @@ class _Restore:
                     continue
                 qualified = sql.SQL("{}.{}").format(sql.Identifier(t["schema"]), sql.Identifier(t["name"]))
                 try:
-                    cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(qualified))
+                    cur.execute(row_count_sql(qualified, hypertable=bool(t.get("hypertable"))))
                 except psycopg.errors.UndefinedTable:
                     conn.rollback()
                     mismatches.append(f"{key} missing")
@@ -337,11 +388,36 @@ class _Restore:
                         mismatches.append(f"{key} content checksum differs")
                     else:
                         self.report.checksums_verified += 1
+            if tables is None and self.timescale and "jobs" in self.timescale:
+                mismatches += self._timescale_mismatches(cur)
         if mismatches:
             shown = "; ".join(mismatches[:5]) + (f"; and {len(mismatches) - 5} more" if len(mismatches) > 5 else "")
             raise RestoreVerificationFailed(
                 f"restored database {dbname} does not match backup {self.backup_id}: {shown}"
             )
+
+    def _timescale_mismatches(self, cur: psycopg.Cursor) -> list[str]:
+        """Chunks, compressed chunks and background jobs of a whole-database restore against the backup's."""
+        assert self.timescale is not None
+        out = []
+        cur.execute(HYPERTABLES_SQL)
+        now = {f"{s}.{t}": (int(n), int(c)) for s, t, n, c in cur.fetchall()}
+        for h in self.timescale["hypertables"]:
+            key = f"{h['schema']}.{h['table']}"
+            want = (h["chunks"], h.get("compressed_chunks", now.get(key, (0, 0))[1]))
+            if now.get(key) != want:
+                got = now.get(key)
+                out.append(
+                    f"hypertable {key} has {'no' if got is None else f'{got[0]} chunks ({got[1]} compressed)'},"
+                    f" backup had {want[0]} chunks ({want[1]} compressed)"
+                )
+        jobs = timescale_jobs(cur)
+        if jobs != self.timescale["jobs"]:
+            ids = sorted({j["id"] for j in jobs} ^ {j["id"] for j in self.timescale["jobs"]}) or [
+                a["id"] for a, b in zip(jobs, self.timescale["jobs"], strict=False) if a != b
+            ]
+            out.append(f"TimescaleDB jobs differ from the backup's (job {', '.join(map(str, ids[:5]))})")
+        return out
 
 
 def restore_postgres(
@@ -413,6 +489,8 @@ def _load_and_place(
             _drop(admin, work)
         raise
     faults.reached("pg-restore-in-place")
+    if job.timescale:
+        _start_timescale_jobs(job.target, final)
 
 
 def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
@@ -435,6 +513,15 @@ def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
     restored_tables = {f"{e.schema}.{e.tag}" for e in chosen if e.desc == "TABLE"}
     if not restored_tables:
         raise UsageError("nothing to restore: no table of the backup matches --schema/--table")
+    hypertables = sorted(restored_tables & job.hypertables())
+    if hypertables:
+        # Its rows live in chunks that only TimescaleDB's catalog ties to it; a selective restore has neither.
+        raise UsageError(
+            f"{', '.join(hypertables)} {'is a TimescaleDB hypertable' if len(hypertables) == 1 else 'are hypertables'}"
+            " and cannot be restored with --table/--schema (its chunks and catalog entries come only with the"
+            " whole database)",
+            hint="restore the whole backup into a new database and copy the rows you need from it",
+        )
     return toc.render(chosen), restored_tables
 
 
@@ -576,6 +663,50 @@ def _swap_once(admin: psycopg.Connection, live: str, restored: str, safety: str,
         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(restored), ident(live)))
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident(live), sql.Literal(comment)))
         faults.reached("pg-swap-renamed")
+
+
+SCHEDULER_WAIT = 30.0
+
+
+def _start_timescale_jobs(target: PgTarget, dbname: str) -> None:
+    """Start TimescaleDB's job scheduler for the database now under the target name, and see it run.
+
+    Why: ``ALTER DATABASE ... RENAME`` stops the database's scheduler and nothing restarts it before the
+    server restarts, so compression, continuous-aggregate refresh and retention would silently stop.
+    """
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'TimescaleDB Background Worker Scheduler'"
+    )
+    try:
+        with target.connect(dbname=dbname) as conn:
+            conn.autocommit = True
+            proc = conn.execute(
+                "SELECT coalesce(to_regproc('_timescaledb_functions.start_background_workers'),"
+                " to_regproc('_timescaledb_internal.start_background_workers'))::text"
+            ).fetchone()[0]
+            if proc is None:
+                raise TargetError("this TimescaleDB version has no start_background_workers()")
+            conn.execute(sql.SQL("SELECT {}()").format(sql.SQL(proc)))
+            deadline = time.monotonic() + SCHEDULER_WAIT
+            while conn.execute(query).fetchone()[0] == 0:
+                if time.monotonic() > deadline:
+                    busy, limit = conn.execute(
+                        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'TimescaleDB%'),"
+                        " current_setting('timescaledb.max_background_workers')"
+                    ).fetchone()
+                    raise TargetError(
+                        f"no scheduler process appeared within {SCHEDULER_WAIT:.0f} s ({busy} TimescaleDB"
+                        f" workers run, timescaledb.max_background_workers = {limit}; every database with the"
+                        " extension needs one, and they count against max_worker_processes)"
+                    )
+                time.sleep(0.2)
+    except (psycopg.Error, TargetError) as exc:
+        message = exc.message if isinstance(exc, TargetError) else _first_line(exc)
+        raise TargetError(
+            f"database {dbname} is restored and verified, but TimescaleDB's job scheduler did not start: {message}",
+            hint=f"in {dbname}: SELECT _timescaledb_functions.start_background_workers(); or restart the server",
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -108,8 +108,14 @@ def _start_from_home(home: Path, base: Path) -> Iterator[Neo4jServer]:
         f"{prefix}.memory.pagecache.size": "256m",
         "dbms.security.auth_enabled": "false",
     }
-    with open(conf / "neo4j.conf", "a", encoding="utf-8") as fh:
-        fh.write("\n" + "".join(f"{k}={v}\n" for k, v in settings.items()))
+    # Neo4j 5 refuses a setting declared twice ("declared multiple times"): replace the install's own lines.
+    conf_file = conf / "neo4j.conf"
+    kept = [
+        line
+        for line in conf_file.read_text(encoding="utf-8").splitlines()
+        if line.split("=", 1)[0].strip() not in settings
+    ]
+    conf_file.write_text("\n".join(kept) + "\n" + "".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
     log = open(base / "console.log", "wb")  # noqa: SIM115 - closed at teardown
     env = dict(os.environ, NEO4J_HOME=str(home), NEO4J_CONF=str(conf))
     proc = subprocess.Popen([str(home / "bin" / "neo4j"), "console"], env=env, stdout=log, stderr=subprocess.STDOUT)

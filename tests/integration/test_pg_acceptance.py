@@ -67,7 +67,12 @@ def content_hashes(pg_server, db: str) -> dict[str, str]:
         rels = conn.execute(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-            " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+            " AND n.nspname NOT LIKE 'pg_toast%'"
+            # TimescaleDB's own bookkeeping (install uuid and time, job run statistics): per installation, not data
+            " AND format('%I.%I', n.nspname, c.relname) NOT IN"
+            " ('_timescaledb_catalog.metadata', '_timescaledb_internal.bgw_job_stat',"
+            " '_timescaledb_internal.bgw_job_stat_history')"
+            " ORDER BY 1"
         ).fetchall()
         return {
             rel: conn.execute(
@@ -536,18 +541,34 @@ def replace_case(pg_server, tmp_path_factory) -> Iterator[ReplaceCase]:
         )["id"]
         new = content_hashes(pg_server, src)
         with pg_server.connect() as conn:
+            _no_sessions(conn, src)
             conn.execute(f"CREATE DATABASE {template} TEMPLATE {src}")
         with pg_server.connect(template) as conn:
             conn.execute("DELETE FROM order_items WHERE order_id > 100")
             conn.execute("UPDATE telemetry.readings SET value = value + 1 WHERE sensor_id = 3")
             conn.execute("INSERT INTO customers (name, email) VALUES ('after', 'after@example.test')")
         original = content_hashes(pg_server, template)
+        with pg_server.connect() as conn:
+            _no_sessions(conn, template)  # copied again and again by fresh_live
         assert original != new
         yield ReplaceCase(pg_server, env, backup_id, new, original, template)
     finally:
         drop_databases(pg_server, LIVE)
         pg_server.drop_database(template)
         pg_server.drop_database(src)
+
+
+def _no_sessions(conn, db: str) -> None:
+    """Let nothing connect to ``db`` and end its sessions, so it can be a template.
+
+    Why: where TimescaleDB is installed, a database with the extension has its job scheduler connected.
+    """
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(db)))
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+    deadline = time.monotonic() + 10
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (db,)).fetchone()[0]:
+        assert time.monotonic() < deadline, f"sessions of {db} did not end"
+        time.sleep(0.1)
 
 
 # (phase, what the live name must hold right after a kill there)

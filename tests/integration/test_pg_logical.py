@@ -173,24 +173,129 @@ def test_selective_table_restore_brings_indexes_and_constraints(pg_env, pg_serve
             # the sequence came along and continues after the restored ids
             new_id = conn.execute("INSERT INTO customers (name, email) VALUES ('n', 'n@x') RETURNING id").fetchone()[0]
             assert new_id == counts["customers"] + 1
+        argv = ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, f"{db}_ts")]
+        res = run_cli([*argv, "--schema", "telemetry"], pg_env)
+        if _is_hypertable(pg_server, db, "telemetry.readings"):  # where TimescaleDB is installed
+            assert res.returncode == 2 and b"telemetry.readings is a TimescaleDB hypertable" in res.stderr, res.stderr
+        else:
+            assert res.returncode == 0, res.stderr
+            with pg_server.connect(f"{db}_ts") as conn:
+                assert conn.execute("SELECT count(*) FROM telemetry.readings").fetchone()[0] == counts["readings"]
+    finally:
+        pg_server.drop_database(scratch)
+        pg_server.drop_database(f"{db}_ts")
+
+
+def _is_hypertable(pg_server, db: str, table: str) -> bool:
+    with pg_server.connect(db) as conn:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+            return False
+        schema, name = table.split(".")
+        query = (
+            "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = %s AND hypertable_name = %s"
+        )
+        return conn.execute(query, (schema, name)).fetchone() is not None
+
+
+PAGILA_LIKE_SQL = """
+CREATE SEQUENCE rental_rental_id_seq;
+CREATE TABLE rental (
+    rental_id integer DEFAULT nextval('rental_rental_id_seq'::regclass) PRIMARY KEY, customer text NOT NULL
+);
+INSERT INTO rental (customer) SELECT 'c' || g FROM generate_series(1, 40) g;
+CREATE TABLE payment (
+    payment_id serial, payment_date timestamptz NOT NULL, amount numeric(5, 2) NOT NULL,
+    PRIMARY KEY (payment_date, payment_id)
+) PARTITION BY RANGE (payment_date);
+CREATE TABLE payment_p2022_01 PARTITION OF payment FOR VALUES FROM ('2022-01-01') TO ('2022-02-01');
+CREATE TABLE payment_p2022_02 PARTITION OF payment FOR VALUES FROM ('2022-02-01') TO ('2022-03-01')
+    PARTITION BY RANGE (payment_date);
+CREATE TABLE payment_p2022_02a PARTITION OF payment_p2022_02 FOR VALUES FROM ('2022-02-01') TO ('2022-02-15');
+CREATE TABLE payment_p2022_02b PARTITION OF payment_p2022_02 FOR VALUES FROM ('2022-02-15') TO ('2022-03-01');
+CREATE INDEX payment_amount_idx ON payment (amount);
+INSERT INTO payment (payment_date, amount)
+    SELECT timestamptz '2022-01-01' + g * interval '1 hour', g % 100 FROM generate_series(0, 1400) g;
+"""
+
+
+INHERITANCE_SQL = (
+    "SELECT c.relname, p.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+    " JOIN pg_class p ON p.oid = i.inhparent ORDER BY 1, 2"
+)
+
+
+def test_selective_restore_of_a_partitioned_table_brings_every_partition(pg_env, pg_server, pg_db):
+    """``--table`` of a partitioned table restores its partitions (nested too); the check counts their rows."""
+    with pg_server.connect(pg_db) as conn:
+        conn.execute(PAGILA_LIKE_SQL)
+        total = conn.execute("SELECT count(*) FROM payment").fetchone()[0]
+        inheritance = conn.execute(INHERITANCE_SQL).fetchall()
+    assert len(inheritance) == 12, inheritance  # 4 partitions, each with the primary key's and amount's index
+    summary = _backup(pg_env, pg_server, pg_db)
+    scratch = f"{pg_db}_pay"
+    try:
         res = run_cli(
             [
                 "restore",
                 "postgres",
                 summary["id"],
                 "--target-dsn",
-                _dsn(pg_server, f"{db}_ts"),
-                "--schema",
-                "telemetry",
+                _dsn(pg_server, scratch),
+                "--table",
+                "public.payment",
+            ]
+            + ["--json"],
+            pg_env,
+            check=True,
+        )
+        report = json.loads(res.stdout)
+        assert report["rows_verified"] == total == 1401 and report["tables_verified"] == 5
+        with pg_server.connect(scratch) as conn:
+            assert conn.execute("SELECT count(*) FROM payment").fetchone()[0] == total
+            assert conn.execute("SELECT count(*) FROM ONLY payment_p2022_02b").fetchone()[0] > 0
+            # still partitions of it (attached), with the partitioned index on each
+            assert conn.execute(INHERITANCE_SQL).fetchall() == inheritance
+            conn.execute("INSERT INTO payment (payment_date, amount) VALUES ('2022-01-05', 1)")
+    finally:
+        pg_server.drop_database(scratch)
+
+
+def test_selective_restore_of_a_table_whose_default_uses_a_sequence_it_does_not_own(pg_env, pg_server, pg_db):
+    with pg_server.connect(pg_db) as conn:
+        conn.execute(PAGILA_LIKE_SQL)
+    summary = _backup(pg_env, pg_server, pg_db)
+    scratch = f"{pg_db}_rent"
+    try:
+        run_cli(
+            [
+                "restore",
+                "postgres",
+                summary["id"],
+                "--target-dsn",
+                _dsn(pg_server, scratch),
+                "--table",
+                "public.rental",
             ],
             pg_env,
             check=True,
         )
-        with pg_server.connect(f"{db}_ts") as conn:
-            assert conn.execute("SELECT count(*) FROM telemetry.readings").fetchone()[0] == counts["readings"]
+        with pg_server.connect(scratch) as conn:
+            assert conn.execute("SELECT count(*) FROM rental").fetchone()[0] == 40
+            new_id = conn.execute("INSERT INTO rental (customer) VALUES ('new') RETURNING rental_id").fetchone()[0]
+            assert new_id == 41, "the sequence came with its value"
     finally:
         pg_server.drop_database(scratch)
-        pg_server.drop_database(f"{db}_ts")
+
+
+def test_show_prints_what_the_backup_recorded_of_its_source(pg_env, pg_server, sample_db):
+    db, counts = sample_db
+    summary = _backup(pg_env, pg_server, db, "--checksums")
+    out = run_cli(["show", summary["id"]], pg_env, check=True).stdout.decode()
+    assert f"server      PostgreSQL {pg_server.major}." in out and f"database {db}" in out
+    assert "extensions  plpgsql" in out
+    assert f"public.orders: {counts['orders']} rows (checksum)" in out
+    if _is_hypertable(pg_server, db, "telemetry.readings"):
+        assert "hypertable  telemetry.readings:" in out and "telemetry.readings: 20000 rows (hypertable" in out
 
 
 def test_verification_names_differing_tables(pg_env, pg_server, sample_db, local_repo, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -257,3 +258,27 @@ def test_restore_refuses_non_empty_dir_and_unarchived_server(wal_env: WalEnv, pg
         assert res.returncode == 50 and "archive_mode" in res.stderr
     finally:
         other.destroy()
+
+
+def test_recovered_server_that_refuses_the_poll_fails_at_once_naming_why(wal_env: WalEnv) -> None:
+    """No password for the recovered copy's superuser: a clear refusal at once, not an hour's wait."""
+    env = wal_env
+    _base_backup(env)
+    env.wait_archived()
+    data = env.new_dir()
+    no_password = {k: v for k, v in env.cli_env().items() if k not in ("PGPASSFILE", "PGPASSWORD")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "seedvault.cli.app", "restore", "postgres-pitr", "--data-dir", str(data), "--immediate"]
+        + ["--timeline", "1"],  # earlier tests of this file left a diverged timeline
+        env=no_password,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode != 0, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "refuses seedvault's connection" in line and "password" in line, proc.stderr
+    assert took < 120, f"took {took:.0f} s: the refusal was waited out"
+    assert not data.exists() or not any(data.iterdir()), "a failed restore leaves no half-made data directory"

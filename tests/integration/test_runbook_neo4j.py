@@ -316,7 +316,7 @@ def check_restore(w: World) -> None:
     calls = _admin_calls(ce)
     assert calls[-2:] == [
         ["database", "dump", DB, "--to-stdout"],  # the safety copy first
-        ["database", "load", DB, "--from-stdin", "--overwrite-destination=true"],
+        ["database", "load", DB, "--from-stdin", "--overwrite-destination=true", "--verbose"],
     ]
     out = _output(w, "21.1")
     assert f"restored backup {bid} into neo4j {DB}: counts not checked" in out, out

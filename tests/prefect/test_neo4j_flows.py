@@ -290,6 +290,7 @@ def test_bolt_password_stays_in_the_block_and_the_graph(community: Neo4jEnv, mon
     monkeypatch.setattr(
         bolt.BoltGraph, "counts", lambda self: made.append(self) or MovieGraph(community.state).counts()
     )
+    monkeypatch.setattr(bolt.BoltGraph, "serves", lambda self, name=None: True)
     summary = backup_neo4j_flow(**community.params())
     assert summary["counts"] == MovieGraph(community.state).counts() and made
     assert made[0].uri == "neo4j://127.0.0.1:7687" and made[0]._driver is None  # closed (never opened here)

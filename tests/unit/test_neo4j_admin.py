@@ -52,6 +52,9 @@ class FakeGraph:
     def database_exists(self) -> bool:
         return (self.state / f"store-{self.db}").exists()
 
+    def serves(self) -> bool:
+        return (self.state / f"running-{self.db}").exists()
+
     def stop_database(self) -> None:
         fake_neo4j._log("events.log", ["STOP DATABASE", self.db])
         (self.state / f"running-{self.db}").unlink(missing_ok=True)
@@ -62,6 +65,14 @@ class FakeGraph:
 
     def create_database(self) -> None:
         self.start_database()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -121,12 +132,12 @@ def test_documented_command_lines_per_dialect() -> None:
         "backup", "--backup-dir=D", "--database=neo4j", "--from=h:6362"]  # fmt: skip
     assert na.restore_args(v44, DB, "D/neo4j") == ["restore", "--from=D/neo4j", "--database=neo4j", "--force"]
     for v in (v5, v25):
-        assert na.dump_args(v, DB, to_dir="D") == ["database", "dump", "neo4j", "--to-path=D"]
+        assert na.dump_args(v, DB, to_dir="D") == ["database", "dump", "neo4j", "--to-path=D", "--verbose"]
         assert na.dump_args(v, DB, to_dir=None) == ["database", "dump", "neo4j", "--to-stdout"]
         assert na.load_args(v, DB, from_dir="D") == [
-            "database", "load", "neo4j", "--from-path=D", "--overwrite-destination=true"]  # fmt: skip
+            "database", "load", "neo4j", "--from-path=D", "--overwrite-destination=true", "--verbose"]  # fmt: skip
         assert na.load_args(v, DB, from_dir=None) == [
-            "database", "load", "neo4j", "--from-stdin", "--overwrite-destination=true"]  # fmt: skip
+            "database", "load", "neo4j", "--from-stdin", "--overwrite-destination=true", "--verbose"]  # fmt: skip
         for kind in ("FULL", "DIFF", "AUTO"):
             assert na.backup_args(v, DB, "D", kind=kind, source=None) == [
                 "database", "backup", "neo4j", "--to-path=D", f"--type={kind}"]  # fmt: skip
@@ -169,7 +180,7 @@ def test_5x_dump_streams_and_round_trips_byte_identical(tmp_path, monkeypatch, r
     assert (state / f"store-{DB}").read_bytes() == original
     assert out.safety_copy and out.counts is not None and (state / f"running-{DB}").exists()
     calls = _admin_calls(state)
-    assert calls[-1] == ["database", "load", DB, "--from-stdin", "--overwrite-destination=true"]
+    assert calls[-1] == ["database", "load", DB, "--from-stdin", "--overwrite-destination=true", "--verbose"]
     assert calls[-2] == ["database", "dump", DB, "--to-stdout"]  # the safety copy, before the load
     safety = b"".join(repo.read_object(out.safety_copy, "dump"))
     assert safety == b"NEO4JDUMPdamaged"  # what was live is kept, verified
@@ -184,7 +195,7 @@ def test_5x_staging_mode_uses_paths_and_cleans_up(tmp_path, monkeypatch, repo) -
     restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path), staging=True, safety_copy=False)
     load = _admin_calls(state)[-1]
     assert load[:3] == ["database", "load", DB] and load[3].startswith("--from-path=") and load[4:] == [
-        "--overwrite-destination=true"]  # fmt: skip
+        "--overwrite-destination=true", "--verbose"]  # fmt: skip
     assert (state / f"store-{DB}").read_bytes() == original
     assert list((tmp_path / "staging").iterdir()) == []  # staging directories removed
 
@@ -342,7 +353,32 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, repo) -> None:
     assert len(down.stderr.strip().splitlines()) == 1 and not (state / f"running-{DB}").exists()
     creds = _cli(tmp_path, "backup", "neo4j", "--uri", "neo4j://neo4j:secret@127.0.0.1:7687", *svc)
     assert creds.returncode == 3 and "credentials" in creds.stderr and "secret" not in creds.stderr
-    nopw = _cli(tmp_path, "backup", "neo4j", "--uri", "neo4j://127.0.0.1:7687", *svc)
-    assert nopw.returncode == 3 and "NEO4J_PASSWORD" in nopw.stderr
+    # No password: a server with authentication off needs none, so seedvault connects (nothing listens here).
+    port = _free_port()
+    nopw = _cli(tmp_path, "backup", "neo4j", "--uri", f"neo4j://127.0.0.1:{port}", *svc)
+    assert nopw.returncode == 52 and f"cannot reach Neo4j at neo4j://127.0.0.1:{port}" in nopw.stderr, nopw.stderr
+    assert len(nopw.stderr.strip().splitlines()) == 1, "one line: the driver's own warnings are not shown"
     missing = _cli(tmp_path, "restore", "neo4j", "20260101T000000Z-abcdef", *svc)
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_dump_of_a_database_in_use_names_the_cause_and_nothing_is_listed(tmp_path, monkeypatch, repo) -> None:
+    """5.x says only "Dump failed for databases" for a dump to stdout; seedvault asks `database info` why."""
+    state = _setup(tmp_path, monkeypatch, "5.26.1")
+    (state / f"running-{DB}").touch()
+    svc = ["--stop-command", "true", "--start-command", "true"]  # a stop command that does not stop it
+    bad = _cli(tmp_path, "backup", "neo4j", *svc)
+    assert bad.returncode == 50, bad.stderr
+    assert "Dump failed for databases: 'neo4j'" in bad.stderr and "is in use" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_failing_stop_command_runs_no_start_command(tmp_path, monkeypatch, repo) -> None:
+    state = _setup(tmp_path, monkeypatch, "5.26.1")
+    (state / f"running-{DB}").touch()
+    bad = _cli(tmp_path, "backup", "neo4j", "--stop-command", "false", "--start-command", f"fake-neo4j start {DB}")
+    assert bad.returncode == 50, bad.stderr  # not 57: it never stopped
+    assert "nothing was dumped and its state is unknown" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    log = state / "events.log"
+    events = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    assert ["start", DB] not in events and (state / f"running-{DB}").exists()

@@ -271,3 +271,58 @@ def _user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_an_unreadable_path_directory_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A PATH entry the running user may not look into (another user's 0700 directory) is passed over.
+
+    Runs the search in a forked child that has dropped root (root may look anywhere), with the modules it
+    needs already imported.
+    """
+    from seedvault.sources.postgres.cluster import ensure_service_user
+
+    user = pwd.getpwnam(ensure_service_user())
+    private = tmp_path / "private"
+    (private / "bin").mkdir(parents=True)
+    private.chmod(0o700)  # root's; the service user may not even stat what is inside
+    tmp_path.chmod(0o755)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 3
+        try:
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            os.environ["PATH"] = f"{private / 'bin'}:/usr/bin:/bin"
+            binaries._path_dirs("pg_dump")
+            code = 0
+        except PermissionError:
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, "looking for PostgreSQL binaries crashed on an unreadable PATH entry"
+
+
+@pytest.mark.parametrize(
+    ("archive_command", "expected"),
+    [
+        (
+            "/usr/bin/seedvault --config /etc/sv.toml wal-push %p",
+            (["/usr/bin/seedvault", "--config", "/etc/sv.toml"], {}),
+        ),
+        (
+            "SEEDVAULT_CONFIG=/etc/sv.toml AWS_SHARED_CREDENTIALS_FILE=/etc/aws /opt/sv/bin/seedvault wal-push %p",
+            (
+                ["/opt/sv/bin/seedvault"],
+                {"SEEDVAULT_CONFIG": "/etc/sv.toml", "AWS_SHARED_CREDENTIALS_FILE": "/etc/aws"},
+            ),
+        ),
+        ("pgbackrest --stanza=m archive-push %p && X=1 seedvault wal-push %p", (["seedvault"], {"X": "1"})),
+        ("SEEDVAULT_CONFIG=/etc/sv.toml wal-push %p", None),
+        ("cp %p /archive/%f", None),
+    ],
+)
+def test_read_ahead_daemon_program_takes_variable_settings_as_environment(archive_command, expected) -> None:
+    from seedvault.ops.postgres_pitr import daemon_program
+
+    assert daemon_program(archive_command) == expected

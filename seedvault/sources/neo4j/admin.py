@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seedvault import process
-from seedvault.errors import ConfigError, SourceError, TargetError, ToolMissing
+from seedvault.errors import ConfigError, SeedvaultError, SourceError, TargetError, ToolMissing
 from seedvault.process import ChildReader, ChildWriter, error_line
 from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion, parse_version
 
@@ -75,13 +75,15 @@ class AdminConfig:
 
 # --- the documented command lines (without prefix), per dialect ------------------------------------
 def dump_args(version: Neo4jVersion, database: str, *, to_dir: str | None) -> list[str]:
-    """4.4: ``dump --database=X --to=DIR/X.dump``; 5.x: ``database dump X --to-path=DIR`` or ``--to-stdout``."""
+    """4.4: ``dump --database=X --to=DIR/X.dump``; 5.x: ``database dump X --to-path=DIR --verbose`` (without it
+    5.x prints "Dump failed for databases" and hides why) or ``--to-stdout`` (see :func:`dump_failure_cause`)."""
     if version.dialect == DIALECT_44:
         if to_dir is None:
             raise SourceError("neo4j-admin 4.4 cannot dump to stdout; a staging directory is needed")
         return ["dump", f"--database={database}", f"--to={to_dir}/{database}.dump"]
-    target = f"--to-path={to_dir}" if to_dir is not None else "--to-stdout"
-    return ["database", "dump", database, target]
+    if to_dir is None:  # --verbose writes its preamble to stdout: it would corrupt the dump stream
+        return ["database", "dump", database, "--to-stdout"]
+    return ["database", "dump", database, f"--to-path={to_dir}", "--verbose"]  # 5.x names the cause only so
 
 
 def load_args(version: Neo4jVersion, database: str, *, from_dir: str | None) -> list[str]:
@@ -92,7 +94,30 @@ def load_args(version: Neo4jVersion, database: str, *, from_dir: str | None) -> 
             raise TargetError("neo4j-admin 4.4 cannot load from stdin; a staging directory is needed")
         return ["load", f"--from={from_dir}/{database}.dump", f"--database={database}", "--force"]
     source = f"--from-path={from_dir}" if from_dir is not None else "--from-stdin"
-    return ["database", "load", database, source, "--overwrite-destination=true"]
+    return ["database", "load", database, source, "--overwrite-destination=true", "--verbose"]
+
+
+def dump_failure_cause(admin: Admin, version: Neo4jVersion, database: str) -> str | None:
+    """Why a ``--to-stdout`` dump failed, asked of ``database info`` (a dump to stdout cannot be --verbose).
+
+    The common causes ("the database ... is in use", "does not exist", an unreadable store) make ``info`` fail
+    with a message that says so; None when ``info`` succeeds or cannot be asked.
+    """
+    args = info_args(version, database)
+    if args is None:
+        return None
+    try:
+        admin.run_admin(args)
+    except SeedvaultError as exc:
+        return exc.message.split("): ", 1)[-1]
+    return None
+
+
+def info_args(version: Neo4jVersion, database: str) -> list[str] | None:
+    """5.x: ``database info X`` (says "Database does not exist" for a name without a store); 4.4 has none."""
+    if version.dialect == DIALECT_44:
+        return None
+    return ["database", "info", database]
 
 
 def backup_args(version: Neo4jVersion, database: str, to_dir: str, *, kind: str, source: str | None) -> list[str]:

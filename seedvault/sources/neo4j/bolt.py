@@ -17,6 +17,7 @@ from every message; messages name the URI without any user-info part.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import time
@@ -36,6 +37,11 @@ from seedvault.errors import (
     SourceError,
     TargetError,
 )
+from seedvault.format.manifest import without_floats
+
+# The driver logs every refused connection and failed routing attempt (stderr, one line per attempt, also
+# while a restarted server comes up). seedvault reports a failure itself, once, as one line.
+logging.getLogger("neo4j").setLevel(logging.CRITICAL)
 
 SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
 # The import's temporary marks: a label every imported node carries, indexed on the old id, removed at the end.
@@ -241,6 +247,11 @@ class BoltGraph:
         except SeedvaultError:
             raise
         except nx.AuthError:
+            if self._password is None:
+                raise DatabaseRefused(
+                    f"Neo4j at {self.uri} requires authentication and no password was given",
+                    hint="set NEO4J_PASSWORD or pass --password-file",
+                ) from None
             raise DatabaseRefused(f"Neo4j at {self.uri} refused user {self.user!r}: authentication failed") from None
         except nx.Forbidden as exc:
             raise DatabaseRefused(f"Neo4j {where} denied {action}: {self._scrub(exc.message or exc)}") from None
@@ -248,6 +259,11 @@ class BoltGraph:
             raise DatabaseUnreachable(f"cannot reach Neo4j at {self.uri}: {_reason(self._scrub(str(exc)))}") from None
         except nx.Neo4jError as exc:
             code = exc.code or ""
+            if code.endswith("Security.AuthenticationRateLimit"):  # after repeated wrong passwords
+                raise DatabaseRefused(
+                    f"Neo4j at {self.uri} refuses user {self.user!r} for now: too many failed logins (rate limit)",
+                    hint="wait (dbms.security.auth_lock_time, 5 s by default) and check the password",
+                ) from None
             if code.endswith("DatabaseNotFound"):
                 raise DatabaseRefused(f"Neo4j at {self.uri} has no database {database or self.database!r}") from None
             if code.endswith("DatabaseUnavailable"):
@@ -334,15 +350,18 @@ class BoltGraph:
             if entry is not None:
                 (lookups if entry["type"] == "LOOKUP" else indexes).append(entry)
         constraints = [constraint_entry(r) for r in self.run_auto("SHOW CONSTRAINTS YIELD *", "SHOW CONSTRAINTS")]
-        return {
-            "nodes": one("MATCH (n) RETURN count(n) AS c"),
-            "relationships": one("MATCH ()-[r]->() RETURN count(r) AS c"),
-            "labels": {k: v for k, v in sorted(labels.items()) if v},
-            "types": {k: v for k, v in sorted(types.items()) if v},
-            "indexes": sorted(indexes, key=lambda e: e["name"]),
-            "constraints": sorted(constraints, key=lambda e: e["name"]),
-            "lookup_indexes": sorted(lookups, key=lambda e: e["name"]),
-        }
+        # Recorded in manifests (no floats) and compared after a restore: both sides in the same form.
+        return without_floats(
+            {
+                "nodes": one("MATCH (n) RETURN count(n) AS c"),
+                "relationships": one("MATCH ()-[r]->() RETURN count(r) AS c"),
+                "labels": {k: v for k, v in sorted(labels.items()) if v},
+                "types": {k: v for k, v in sorted(types.items()) if v},
+                "indexes": sorted(indexes, key=lambda e: e["name"]),
+                "constraints": sorted(constraints, key=lambda e: e["name"]),
+                "lookup_indexes": sorted(lookups, key=lambda e: e["name"]),
+            }
+        )
 
     def _count(self, query: str) -> int:
         return int(self.run(query)[0]["c"])
@@ -402,6 +421,15 @@ class BoltGraph:
     def database_exists(self, name: str | None = None) -> bool:
         db = quote_name(name or self.database)
         return bool(self.run_auto(f"SHOW DATABASE {db}", "SHOW DATABASE", database="system"))
+
+    def serves(self, name: str | None = None) -> bool:
+        """Whether the database is online and answers a query (after a start: is it back?)."""
+        db = name or self.database
+        rows = self.run_auto(f"SHOW DATABASE {quote_name(db)}", "SHOW DATABASE", database="system")
+        if not rows or any(str(r.get("currentStatus") or "").lower() != "online" for r in rows):
+            return False
+        self.run("RETURN 1 AS c", database=db)
+        return True
 
     def stop_database(self, name: str | None = None, *, wait: float = 120) -> None:
         self._admin("STOP", name, "offline", wait)

@@ -77,6 +77,36 @@ class PgBinaries:
         """The full version string of a tool, e.g. ``15.18``."""
         return tool_version(self.tool(name))[0]
 
+    def has_extension(self, name: str) -> bool:
+        """Whether extension ``name`` is installed for these server binaries (control file and library).
+
+        Why: a throwaway cluster must preload an extension such as timescaledb whenever it is installed, or
+        ``CREATE EXTENSION`` fails on it ("must be preloaded"). The directories are the server's own
+        (``pg_config --sharedir/--pkglibdir`` where pg_config is there, else the Debian and relocatable
+        layouts), so nothing needs to be running.
+        """
+        share, lib = _extension_dirs(self.bindir, self.major)
+        return (share / "extension" / f"{name}.control").is_file() and (lib / f"{name}.so").is_file()
+
+
+@lru_cache(maxsize=32)
+def _extension_dirs(bindir: Path, major: int) -> tuple[Path, Path]:
+    """(sharedir, pkglibdir) of a server's binaries."""
+    pg_config = bindir / "pg_config"
+    if _is_executable(pg_config):
+        try:
+            proc = process.run(
+                [str(pg_config), "--sharedir", "--pkglibdir"], capture_output=True, text=True, timeout=30, cwd="/"
+            )
+            lines = proc.stdout.split()
+            if proc.returncode == 0 and len(lines) == 2:
+                return Path(lines[0]), Path(lines[1])
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if bindir == SYSTEM_PG_ROOT / str(major) / "bin":  # Debian/Ubuntu: /usr/share/postgresql/N
+        return Path("/usr/share/postgresql") / str(major), bindir.parent / "lib"
+    return bindir.parent / "share", bindir.parent / "lib"
+
 
 # --- version detection ---------------------------------------------------------------------------------
 def parse_version(text: str) -> tuple[str, int]:
@@ -115,7 +145,11 @@ def _tool_version_cached(path: str, _size: int, _mtime_ns: int) -> tuple[str, in
 
 
 def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
+    """An executable file; False for anything we may not even look at (a PATH entry of another user, 0700)."""
+    try:
+        return path.is_file() and os.access(path, os.X_OK)
+    except OSError:
+        return False
 
 
 # --- candidates ----------------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ HOST = "127.0.0.1"
 SERVICE_USER = "seedvault-pg"
 AUTH_METHODS = ("scram-sha-256", "md5", "password", "trust", "reject")
 STOP_MODES = ("smart", "fast", "immediate")
+# Extensions a new cluster preloads whenever they are installed for its binaries: their CREATE EXTENSION
+# fails without it, and a sample or test database on such a machine creates them.
+PRELOADED_WHEN_INSTALLED: tuple[str, ...] = ("timescaledb",)
 _CONF_BEGIN = "# --- seedvault settings: begin (rewritten by seedvault, edits are lost) ---"
 _CONF_END = "# --- seedvault settings: end ---"
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -279,6 +282,9 @@ class LocalCluster:
     ) -> None:
         """Create the cluster: checksums on, UTF8, then :meth:`configure` (loopback TCP with ``auth``).
 
+        Extensions of :data:`PRELOADED_WHEN_INSTALLED` installed for the binaries are preloaded unless
+        ``extra_conf`` sets ``shared_preload_libraries`` itself (values are quoted here: pass them bare).
+
         The superuser's password comes from ``password_file`` (its first line) or, for a caller that made it up
         in memory (demo, tests), ``password``; either way initdb reads it from a temporary file only run_as can
         read, never from argv. ``sync=False`` skips initdb's fsync (tests, throwaway clusters).
@@ -286,6 +292,11 @@ class LocalCluster:
         if password_file is not None and password is not None:
             raise ConfigError("initdb: give the superuser password as a file or a value, not both")
         self._check_conf_args(auth, extra_conf)
+        extra_conf = dict(extra_conf or {})
+        if "shared_preload_libraries" not in extra_conf:
+            preload = [name for name in PRELOADED_WHEN_INSTALLED if self.binaries.has_extension(name)]
+            if preload:
+                extra_conf["shared_preload_libraries"] = ",".join(preload)
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise ConfigError(f"cannot initialise {self.data_dir}: the directory is not empty")
         self._check_socket_path()

@@ -6,7 +6,8 @@ every query here runs inside the REPEATABLE READ transaction whose snapshot pg_d
 ``estimate_above`` rows get ``pg_class.reltuples`` instead, flagged ``"estimated": true`` (and not
 compared exactly after restore).
 
-Per table we also record the names of its indexes, constraints, triggers and owned sequences, which a
+Per table we also record the names of its indexes, constraints, triggers, owned sequences and the
+sequences its column defaults use (``nextval()`` of a sequence it does not own, as in Pagila), which a
 selective restore (``--table``) needs to bring a table back *with* them: pg_restore's own ``-t`` restores
 only the table and its data.
 """
@@ -43,6 +44,18 @@ SELECT 'trigger', t.tgname FROM pg_trigger t WHERE t.tgrelid = %(oid)s AND NOT t
 UNION ALL
 SELECT 'sequence', s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
  WHERE d.refobjid = %(oid)s AND s.relkind = 'S' AND d.deptype IN ('a', 'i')
+UNION ALL
+SELECT 'default_sequence', sn.nspname || '.' || s.relname
+  FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+  JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' JOIN pg_namespace sn ON sn.oid = s.relnamespace
+ WHERE ad.adrelid = %(oid)s
+"""
+
+PARTITIONS_SQL = """
+SELECT n.nspname, c.relname, pn.nspname, p.relname FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE c.relispartition
 """
 
 FK_TARGETS_SQL = """
@@ -82,18 +95,65 @@ def server_facts(cur: psycopg.Cursor) -> dict[str, Any]:
     }
 
 
+HYPERTABLES_SQL = """
+SELECT h.hypertable_schema, h.hypertable_name, h.num_chunks,
+       (SELECT count(*) FROM timescaledb_information.chunks c
+         WHERE c.hypertable_schema = h.hypertable_schema AND c.hypertable_name = h.hypertable_name AND c.is_compressed)
+FROM timescaledb_information.hypertables h ORDER BY 1, 2
+"""
+
+# What a restore must bring back of TimescaleDB's background jobs (ids included: pg_dump keeps them).
+JOBS_SQL = """
+SELECT job_id, application_name, proc_schema, proc_name, schedule_interval::text, coalesce(config::text, ''),
+       coalesce(hypertable_schema, ''), coalesce(hypertable_name, ''), scheduled
+FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY job_id
+"""
+
+# TimescaleDB's own storage: chunks (plain and compressed) and the internal compressed hypertables. Their
+# rows are the hypertable's, counted and checksummed through it (a compressed chunk's table cannot even be
+# read on its own: "chunk ... has no dimension slices").
+STORAGE_SQL = """
+SELECT schema_name, table_name, 'chunk' FROM _timescaledb_catalog.chunk WHERE NOT dropped
+UNION ALL
+SELECT schema_name, table_name, CASE WHEN compression_state = 2 THEN 'chunk' ELSE 'hypertable' END
+FROM _timescaledb_catalog.hypertable
+"""
+
+
 def timescale_facts(cur: psycopg.Cursor, extensions: dict[str, str]) -> dict[str, Any] | None:
     if "timescaledb" not in extensions:
         return None
-    cur.execute(
-        "SELECT hypertable_schema, hypertable_name, num_chunks FROM timescaledb_information.hypertables ORDER BY 1, 2"
-    )
-    hypertables = [{"schema": s, "table": t, "chunks": int(n)} for s, t, n in cur.fetchall()]
-    return {"version": extensions["timescaledb"], "hypertables": hypertables}
+    cur.execute(HYPERTABLES_SQL)
+    hypertables = [
+        {"schema": s, "table": t, "chunks": int(n), "compressed_chunks": int(c)} for s, t, n, c in cur.fetchall()
+    ]
+    return {"version": extensions["timescaledb"], "hypertables": hypertables, "jobs": timescale_jobs(cur)}
+
+
+def timescale_jobs(cur: psycopg.Cursor) -> list[dict[str, Any]]:
+    """The user-defined jobs and policies (ids from 1000; below are TimescaleDB's own, per installation)."""
+    cur.execute(JOBS_SQL)
+    keys = ("id", "application", "proc_schema", "proc", "schedule_interval", "config", "schema", "table", "scheduled")
+    return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+
+
+def timescale_storage(cur: psycopg.Cursor, extensions: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(schema, table) -> "hypertable" or "chunk" for TimescaleDB's relations; empty without the extension."""
+    if "timescaledb" not in extensions:
+        return {}
+    cur.execute(STORAGE_SQL)
+    return {(s, t): role for s, t, role in cur.fetchall()}
 
 
 def _qualified(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def row_count_sql(qualified: sql.Composable, *, hypertable: bool) -> sql.Composed:
+    """How a table's rows are counted, at backup and after a restore alike."""
+    if hypertable:
+        return sql.SQL("SELECT count(*) FROM {}").format(qualified)
+    return sql.SQL("SELECT count(*) FROM ONLY {}").format(qualified)
 
 
 def table_checksum(cur: psycopg.Cursor, schema: str, table: str) -> str:
@@ -117,23 +177,36 @@ def table_checksum(cur: psycopg.Cursor, schema: str, table: str) -> str:
     return digest.hexdigest()
 
 
-def tables(cur: psycopg.Cursor, options: InspectOptions) -> list[dict[str, Any]]:
+def tables(
+    cur: psycopg.Cursor, options: InspectOptions, storage: dict[tuple[str, str], str] | None = None
+) -> list[dict[str, Any]]:
+    """Per table: rows, dependents, foreign keys, checksum. ``storage``: :func:`timescale_storage`."""
+    storage = storage or {}
     cur.execute(TABLES_SQL)
     rows = cur.fetchall()
+    cur.execute(PARTITIONS_SQL)
+    parents = {(s, t): f"{ps}.{pt}" for s, t, ps, pt in cur.fetchall()}
     out = []
     for schema, name, kind, estimate, is_partition in rows:
+        role = storage.get((schema, name))
+        if role == "chunk":
+            continue  # counted through its hypertable
         qualified = _qualified(schema, name)
         entry: dict[str, Any] = {"schema": schema, "name": name}
         if kind == "p":
             entry["partitioned"] = True
         if is_partition:
             entry["partition"] = True
+            entry["parent"] = parents[(schema, name)]
+        if role == "hypertable":
+            entry["hypertable"] = True
         if options.estimate_above is not None and estimate > options.estimate_above:
             entry["rows"] = int(estimate)
             entry["estimated"] = True
         else:
-            # ONLY: a partitioned parent's rows are counted in its partitions, not twice.
-            cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(qualified))
+            # ONLY: a partitioned parent's rows are counted in its partitions, not twice. A hypertable's rows
+            # are all in its chunks, compressed ones included, so it is counted as a whole (and they are not).
+            cur.execute(row_count_sql(qualified, hypertable=role == "hypertable"))
             entry["rows"] = int(cur.fetchone()[0])
             entry["estimated"] = False
         cur.execute("SELECT %s::regclass::oid", (f'"{schema}"."{name}"',))
@@ -159,6 +232,6 @@ def inspect(conn: psycopg.Connection, options: InspectOptions) -> dict[str, Any]
     with conn.cursor() as cur:
         facts = server_facts(cur)
         facts["timescaledb"] = timescale_facts(cur, facts["extensions"])
-        facts["tables"] = tables(cur, options)
+        facts["tables"] = tables(cur, options, timescale_storage(cur, facts["extensions"]))
     facts["total_rows"] = sum(t["rows"] for t in facts["tables"])
     return facts

@@ -3,7 +3,7 @@
 ``public``: customers -> orders -> order_items (serial keys, foreign keys, a check constraint, an index,
 a trigger keeping ``orders.updated_at``), and ``telemetry.readings``, a time series keyed by
 (sensor_id, ts) with a BRIN index, the shape TimescaleDB hypertables have. When the timescaledb
-extension is installed, ``telemetry.readings`` becomes a hypertable.
+extension is installed and preloaded, ``telemetry.readings`` becomes a hypertable.
 """
 
 from __future__ import annotations
@@ -71,10 +71,18 @@ def load_sample(conn: psycopg.Connection, *, customers: int = 200, orders: int =
             " sin(g / 100.0) * 50 + 20 FROM generate_series(1, %s) g",
             (readings,),
         )
-        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-        if cur.fetchone() is not None:
+        if timescaledb_usable(cur):
             cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             cur.execute("SELECT create_hypertable('telemetry.readings', 'ts', migrate_data => true)")
     if not conn.autocommit:
         conn.commit()
     return {"customers": customers, "orders": orders, "order_items": orders * 3, "readings": readings}
+
+
+def timescaledb_usable(cur: psycopg.Cursor) -> bool:
+    """The extension is installed *and* preloaded (CREATE EXTENSION fails on a server that lists it only)."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
+        " AND 'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+    )
+    return bool(cur.fetchone()[0])

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seedvault.errors import UsageError
+
 DESCS = sorted(
     [
         "TABLE DATA",
@@ -124,13 +126,18 @@ def select(
     meta = {_table_key(t["schema"], t["name"]): t for t in tables_meta}
     for t in wanted_tables - set(meta):
         notes.append(f"table {t} is not in the backup")
-    selected_tables = {k for k in meta if k in wanted_tables or meta[k]["schema"] in wanted_schemas}
-    names: dict[str, set[str]] = {"index": set(), "sequence": set()}
+    selected_tables = _with_partitions(
+        {k for k in meta if k in wanted_tables or meta[k]["schema"] in wanted_schemas}, meta
+    )
+    # "constraint": a primary key's or unique constraint's index has the constraint's name (INDEX ATTACH of a
+    # partition's key names it).
+    names: dict[str, set[str]] = {"index": set(), "sequence": set(), "constraint": set()}
     for key in selected_tables:
         deps = meta[key].get("dependents", {})
         schema = meta[key]["schema"]
         for kind in names:
             names[kind] |= {f"{schema}.{d}" for d in deps.get(kind, [])}
+        names["sequence"] |= set(deps.get("default_sequence", []))  # already schema-qualified
     partial = bool(wanted_tables or wanted_schemas)
     # Definitions a table can depend on (trigger functions, column types, extensions): no data, always safe.
     supporting = {"FUNCTION", "PROCEDURE", "TYPE", "SHELL TYPE", "DOMAIN", "AGGREGATE", "COLLATION", "EXTENSION"}
@@ -168,10 +175,39 @@ def select(
     return out, notes
 
 
+def _with_partitions(selected: set[str], meta: dict[str, dict]) -> set[str]:
+    """The selected tables and every partition under a selected partitioned table, to any depth.
+
+    Why: a partitioned table holds no rows itself; restoring it without its partitions restores nothing.
+    Backups made before partitions recorded their parent cannot say which those are: refused, not guessed.
+    """
+    children: dict[str, set[str]] = {}
+    for key, t in meta.items():
+        if t.get("parent"):
+            children.setdefault(t["parent"], set()).add(key)
+    out = set(selected)
+    todo = [k for k in selected if meta[k].get("partitioned")]
+    while todo:
+        key = todo.pop()
+        if key not in children and any(t.get("partition") and not t.get("parent") for t in meta.values()):
+            raise UsageError(
+                f"{key} is a partitioned table and this backup does not record which partitions are its own",
+                hint="name its partitions with --table as well, or restore the whole backup into a new database",
+            )
+        for child in children.get(key, ()):
+            if child not in out:
+                out.add(child)
+                if meta[child].get("partitioned"):
+                    todo.append(child)
+    return out
+
+
 def _belongs(e: TocEntry, tables: set[str], names: dict[str, set[str]]) -> bool:
     """Whether an entry (other than a foreign key) is part of one of the selected tables."""
-    if e.desc in ("TABLE", "TABLE DATA"):
+    if e.desc in ("TABLE", "TABLE DATA", "TABLE ATTACH"):
         return _table_key(e.schema, e.tag) in tables
+    if e.desc == "INDEX ATTACH":
+        return _table_key(e.schema, e.tag) in names["index"] | names["constraint"]
     if e.desc in ("CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY", "DEFAULT", "ROW SECURITY"):
         return _table_key(e.schema, e.tag.split(" ", 1)[0]) in tables
     if e.desc == "INDEX":
