@@ -14,3 +14,18 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.walenv",
 ]
+
+
+def pytest_addoption(parser, pluginmanager):
+    """Accept pyproject's ``-n 2 --dist loadfile`` when pytest-xdist is switched off (``-p no:xdist``).
+
+    Why: the options live in ``addopts`` so the README's plain ``pytest`` runs two workers, but without xdist
+    pytest refused them as unrecognized arguments; a serial run (for a debugger, or a test that must run alone)
+    should only need ``-p no:xdist``. The stand-ins are ignored: the run is serial.
+    """
+    if pluginmanager.has_plugin("xdist"):
+        return
+    group = parser.getgroup("xdist switched off")
+    # ``_addoption``: pytest reserves lowercase short options for plugins that register them (xdist does so too).
+    group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored without pytest-xdist")
+    group.addoption("--dist", dest="dist", default="no", help="ignored without pytest-xdist")
