@@ -38,6 +38,12 @@ def _backup(pg_env, pg_server, db, *extra) -> dict:
     return json.loads(res.stdout)
 
 
+def _restore(env, pg_server, backup_id: str, target: str, *extra: str, check: bool = False):
+    """``seedvault restore postgres BACKUP --target-dsn <target on pg_server> [extra...]`` through the CLI."""
+    argv = ["restore", "postgres", backup_id, "--target-dsn", _dsn(pg_server, target), *extra]
+    return run_cli(argv, env, check=check)
+
+
 def _counts(pg_server, db) -> dict[str, int]:
     with pg_server.connect(db) as conn:
         rows = conn.execute(
@@ -70,16 +76,12 @@ def test_round_trip_into_new_database_verifies_counts(pg_env, pg_server, sample_
     summary = _backup(pg_env, pg_server, db, "--checksums")
     target = f"{db}_restored"
     try:
-        res = run_cli(
-            ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--json"],
-            pg_env,
-            check=True,
-        )
+        res = _restore(pg_env, pg_server, summary["id"], target, "--json", check=True)
         report = json.loads(res.stdout)
         assert report["tables_verified"] == 4 and report["checksums_verified"] == 4
         assert _counts(pg_server, target) == _counts(pg_server, db)
         # Refuses to overwrite an existing database without --replace.
-        again = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target)], pg_env)
+        again = _restore(pg_env, pg_server, summary["id"], target)
         assert again.returncode == TargetError.exit_code and b"already exists" in again.stderr
     finally:
         pg_server.drop_database(target)
@@ -92,21 +94,7 @@ def test_parallel_restore_spools_and_cleans_up(pg_env, pg_server, sample_db, tmp
     spool = tmp_path / "spool"
     spool.mkdir()
     try:
-        run_cli(
-            [
-                "restore",
-                "postgres",
-                summary["id"],
-                "--target-dsn",
-                _dsn(pg_server, target),
-                "--jobs",
-                "2",
-                "--spool-dir",
-                str(spool),
-            ],
-            pg_env,
-            check=True,
-        )
+        _restore(pg_env, pg_server, summary["id"], target, "--jobs", "2", "--spool-dir", str(spool), check=True)
         assert _counts(pg_server, target) == _counts(pg_server, db)
         assert list(spool.iterdir()) == [], "the spooled archive must be removed"
     finally:
@@ -120,11 +108,7 @@ def test_replace_keeps_safety_copy_and_failure_leaves_original(pg_env, pg_server
         conn.execute("DELETE FROM order_items WHERE order_id > 100")
         conn.execute("INSERT INTO customers (name, email) VALUES ('after', 'after@example.test')")
     damaged = _counts(pg_server, db)
-    res = run_cli(
-        ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, db), "--replace", "--json"],
-        pg_env,
-        check=True,
-    )
+    res = _restore(pg_env, pg_server, summary["id"], db, "--replace", "--json", check=True)
     report = json.loads(res.stdout)
     safety = report["safety_copy"]
     try:
@@ -141,19 +125,15 @@ def test_selective_table_restore_brings_indexes_and_constraints(pg_env, pg_serve
     summary = _backup(pg_env, pg_server, db)
     scratch = f"{db}_one"
     try:
-        res = run_cli(
-            [
-                "restore",
-                "postgres",
-                summary["id"],
-                "--target-dsn",
-                _dsn(pg_server, scratch),
-                "--table",
-                "public.orders",
-                "--table",
-                "public.customers",
-            ],
+        res = _restore(
             pg_env,
+            pg_server,
+            summary["id"],
+            scratch,
+            "--table",
+            "public.orders",
+            "--table",
+            "public.customers",
             check=True,
         )
         assert b"2 tables" in res.stdout
@@ -173,8 +153,7 @@ def test_selective_table_restore_brings_indexes_and_constraints(pg_env, pg_serve
             # the sequence came along and continues after the restored ids
             new_id = conn.execute("INSERT INTO customers (name, email) VALUES ('n', 'n@x') RETURNING id").fetchone()[0]
             assert new_id == counts["customers"] + 1
-        argv = ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, f"{db}_ts")]
-        res = run_cli([*argv, "--schema", "telemetry"], pg_env)
+        res = _restore(pg_env, pg_server, summary["id"], f"{db}_ts", "--schema", "telemetry")
         if _is_hypertable(pg_server, db, "telemetry.readings"):  # where TimescaleDB is installed
             assert res.returncode == 2 and b"telemetry.readings is a TimescaleDB hypertable" in res.stderr, res.stderr
         else:
@@ -234,20 +213,7 @@ def test_selective_restore_of_a_partitioned_table_brings_every_partition(pg_env,
     summary = _backup(pg_env, pg_server, pg_db)
     scratch = f"{pg_db}_pay"
     try:
-        res = run_cli(
-            [
-                "restore",
-                "postgres",
-                summary["id"],
-                "--target-dsn",
-                _dsn(pg_server, scratch),
-                "--table",
-                "public.payment",
-            ]
-            + ["--json"],
-            pg_env,
-            check=True,
-        )
+        res = _restore(pg_env, pg_server, summary["id"], scratch, "--table", "public.payment", "--json", check=True)
         report = json.loads(res.stdout)
         assert report["rows_verified"] == total == 1401 and report["tables_verified"] == 5
         with pg_server.connect(scratch) as conn:
@@ -266,19 +232,7 @@ def test_selective_restore_of_a_table_whose_default_uses_a_sequence_it_does_not_
     summary = _backup(pg_env, pg_server, pg_db)
     scratch = f"{pg_db}_rent"
     try:
-        run_cli(
-            [
-                "restore",
-                "postgres",
-                summary["id"],
-                "--target-dsn",
-                _dsn(pg_server, scratch),
-                "--table",
-                "public.rental",
-            ],
-            pg_env,
-            check=True,
-        )
+        _restore(pg_env, pg_server, summary["id"], scratch, "--table", "public.rental", check=True)
         with pg_server.connect(scratch) as conn:
             assert conn.execute("SELECT count(*) FROM rental").fetchone()[0] == 40
             new_id = conn.execute("INSERT INTO rental (customer) VALUES ('new') RETURNING rental_id").fetchone()[0]
@@ -338,13 +292,13 @@ def test_failed_restore_leaves_original_untouched(pg_env, pg_server, sample_db, 
     blob = bytearray(obj.read_bytes())
     blob[len(blob) // 2] ^= 0x40  # corruption deep inside the dump: pg_restore has already started
     obj.write_bytes(bytes(blob))
-    res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, db), "--replace"], pg_env)
+    res = _restore(pg_env, pg_server, summary["id"], db, "--replace")
     assert res.returncode != 0 and b"authentication" in res.stderr
     assert _counts(pg_server, db) == before
     with pg_server.connect() as conn:
         names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
     assert not any(n.startswith(f"{db}_sv_") or n.startswith(f"{db}_before_") for n in names)
-    res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, f"{db}_new")], pg_env)
+    res = _restore(pg_env, pg_server, summary["id"], f"{db}_new")
     assert res.returncode != 0
     with pg_server.connect() as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (f"{db}_new",)).fetchone() is None
@@ -381,13 +335,9 @@ def test_with_globals_recreates_roles(pg_env, pg_server, pg_db):
     target = f"{pg_db}_g"
     try:
         # Without the role, restoring ownership fails, and the half-restored database is removed again.
-        res = run_cli(["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target)], pg_env)
+        res = _restore(pg_env, pg_server, summary["id"], target)
         assert res.returncode == TargetError.exit_code and b"sv_app_owner" in res.stderr
-        run_cli(
-            ["restore", "postgres", summary["id"], "--target-dsn", _dsn(pg_server, target), "--with-globals"],
-            pg_env,
-            check=True,
-        )
+        _restore(pg_env, pg_server, summary["id"], target, "--with-globals", check=True)
         with pg_server.connect(target) as conn:
             owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'owned'").fetchone()[0]
             assert owner == "sv_app_owner"
@@ -414,9 +364,9 @@ def test_database_password_never_leaks(local_repo, pg_server, sample_db, tmp_pat
     bid = json.loads(res.stdout)["id"]
     target = f"{db}_leak"
     try:
-        res = run_cli(["restore", "postgres", bid, "--target-dsn", _dsn(pg_server, target), "--json"], env, check=True)
+        res = _restore(env, pg_server, bid, target, "--json", check=True)
         outputs += [res.stdout, res.stderr]
-        res = run_cli(["restore", "postgres", bid, "--target-dsn", _dsn(pg_server, target)], env)  # exists: error
+        res = _restore(env, pg_server, bid, target)  # exists: error
         outputs += [res.stdout, res.stderr]
     finally:
         pg_server.drop_database(target)
