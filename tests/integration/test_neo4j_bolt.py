@@ -28,7 +28,8 @@ import pytest
 
 from seedvault.errors import DatabaseRefused, SeedvaultError, SourceError, TargetError
 from seedvault.sources.neo4j.bolt import IMPORT_INDEX, IMPORT_LABEL, BoltGraph, compare_counts, quote_name
-from seedvault.sources.neo4j.export import GraphExporter, encode_props, import_stream
+from seedvault.sources.neo4j.export import GraphExporter, import_stream
+from seedvault.sources.neo4j.values import encode_props
 
 ODD = "Odd `Label` x"  # a label that needs quoting: backticks and spaces
 WORKS_AT = "WORKS AT"

@@ -117,7 +117,7 @@ def bolt_seam(monkeypatch) -> dict:
 class MovieGraph(FakeGraph):
     """The unit tests' fake Bolt side, with one relationship type (ACTED_IN: one per Person)."""
 
-    def counts(self) -> dict:
+    def counts(self, *, exact: bool = False) -> dict:
         c = super().counts()
         return dict(c, types={"ACTED_IN": c["labels"]["Person"]}, relationships=c["labels"]["Person"])
 

@@ -32,7 +32,7 @@ from seedvault.errors import (
     TruncatedStream,
     UnsupportedVersion,
 )
-from seedvault.sources.neo4j import bolt
+from seedvault.sources.neo4j import bolt, values
 from seedvault.sources.neo4j.bolt import (
     IMPORT_KEY,
     IMPORT_LABEL,
@@ -51,13 +51,10 @@ from seedvault.sources.neo4j.export import (
     FORMAT,
     VERSION,
     GraphExporter,
-    Vector,
-    decode_value,
     encode_line,
-    encode_props,
-    encode_value,
     import_stream,
 )
+from seedvault.sources.neo4j.values import Vector, decode_value, encode_props, encode_value
 
 BERLIN = pytz.timezone("Europe/Berlin")
 ODD_LABEL = "Odd `Label` x"
@@ -198,6 +195,111 @@ def test_invalid_tags_are_format_errors(bad):
 def test_unknown_python_type_cannot_be_exported():
     with pytest.raises(FormatError, match="type object"):
         encode_value(object())
+    with pytest.raises(FormatError, match="property 'p' of node 4:x:1: a value of type object"):
+        encode_props({"ok": 1, "p": object()}, "node 4:x:1")
+
+
+def test_zone_id_utc_is_kept_apart_from_offset_z():
+    """[UTC] and Z both come from the driver as pytz's UTC; BoltGraph marks [UTC] ones with ZONE_UTC."""
+    from neo4j._codec.hydration.bolt.v2 import temporal
+
+    z = VALUES["datetime_utc"]
+    zoned = z.replace(tzinfo=values.ZONE_UTC)
+    assert encode_value(zoned) == {**encode_value(z), "zone": "UTC"}
+    back = _through_json(zoned)
+    assert temporal.dehydrate_datetime(back).fields[2] == "UTC"  # sent as zone id UTC: [UTC]
+    assert temporal.dehydrate_datetime(_through_json(z)).fields[2] == 0  # sent as offset 0: Z
+
+
+@pytest.mark.parametrize("days", [-719162, -1, 0, 1, 11016, 2932896, 59, 60, 365 * 400, -(365 * 400) - 97])
+def test_iso_dates_agree_with_pythons_calendar(days):
+    from datetime import date, timedelta
+
+    assert values.iso_date(days) == (date(1970, 1, 1) + timedelta(days=days)).isoformat()
+
+
+def test_iso_dates_outside_pythons_years_are_signed_as_neo4j_writes_them():
+    first_10000 = 2932897  # 9999-12-31 is day 2932896
+    assert values.iso_date(first_10000) == "+10000-01-01"
+    # 0001-01-01 is day -719162; year 0 before it is a leap year (proleptic Gregorian), then year -1
+    assert values.iso_date(-719163) == "0000-12-31" and values.iso_date(-719528) == "0000-01-01"
+    assert values.iso_date(-719529) == "-0001-12-31"
+    assert values.iso_date(146097 * 25) == "+11970-01-01" and values.iso_date(-146097 * 10) == "-2030-01-01"
+    assert values.iso_local(first_10000 * 86400 + 3723, 5) == "+10000-01-01T01:02:03.000000005"
+
+
+class _Unhydrated:
+    """What the driver hands over for a value it cannot hydrate (BrokenHydrationObject's two attributes)."""
+
+    def __init__(self, tag: bytes, *fields: Any) -> None:
+        from neo4j._codec.packstream import Structure
+
+        self.error = ValueError("year 10000 is out of range")
+        self.raw_data = Structure(tag, *fields)
+
+
+OUT_OF_RANGE = {
+    "date": (_Unhydrated(b"D", 2932897), {"$t": "date", "v": "+10000-01-01"}, "date", "+10000-01-01", None),
+    "localdatetime": (
+        _Unhydrated(b"d", -62198755200, 7),
+        {"$t": "localdatetime", "v": "-0001-01-01T00:00:00.000000007"},
+        "localdatetime",
+        "-0001-01-01T00:00:00.000000007",
+        None,
+    ),
+    "datetime_offset": (
+        _Unhydrated(b"I", 2932897 * 86400, 0, 3600),
+        {"$t": "datetime", "v": "+10000-01-01T01:00:00.000000000", "off": 3600},
+        "datetime",
+        "+10000-01-01T01:00:00.000000000+01:00",
+        None,
+    ),
+    "datetime_zone": (
+        _Unhydrated(b"i", 2932897 * 86400, 0, "Europe/Berlin"),
+        {"$t": "datetime", "utc": "+10000-01-01T00:00:00.000000000", "zone": "Europe/Berlin"},
+        "datetime",
+        "+10000-01-01T00:00:00.000000000Z",
+        "Europe/Berlin",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_temporals_outside_the_drivers_years_are_exported_and_imported_through_the_server(name):
+    raw, encoded, kind, text, zone = OUT_OF_RANGE[name]
+    assert encode_value(raw) == encoded
+    assert _through_json(raw) == values.ServerTemporal(kind, text, zone)
+
+
+def test_a_list_holding_an_out_of_range_temporal_goes_to_the_server_whole():
+    class _List:
+        error = ValueError("out of range")
+        raw_data = [nt.Date(2020, 1, 2), _Unhydrated(b"D", 2932897)]
+
+    encoded = encode_value(_List())
+    assert encoded == [{"$t": "date", "v": "2020-01-02"}, {"$t": "date", "v": "+10000-01-01"}]
+    server = values.ServerTemporal
+    assert decode_value(encoded) == [server("date", "2020-01-02"), server("date", "+10000-01-01")]
+
+
+def test_rows_with_server_parsed_values_get_a_query_of_their_own():
+    from seedvault.sources.neo4j.bolt import split_server_values
+
+    far = values.ServerTemporal("date", "+10000-01-01")
+    rows = [
+        {"id": "a", "props": {"x": 1}},
+        {"id": "b", "props": {"x": 2, "d": far, "l": [far, far]}},
+        {"id": "c", "props": {"x": 3}},
+    ]
+    groups = split_server_values(rows)
+    assert groups[()] == [rows[0], rows[2]]
+    spec = (("d", "date", False), ("l", "date", True))
+    assert groups[spec] == [{"id": "b", "props": {"x": 2}, "server": [far.parameter(), [far.parameter()] * 2]}]
+    query = node_create_query(["L"], spec)
+    assert query.endswith("SET n += row.props, n.`d` = date(row.server[0].v), n.`l` = [x IN row.server[1] | date(x.v)]")
+    rel = relationship_create_query("T", (("at", "datetime", False),))
+    assert "r.`at` = CASE WHEN row.server[0].z IS NULL THEN datetime(row.server[0].v) ELSE datetime({datetime:" in rel
+    assert rel.endswith("RETURN count(r) AS created")
 
 
 # --- an in-memory graph with BoltGraph's import scheme ---------------------------------------------------------
@@ -227,7 +329,7 @@ class MemoryGraph:
     def components(self) -> tuple[str, str]:
         return "5.26.0", self.edition
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self, *, exact: bool = False) -> dict[str, Any]:
         if self.on_counts:
             self.on_counts(self)
         labels = Counter(lb for lbs, _ in self.nodes.values() for lb in lbs)

@@ -38,6 +38,7 @@ from seedvault.errors import (
     TargetError,
 )
 from seedvault.format.manifest import without_floats
+from seedvault.sources.neo4j.values import ServerTemporal
 
 # The driver logs every refused connection and failed routing attempt (stderr, one line per attempt, also
 # while a restarted server comes up). seedvault reports a failure itself, once, as one line.
@@ -132,19 +133,61 @@ def constraint_statement(entry: Mapping[str, Any]) -> str:
     raise SourceError(f"constraint {entry['name']} has type {entry['type']}, which seedvault cannot recreate")
 
 
-def node_create_query(labels: Sequence[str]) -> str:
+# A property the driver cannot send (a temporal outside years 1-9999): (key, kind, is a list).
+ServerProperty = tuple[str, str, bool]
+
+
+def _server_sets(var: str, server: Sequence[ServerProperty]) -> str:
+    """``, n.`key` = date(row.server[0].v) ...``: the properties a row carries as text for the server to parse."""
+    sets = []
+    for i, (key, kind, is_list) in enumerate(server):
+        expr = f"row.server[{i}]"
+        value = f"[x IN {expr} | {ServerTemporal.cypher(kind, 'x')}]" if is_list else ServerTemporal.cypher(kind, expr)
+        sets.append(f", {var}.{quote_name(key)} = {value}")
+    return "".join(sets)
+
+
+def node_create_query(labels: Sequence[str], server: Sequence[ServerProperty] = ()) -> str:
     """One import batch of nodes with one label set (labels cannot be parameters, so one text per set)."""
     names = "".join(":" + quote_name(n) for n in (IMPORT_LABEL, *labels))
-    return f"UNWIND $rows AS row CREATE (n{names} {{{quote_name(IMPORT_KEY)}: row.id}}) SET n += row.props"
+    return (
+        f"UNWIND $rows AS row CREATE (n{names} {{{quote_name(IMPORT_KEY)}: row.id}}) SET n += row.props"
+        + _server_sets("n", server)
+    )
 
 
-def relationship_create_query(rel_type: str) -> str:
+def relationship_create_query(rel_type: str, server: Sequence[ServerProperty] = ()) -> str:
     """One import batch of relationships of one type; rows whose end nodes are missing create nothing."""
     mark, key = quote_name(IMPORT_LABEL), quote_name(IMPORT_KEY)
     return (
         f"UNWIND $rows AS row MATCH (a:{mark} {{{key}: row.s}}) MATCH (b:{mark} {{{key}: row.e}}) "
-        f"CREATE (a)-[r:{quote_name(rel_type)}]->(b) SET r += row.props RETURN count(r) AS created"
+        f"CREATE (a)-[r:{quote_name(rel_type)}]->(b) SET r += row.props{_server_sets('r', server)} "
+        "RETURN count(r) AS created"
     )
+
+
+def split_server_values(rows: list[dict[str, Any]]) -> dict[tuple[ServerProperty, ...], list[dict[str, Any]]]:
+    """Import rows grouped by the server-parsed properties they carry (most rows: none, one group).
+
+    Why: such properties need a Cypher function in the query text, and a key cannot be a parameter; a row's
+    ``server`` list holds their :meth:`ServerTemporal.parameter` values in its group's key order.
+    """
+    groups: dict[tuple[ServerProperty, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        props, server, spec = {}, [], []
+        for key, value in row["props"].items():
+            if isinstance(value, ServerTemporal):
+                spec.append((key, value.kind, False))
+                server.append(value.parameter())
+            elif isinstance(value, list) and value and isinstance(value[0], ServerTemporal):
+                spec.append((key, value[0].kind, True))
+                server.append([v.parameter() for v in value])
+            else:
+                props[key] = value
+        if spec:
+            row = {**row, "props": props, "server": server}
+        groups.setdefault(tuple(spec), []).append(row)
+    return groups
 
 
 # --- schema rows from SHOW INDEXES / SHOW CONSTRAINTS ---------------------------------------------------------
@@ -337,8 +380,12 @@ class BoltGraph:
             raise SourceError(f"Neo4j at {self.uri} reported no components")
         return str(kernel["versions"][0]), str(kernel["edition"]).lower()
 
-    def counts(self) -> dict[str, Any]:
-        """Nodes and relationships in total, per label and per type (count store), plus indexes and constraints."""
+    def counts(self, *, exact: bool = False) -> dict[str, Any]:
+        """Nodes and relationships in total, per label and per type (count store), plus indexes and constraints.
+
+        Floats in index options (a POINT index's ``spatial.cartesian.min``) are made manifest-fit unless ``exact``
+        (the export, whose import must recreate the index with the very same options).
+        """
         one = self._count
         labels = {lb: one(f"MATCH (n:{quote_name(lb)}) RETURN count(n) AS c") for lb in self._tokens("labels")}
         types = {
@@ -350,18 +397,17 @@ class BoltGraph:
             if entry is not None:
                 (lookups if entry["type"] == "LOOKUP" else indexes).append(entry)
         constraints = [constraint_entry(r) for r in self.run_auto("SHOW CONSTRAINTS YIELD *", "SHOW CONSTRAINTS")]
+        counts = {
+            "nodes": one("MATCH (n) RETURN count(n) AS c"),
+            "relationships": one("MATCH ()-[r]->() RETURN count(r) AS c"),
+            "labels": {k: v for k, v in sorted(labels.items()) if v},
+            "types": {k: v for k, v in sorted(types.items()) if v},
+            "indexes": sorted(indexes, key=lambda e: e["name"]),
+            "constraints": sorted(constraints, key=lambda e: e["name"]),
+            "lookup_indexes": sorted(lookups, key=lambda e: e["name"]),
+        }
         # Recorded in manifests (no floats) and compared after a restore: both sides in the same form.
-        return without_floats(
-            {
-                "nodes": one("MATCH (n) RETURN count(n) AS c"),
-                "relationships": one("MATCH ()-[r]->() RETURN count(r) AS c"),
-                "labels": {k: v for k, v in sorted(labels.items()) if v},
-                "types": {k: v for k, v in sorted(types.items()) if v},
-                "indexes": sorted(indexes, key=lambda e: e["name"]),
-                "constraints": sorted(constraints, key=lambda e: e["name"]),
-                "lookup_indexes": sorted(lookups, key=lambda e: e["name"]),
-            }
-        )
+        return counts if exact else without_floats(counts)
 
     def _count(self, query: str) -> int:
         return int(self.run(query)[0]["c"])
@@ -391,13 +437,17 @@ class BoltGraph:
         self.run_auto(f"CALL db.awaitIndex('{IMPORT_INDEX}', 300)", action, error=TargetError)
 
     def create_nodes(self, labels: Sequence[str], rows: list[dict[str, Any]]) -> int:
-        self.run(node_create_query(labels), {"rows": rows}, write=True, error=TargetError)
+        for server, group in split_server_values(rows).items():
+            self.run(node_create_query(labels, server), {"rows": group}, write=True, error=TargetError)
         return len(rows)
 
     def create_relationships(self, rel_type: str, rows: list[dict[str, Any]]) -> int:
         """Create one batch; returns how many were created (fewer when end nodes are missing)."""
-        query = relationship_create_query(rel_type)
-        return int(self.run(query, {"rows": rows}, write=True, error=TargetError)[0]["created"])
+        created = 0
+        for server, group in split_server_values(rows).items():
+            query = relationship_create_query(rel_type, server)
+            created += int(self.run(query, {"rows": group}, write=True, error=TargetError)[0]["created"])
+        return created
 
     def end_import(self, batch_size: int = 5000) -> None:
         """Drop the temporary index, then remove the marks in batches (one huge transaction would not fit)."""

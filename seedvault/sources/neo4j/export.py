@@ -26,19 +26,13 @@ both sides is bounded by the batch size, never by the graph.
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime
 from typing import Any, Protocol
-
-import pytz
-from neo4j import spatial as nsp
-from neo4j import time as nt
 
 from seedvault.errors import (
     FormatError,
@@ -48,6 +42,7 @@ from seedvault.errors import (
     TruncatedStream,
     UnsupportedVersion,
 )
+from seedvault.format.manifest import without_floats
 from seedvault.sources.neo4j.bolt import (
     ENTERPRISE_CONSTRAINTS,
     IMPORT_INDEX,
@@ -56,133 +51,11 @@ from seedvault.sources.neo4j.bolt import (
     compare_counts,
     constraint_kind,
 )
-
-try:  # the VECTOR property type (Neo4j 2025.10+) exists in driver 6 only
-    from neo4j.vector import Vector
-except ImportError:  # pragma: no cover - driver 5
-    Vector = None  # type: ignore[assignment,misc]
+from seedvault.sources.neo4j.values import decode_props, encode_props
 
 FORMAT = "seedvault-neo4j-graph"
 VERSION = 1
 BATCH_SIZE = 5000
-TAG = "$t"
-_POINTS = {7203: nsp.CartesianPoint, 9157: nsp.CartesianPoint, 4326: nsp.WGS84Point, 4979: nsp.WGS84Point}
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-# --- property values --------------------------------------------------------------------------------------
-def encode_value(value: Any) -> Any:
-    """A property value as JSON; types JSON cannot hold exactly get a ``$t`` tag (Neo4j has no map properties,
-    so a JSON object in ``props`` is always a tag)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {TAG: "float", "v": _float_name(value)}
-    if isinstance(value, bytes | bytearray):
-        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, nsp.Point):  # a tuple: test before lists
-        return {TAG: "point", "srid": value.srid, "c": [float(c) for c in value]}
-    if isinstance(value, nt.Duration):  # a tuple too
-        v = value
-        return {TAG: "duration", "months": v.months, "days": v.days, "s": v.seconds, "ns": v.nanoseconds}
-    if isinstance(value, nt.DateTime):
-        return _encode_datetime(value)
-    if isinstance(value, nt.Date):
-        return {TAG: "date", "v": value.iso_format()}
-    if isinstance(value, nt.Time):
-        local = value.replace(tzinfo=None).iso_format()
-        if value.tzinfo is None:
-            return {TAG: "localtime", "v": local}
-        return {TAG: "time", "v": local, "off": int(value.utcoffset().total_seconds())}
-    if Vector is not None and isinstance(value, Vector):
-        return {TAG: "vector", "dtype": value.dtype.value, "v": base64.b64encode(value.raw()).decode()}
-    if isinstance(value, list | tuple):
-        return [encode_value(v) for v in value]
-    raise FormatError(f"cannot export a property value of type {type(value).__name__}")
-
-
-def _float_name(value: float) -> str:
-    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-
-
-def _encode_datetime(value: nt.DateTime) -> dict[str, Any]:
-    """Wall-clock time plus offset; plus the zone id when the value has one (the offset then fixes the instant,
-    which matters in the hour a DST change repeats). The driver hands back both ``Z`` and ``[UTC]`` as pytz's
-    UTC, so that one is written as offset 0 (``Z``), the common case."""
-    tz = value.tzinfo
-    local = value.replace(tzinfo=None).iso_format()
-    if tz is None:
-        return {TAG: "localdatetime", "v": local}
-    out: dict[str, Any] = {TAG: "datetime", "v": local, "off": int(value.utcoffset().total_seconds())}
-    zone = getattr(tz, "zone", None) or getattr(tz, "key", None)
-    if isinstance(zone, str) and tz is not pytz.utc:
-        out["zone"] = zone
-    return out
-
-
-class _Offset(tzinfo):
-    """A fixed UTC offset in seconds that the driver accepts on Time too (``datetime.timezone`` fails there)."""
-
-    def __init__(self, seconds: int) -> None:
-        self._delta = timedelta(seconds=seconds)
-
-    def utcoffset(self, dt: Any) -> timedelta:
-        return self._delta
-
-    def dst(self, dt: Any) -> timedelta:
-        return timedelta(0)
-
-    def tzname(self, dt: Any) -> str:
-        sign, secs = ("-", -self._delta) if self._delta < timedelta(0) else ("+", self._delta)
-        return f"{sign}{int(secs.total_seconds()) // 3600:02d}:{int(secs.total_seconds()) // 60 % 60:02d}"
-
-    def __repr__(self) -> str:
-        return f"_Offset({int(self._delta.total_seconds())})"
-
-
-def decode_value(value: Any) -> Any:
-    """The inverse of :func:`encode_value`: driver types the import sends back as parameters."""
-    if isinstance(value, list):
-        return [decode_value(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    tag = value.get(TAG)
-    try:
-        if tag == "float":
-            return _NON_FINITE[value["v"]]
-        if tag == "bytes":
-            return base64.b64decode(value["v"], validate=True)
-        if tag == "point":
-            return _POINTS[value["srid"]](tuple(float(c) for c in value["c"]))
-        if tag == "duration":
-            return nt.Duration(months=value["months"], days=value["days"], seconds=value["s"], nanoseconds=value["ns"])
-        if tag == "date":
-            return nt.Date.from_iso_format(value["v"])
-        if tag == "localtime":
-            return nt.Time.from_iso_format(value["v"])
-        if tag == "time":
-            return nt.Time.from_iso_format(value["v"]).replace(tzinfo=_Offset(value["off"]))
-        if tag == "localdatetime":
-            return nt.DateTime.from_iso_format(value["v"])
-        if tag == "datetime":
-            local = nt.DateTime.from_iso_format(value["v"])
-            if "zone" not in value:
-                return local.replace(tzinfo=_Offset(value["off"]))
-            utc = (local - timedelta(seconds=value["off"])).replace(tzinfo=pytz.utc)
-            return utc.astimezone(pytz.timezone(value["zone"]))
-        if tag == "vector" and Vector is not None:
-            return Vector.from_bytes(base64.b64decode(value["v"], validate=True), value["dtype"])
-    except (KeyError, TypeError, ValueError, pytz.UnknownTimeZoneError) as exc:
-        raise FormatError(f"invalid {tag} value in the graph stream: {exc}") from None
-    raise FormatError(f"unknown value tag {tag!r} in the graph stream")
-
-
-def encode_props(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: encode_value(v) for k, v in props.items()}
-
-
-def decode_props(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: decode_value(v) for k, v in props.items()}
 
 
 # --- framing ------------------------------------------------------------------------------------------------
@@ -218,7 +91,7 @@ class GraphSource(Protocol):
     database: str
 
     def components(self) -> tuple[str, str]: ...
-    def counts(self) -> dict[str, Any]: ...
+    def counts(self, *, exact: bool = ...) -> dict[str, Any]: ...
     def iter_nodes(self, fetch_size: int = ...) -> Iterator[tuple[str, list[str], dict[str, Any]]]: ...
     def iter_relationships(self, fetch_size: int = ...) -> Iterator[tuple[str, str, str, dict[str, Any]]]: ...
 
@@ -278,7 +151,7 @@ class GraphExporter:
     def lines(self) -> Iterator[bytes]:
         graph = self.graph
         version, edition = graph.components()
-        start = graph.counts()
+        start = graph.counts(exact=True)  # index options as the server has them: the import recreates them
         started = _now()
         source = {"uri": graph.uri, "database": graph.database, "neo4j_version": version, "edition": edition}
         header = {"t": "header", "format": FORMAT, "version": VERSION, "source": source, "counts": start}
@@ -298,12 +171,14 @@ class GraphExporter:
                 )
             labels.update(node_labels)
             nodes += 1
-            yield encode_line({"t": "n", "id": node_id, "labels": node_labels, "props": encode_props(props)})
+            props = encode_props(props, f"node {node_id}")
+            yield encode_line({"t": "n", "id": node_id, "labels": node_labels, "props": props})
         types: Counter[str] = Counter()
         for start_id, end_id, rel_type, props in graph.iter_relationships(self.batch_size):
             types[rel_type] += 1
-            yield encode_line({"t": "r", "s": start_id, "e": end_id, "type": rel_type, "props": encode_props(props)})
-        end = graph.counts()
+            props = encode_props(props, f"a {rel_type} relationship from {start_id} to {end_id}")
+            yield encode_line({"t": "r", "s": start_id, "e": end_id, "type": rel_type, "props": props})
+        end = graph.counts(exact=True)
         exported = {
             "nodes": nodes,
             "relationships": types.total(),
@@ -335,7 +210,7 @@ class ImportResult:
         types = {t: n - self.dangling.get(t, 0) for t, n in exp.get("types", {}).items()}
         exp["types"] = {t: n for t, n in types.items() if n}
         exp["relationships"] = exp["relationships"] - sum(self.dangling.values())
-        return exp
+        return without_floats(exp)  # the stream keeps the schema exact; counts() compare without floats
 
 
 class _Batches:
