@@ -126,9 +126,7 @@ def platform(pg_server, local_repo_module):
     db = f"ts_{uuid.uuid4().hex[:8]}"
     pg_server.create_database(db)
     with pg_server.connect(db) as conn:
-        for statement in PLATFORM_SQL.split(";\n"):  # one by one: refresh_continuous_aggregate() is no-transaction
-            if statement.strip():
-                conn.execute(statement)
+        _load_platform(conn)
         before = facts(conn)
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
     assert before["compressed"] > 0 and before["compressed"] < before["chunks"], before
@@ -144,23 +142,34 @@ def platform(pg_server, local_repo_module):
         pg_server.drop_database(name)
 
 
+def _load_platform(conn: psycopg.Connection) -> None:
+    for statement in PLATFORM_SQL.split(";\n"):  # one by one: refresh_continuous_aggregate() is no-transaction
+        if statement.strip():
+            conn.execute(statement)
+
+
 def _scheduler_runs_a_due_job(pg_server, db: str) -> None:
     """TimescaleDB's scheduler serves the database: a policy made due now runs within a minute."""
     with pg_server.connect(db) as conn:
-        job = conn.execute(
-            "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'"
-        ).fetchone()[0]
-        conn.execute("SELECT alter_job(%s, next_start => now())", (job,))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT total_successes, last_run_status FROM timescaledb_information.job_stats WHERE job_id = %s",
-                (job,),
-            ).fetchone()
-            if row and row[0] >= 1:
-                assert row[1] == "Success"
-                return
-            time.sleep(1)
+        _due_job_runs(conn, db)
+
+
+def _due_job_runs(conn: psycopg.Connection, db: str) -> None:
+    """The continuous-aggregate refresh policy, made due now, runs successfully within a minute."""
+    job = conn.execute(
+        "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+    ).fetchone()[0]
+    conn.execute("SELECT alter_job(%s, next_start => now())", (job,))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT total_successes, last_run_status FROM timescaledb_information.job_stats WHERE job_id = %s",
+            (job,),
+        ).fetchone()
+        if row and row[0] >= 1:
+            assert row[1] == "Success"
+            return
+        time.sleep(1)
     pytest.fail(f"job {job} made due on {db} did not run within 60 s: the scheduler is not running there")
 
 
@@ -282,3 +291,52 @@ def test_prefect_backup_and_restore_flows_with_their_defaults(platform, prefect_
     with server.connect(target) as conn:
         assert facts(conn) == platform.before
     _scheduler_runs_a_due_job(server, target)
+
+
+def test_point_in_time_recovery_of_the_platform(wal_env):
+    """PITR to a time between two batches: rows, chunks (compressed ones too), aggregates and jobs as at that
+    time, and the scheduler runs a due job on the recovered server."""
+    env = wal_env
+    if not env.primary.binaries.has_extension("timescaledb"):
+        pytest.skip(f"timescaledb is not installed for the WAL test server ({env.primary.binaries.bindir})")
+    db = f"tsp_{uuid.uuid4().hex[:6]}"
+    with env.connect() as conn:
+        conn.execute(f"CREATE DATABASE {db}")
+
+    def connect(cluster=None) -> psycopg.Connection:
+        c = cluster or env.primary
+        return psycopg.connect(c.conninfo(db), passfile=str(env.pgpass), autocommit=True, connect_timeout=10)
+
+    with connect() as conn:
+        _load_platform(conn)
+    env.cli("backup", "postgres-base", "--dsn", env.dsn(), "--json")
+    later = (
+        "INSERT INTO metrics SELECT timestamptz '2026-11-20' + g * interval '1 minute', g % 10, %s"
+        " FROM generate_series(1, 500) g"
+    )
+    with connect() as conn:
+        conn.execute(later, (1.0,))
+        conn.execute(
+            "SELECT compress_chunk(c, if_not_compressed => true)"
+            " FROM show_chunks('metrics', older_than => timestamptz '2026-11-10') c"
+        )
+        conn.execute("CALL refresh_continuous_aggregate('metrics_hourly', NULL, NULL)")
+        at_target = facts(conn)
+        time.sleep(0.3)
+        target = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(0.3)
+        conn.execute(later, (2.0,))
+        conn.execute("DELETE FROM alerts")
+    env.wait_archived()
+    data = env.new_dir()
+    env.cli("restore", "postgres-pitr", "--data-dir", str(data), "--to-time", target.isoformat(), "--json")
+    from seedvault.sources.postgres.cluster import LocalCluster
+
+    recovered = LocalCluster(data)
+    try:
+        with connect(recovered) as conn:
+            assert facts(conn) == at_target
+            assert at_target["compressed"] > 0 and at_target["alerts"] == 50
+            _due_job_runs(conn, db)
+    finally:
+        recovered.stop()
