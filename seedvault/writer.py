@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import seedvault
 from seedvault import faults
 from seedvault.crypto.keys import new_data_key
-from seedvault.errors import FormatError, SeedvaultError
+from seedvault.errors import FormatError, IntegrityError, ObjectNotFound, SeedvaultError, TransientStorageError
 from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.format.chunk import DEFAULT_CHUNK, ChunkSealer
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from seedvault.repository import Repository
 
 READ_SIZE = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -343,19 +345,55 @@ class BackupWriter:
             faults.reached("manifest-writing")
             writer.write(data[half:])
             writer.commit()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
-            raise
+            if not isinstance(exc, SeedvaultError) or not self._landed(data, exc):
+                raise
+            log.warning("backup %s: the manifest write reported %s, but the manifest is stored intact", self.backup_id,
+                        exc.one_line())  # fmt: skip
         self.committed = True
         self.body = body
         faults.reached("committed")
         return body
 
+    def _landed(self, data: bytes, failure: SeedvaultError) -> bool:
+        """After a failed manifest write: is the manifest stored anyway (the answer was lost, not the write)?
+
+        Why: a PUT can reach the storage while every answer to it fails; the backup is then listed although
+        the write "failed". One outcome must hold: True (stored intact: the backup is committed) or, after
+        removing every trace of it, False; if neither can be established, a :class:`TransientStorageError`
+        that says the backup may be listed and what to do.
+        """
+        key = layout.manifest_key(self.backup_id)
+        try:
+            stored = self.repo.storage.get_bytes(key)
+        except ObjectNotFound:
+            self.abandon()
+            return False
+        except SeedvaultError as check:
+            stored = None
+            unknown = check
+        else:
+            if stored == data:
+                return True
+            unknown = IntegrityError(f"another manifest is stored under {key}")
+        try:
+            self.repo.storage.delete([key])  # first: unlisted at once
+            self.repo.delete_leftovers(self.backup_id)
+        except SeedvaultError:
+            raise TransientStorageError(
+                f"backup {self.backup_id}: writing its manifest failed ({failure.one_line()}) and whether it was"
+                f" stored could not be checked ({unknown.one_line()})",
+                hint=f"it may be listed: run 'seedvault verify {self.backup_id}' and delete it if it fails",
+            ) from None
+        return False
+
     def abandon(self) -> None:
-        """Remove what this writer stored (best effort; cleanup catches the rest)."""
+        """Remove what this writer stored (best effort; cleanup catches the rest), the manifest first."""
         if self.committed:
             return
         with contextlib.suppress(SeedvaultError):
+            self.repo.storage.delete([layout.manifest_key(self.backup_id)])
             self.repo.delete_leftovers(self.backup_id)
 
 

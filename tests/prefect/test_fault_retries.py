@@ -26,10 +26,10 @@ from flows.restore_postgres import restore_postgres_flow
 from seedvault import process
 from seedvault.format import layout
 from seedvault.sources.postgres.binaries import find_client_binaries
+from tests.fixtures.faulty_s3 import ProxyServer
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET
 from tests.prefect.api import as_fields, child_flow_runs, everything_stored, latest_table, task_runs
 from tests.prefect.conftest import table_hashes
-from tests.prefect.faulty_s3 import ProxyServer
 
 MiB = 1024 * 1024
 
