@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -113,6 +114,17 @@ class _StderrTail:
         return self._buf.decode("utf-8", "replace")
 
 
+def exit_status(returncode: int) -> str:
+    """``exit 1`` or ``killed by signal 9 (SIGKILL)``: Popen's negative codes are signals."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {-returncode}{name}"
+
+
 _JAVA_EXCEPTION = re.compile(r"^(?:Caused by: )?[\w.$]+(?:Exception|Error): ")
 
 
@@ -132,7 +144,7 @@ def error_line(stderr: str, tool: str) -> str:
         low = ln.lower()
         if "error" in low or "fatal" in low or "failed" in low:
             return ln[:400]
-    return lines[-1][:400] if lines else f"{tool} failed"
+    return lines[-1][:400] if lines else "no error output"
 
 
 class ChildReader:
@@ -167,7 +179,7 @@ class ChildReader:
     def wait(self) -> None:
         rc = self.proc.wait()
         if rc != 0:
-            raise self._error(f"{self.tool} failed (exit {rc}): {error_line(self._stderr.text(), self.tool)}")
+            raise self._error(f"{self.tool} failed ({exit_status(rc)}): {error_line(self._stderr.text(), self.tool)}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -213,7 +225,7 @@ class ChildWriter:
         rc = self.proc.wait()
         out = self._output.text()
         if rc != 0:
-            raise self._error(f"{self.tool} failed (exit {rc}): {error_line(out, self.tool)}")
+            raise self._error(f"{self.tool} failed ({exit_status(rc)}): {error_line(out, self.tool)}")
         return out
 
     def kill(self) -> None:

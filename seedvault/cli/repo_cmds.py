@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
+from seedvault import process
 from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
-from seedvault.errors import BackupNotFound, UsageError, VerificationFailed
+from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import verify_all, verify_backup
@@ -37,22 +38,35 @@ def init(ctx: typer.Context) -> None:
 @handle_errors
 def put(
     ctx: typer.Context,
+    command: list[str] = typer.Argument(
+        None,
+        metavar="[-- COMMAND [ARG...]]",
+        help="Run COMMAND and protect its standard output; committed only if it exits 0 (e.g. -- pg_dump -Fc db).",
+        show_default=False,
+    ),
     label: str = typer.Option(..., "--label", "-l", help="Name of what is protected (e.g. orders-db)."),
     input: Path = typer.Option(None, "--input", "-i", help="Read this file instead of standard input."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Protect a byte stream from standard input (or --input) as a new backup; prints its id."""
+    """Protect a byte stream as a new backup; prints its id.
+
+    With '-- COMMAND ...' seedvault runs the producer itself and commits only when it exits 0: a dump that
+    dies half-way fails the backup with the producer's last error line. From standard input (or --input)
+    seedvault cannot know whether the producer succeeded: a truncated stream ends like a complete one.
+    """
     repo = state(ctx).repository(create=True)
     settings = state(ctx).settings
-    if input is None and sys.stdin.isatty():
-        raise UsageError("nothing to back up: pipe data into 'seedvault put' or use --input FILE")
+    if command and input is not None:
+        raise UsageError("give either --input FILE or '-- COMMAND', not both")
+    if not command and input is None and sys.stdin.isatty():
+        raise UsageError("nothing to back up: pipe data into 'seedvault put', use --input FILE or '-- COMMAND'")
     total = input.stat().st_size if input is not None and input.is_file() else None
-    reader = open(input, "rb") if input is not None else sys.stdin.buffer  # noqa: SIM115
+    reader = _producer(command) if command else open(input, "rb") if input is not None else sys.stdin.buffer  # noqa: SIM115
     try:
         with progress_bar("put", total) as progress:
             body, stats = transfer.put(repo, reader, settings, label=label, progress=progress)
     finally:
-        if input is not None:
+        if command or input is not None:
             reader.close()
     if json_out:
         print_json(
@@ -66,6 +80,16 @@ def put(
         )
     else:
         sys.stdout.write(body["id"] + "\n")
+
+
+def _producer(command: list[str]) -> process.ChildReader:
+    """The producer's stdout; at its end the reader fails (SourceError, exit 50) if the producer failed."""
+    try:
+        return process.ChildReader(command, error=SourceError)
+    except FileNotFoundError:
+        raise ToolMissing(f"cannot run {command[0]!r}: not found") from None
+    except PermissionError:
+        raise ToolMissing(f"cannot run {command[0]!r}: permission denied") from None
 
 
 @handle_errors
