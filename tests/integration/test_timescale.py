@@ -311,7 +311,7 @@ def test_point_in_time_recovery_of_the_platform(wal_env):
         _load_platform(conn)
     env.cli("backup", "postgres-base", "--dsn", env.dsn(), "--json")
     later = (
-        "INSERT INTO metrics SELECT timestamptz '2026-11-20' + g * interval '1 minute', g % 10, %s"
+        "INSERT INTO metrics SELECT timestamptz '2026-11-20' + g * interval '1 minute', g %% 10, %s"
         " FROM generate_series(1, 500) g"
     )
     with connect() as conn:
