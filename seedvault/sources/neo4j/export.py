@@ -11,7 +11,8 @@ nowhere (the import skips and counts such relationships). Counts are recorded at
 the trailer lists every difference (``changes``) and says whether the copy is ``consistent``. Equal counts do
 not prove that nothing changed; for a point-in-time copy stop the writers, or use an Enterprise online backup.
 
-The stream (``seedvault-neo4j-graph`` version 1), one JSON object per line, UTF-8, ``\\n``-terminated:
+The stream (``seedvault-neo4j-graph`` version 1, FORMAT.md section 10.5), one JSON object per line, UTF-8,
+``\\n``-terminated:
 
 1. ``{"t": "header", "format", "version", "source": {...}, "counts": <counts at start>, "started", ...}``
 2. ``{"t": "index", ...}`` and ``{"t": "constraint", ...}`` (see :func:`.bolt.index_entry`), before any data

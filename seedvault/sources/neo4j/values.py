@@ -1,8 +1,8 @@
 """Neo4j property values as JSON for the graph stream, and back to what the driver (or the server) can send.
 
 Why a module of its own: both the export/import (:mod:`.export`) and the Bolt writes (:mod:`.bolt`, which must
-parse values the driver cannot carry) need these types. The encoding is specified in FORMAT.md ("Neo4j graph
-stream"): JSON where JSON is exact, ``{"$t": tag, ...}`` objects otherwise.
+parse values the driver cannot carry) need these types. The encoding is specified in FORMAT.md, section 10.5
+("Neo4j graph stream"): JSON where JSON is exact, ``{"$t": tag, ...}`` objects otherwise.
 """
 
 from __future__ import annotations
