@@ -62,16 +62,37 @@ def restore_postgres_cmd(
         False, "--drop-previous", help="With --replace: back up and verify the safety copy, then drop it."
     ),
     jobs: int = typer.Option(None, "--jobs", "-j", help="Parallel pg_restore (spools the archive locally)."),
-    spool_dir: Path = typer.Option(None, "--spool-dir", help="Where --jobs spools (default: TMPDIR)."),
+    spool_dir: Path = typer.Option(
+        None, "--spool-dir", help="Where --jobs spools (default: TMPDIR); its free space is checked first."
+    ),
     with_globals: bool = typer.Option(False, "--with-globals", help="Apply roles/tablespaces first."),
     schema: list[str] = typer.Option(None, "--schema", help="Restore only this schema (repeatable)."),
-    table: list[str] = typer.Option(None, "--table", help="Restore only this table [schema.]name (repeatable)."),
+    table: list[str] = typer.Option(
+        None,
+        "--table",
+        help="Restore only this table [schema.]name (repeatable; names as they are, spaces and dots included;"
+        ' quote the parts as in SQL where a dot is ambiguous: \'"a.b"."c"\').',
+    ),
     into_existing: bool = typer.Option(False, "--into-existing", help="Selective restore into an existing scratch DB."),
     no_owner: bool = typer.Option(False, "--no-owner", help="Do not restore ownership and privileges."),
     no_checksums: bool = typer.Option(False, "--no-checksums", help="Skip content checksum comparison."),
+    skip_space_check: bool = typer.Option(
+        False,
+        "--skip-space-check",
+        help="Restore even if the free space checks fail or cannot be made (the server's data directory, the"
+        " --jobs spool). A full data directory stops PostgreSQL.",
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Restore a logical backup into a new database (or --replace one), verifying every table's row count."""
+    """Restore a logical backup into a new database (or --replace one), verifying every table's row count.
+
+    Before it creates anything, the restore checks the free space of the server's data directory against the
+    database's size at backup (for --table/--schema: those tables'), plus room for WAL and index builds (the
+    largest of 20 %, that size up to max_wal_size, and 64 MiB), and refuses (exit 51, with both numbers) when
+    the copy would not fit. The space is measured on this
+    host when the server's data directory is here, else by running df on the server (a superuser or
+    pg_execute_server_program role); when neither is possible the restore refuses unless --skip-space-check.
+    """
     from seedvault.ops.postgres_restore import RestoreOptions, restore_postgres
     from seedvault.sources.postgres.connection import PgTarget
 
@@ -89,6 +110,7 @@ def restore_postgres_cmd(
         into_existing=into_existing,
         no_owner=no_owner,
         checksums=not no_checksums,
+        skip_space_check=skip_space_check,
     )
     with progress_bar(f"restore {target.dbname}") as progress:
         report = restore_postgres(repo, backup_id, target, opts, progress=progress, settings=st.settings)

@@ -20,9 +20,14 @@
   the target: the next run drops such leftovers for its target (and an empty database under the exact
   temporary name, which a kill during CREATE DATABASE leaves before it could be marked) and says so in a
   note. Any other database under the temporary name is refused, never touched. So re-running the same
-  restore is the whole recovery from a crash.
+  restore is the whole recovery from a crash. Derived names (``_sv_``, ``_before_``) are cut to 63 *bytes*
+  on a character boundary, exactly as PostgreSQL stores them, so long non-ASCII names are found again.
+* Free space: before anything is created, the server's data directory must hold the backup's recorded size
+  plus a margin, or the restore is refused (a full data directory PANICs the whole server); when it cannot
+  be measured the restore refuses too. ``--skip-space-check`` overrides. See space.py.
 * ``--jobs N``: pg_restore -j cannot read a pipe, so the archive is spooled to a local directory (free
-  space checked first, removed afterwards). Without it nothing touches local disk.
+  space checked first, a directory that fills anyway is one TargetError naming it, removed afterwards).
+  Without it nothing touches local disk but the TOC listing.
 * ``--schema`` / ``--table``: a partial restore with each table's indexes, constraints, triggers and
   sequences (see toc.py) into a new (or ``--into-existing`` scratch, restored in place) database.
 * TimescaleDB: extension created at the backup's version, ``timescaledb_pre_restore()`` before and
@@ -37,6 +42,7 @@ pg-restore-verified, pg-swap-live-moved, pg-swap-renamed, pg-restore-in-place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import shutil
@@ -55,7 +61,6 @@ from seedvault.errors import (
     LockHeld,
     RestoreVerificationFailed,
     SeedvaultError,
-    StorageError,
     TargetError,
     ToolMissing,
     UsageError,
@@ -67,10 +72,15 @@ from seedvault.sources.postgres.binaries import PgBinaries, find_client_binaries
 from seedvault.sources.postgres.connection import PgTarget
 from seedvault.sources.postgres.inspect import HYPERTABLES_SQL, row_count_sql, table_checksum, timescale_jobs
 from seedvault.sources.postgres.logical import LogicalOptions
+from seedvault.sources.postgres.space import FreeSpace, local_free, server_free_space
 
 KIND = "postgres-logical"
 MARKER_PREFIX = "seedvault restore "
 STREAMING_AFTER_PIECES = 2  # pg-restore-streaming fires once pg_restore has this many pieces and wants more
+NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are cut to this many bytes, on a character boundary
+MIB = 1 << 20
+SPACE_MARGIN_MIN = 64 * MIB  # data directory: at least this much beyond the database's size (WAL, sorts)
+SPOOL_MARGIN_MIN = 64 * MIB
 
 
 @dataclass
@@ -85,6 +95,7 @@ class RestoreOptions:
     into_existing: bool = False
     no_owner: bool = False
     checksums: bool = True  # compare checksums where the backup has them
+    skip_space_check: bool = False  # restore even when free space is short or cannot be measured
 
 
 @dataclass
@@ -97,6 +108,7 @@ class RestoreReport:
     estimated_skipped: list[str] = field(default_factory=list)
     safety_copy: str | None = None
     safety_backup: str | None = None
+    space: dict[str, Any] | None = None  # the data directory check: needed, free, where, method
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -117,8 +129,29 @@ def _short_stamp(backup_id: str) -> str:
     return backup_id.split("-")[0].lower()
 
 
+def clip_name(name: str, limit: int = NAME_BYTES) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8 on a character boundary, as PostgreSQL cuts names.
+
+    Why bytes: NAMEDATALEN counts bytes, so a name of 63 characters that are not all ASCII is stored shorter
+    than Python's ``name[:63]``; a temporary database named that way is then not found again under its name.
+    """
+    raw = name.encode("utf-8")
+    return name if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
+
+
 def _db_name(base: str, suffix: str) -> str:
-    return base[: 63 - len(suffix)] + suffix
+    """``base`` shortened so that ``base + suffix`` fits a PostgreSQL name (the suffix is kept whole)."""
+    return clip_name(base, NAME_BYTES - len(suffix.encode("utf-8"))) + suffix
+
+
+def _py_encoding(pg_encoding: str) -> str:
+    """The Python codec for a PostgreSQL encoding name (the dump's strings are in the database's encoding)."""
+    try:
+        from psycopg._encodings import pg2pyenc
+
+        return pg2pyenc(pg_encoding.encode())
+    except Exception:  # noqa: BLE001 - unknown or unavailable: UTF-8, the only encoding most databases use
+        return "utf-8"
 
 
 class _Restore:
@@ -140,10 +173,10 @@ class _Restore:
         self.binaries: PgBinaries | None = None
         self.timescale = self.source.get("timescaledb")
 
-    def hypertables(self) -> set[str]:
-        """``schema.table`` of every hypertable the backup recorded (older backups: from the TimescaleDB facts)."""
-        found = {f"{h['schema']}.{h['table']}" for h in (self.timescale or {}).get("hypertables", [])}
-        return found | {f"{t['schema']}.{t['name']}" for t in self.source.get("tables", []) if t.get("hypertable")}
+    def hypertables(self) -> set[tuple[str, str]]:
+        """(schema, table) of every hypertable the backup recorded (older backups: from the TimescaleDB facts)."""
+        found = {(h["schema"], h["table"]) for h in (self.timescale or {}).get("hypertables", [])}
+        return found | {(t["schema"], t["name"]) for t in self.source.get("tables", []) if t.get("hypertable")}
 
     # --- checks ---------------------------------------------------------------------------------------------
     def preflight(self, admin: psycopg.Connection) -> None:
@@ -155,6 +188,14 @@ class _Restore:
             raise UsageError("--drop-previous only makes sense with --replace")
         if opts.jobs is not None and opts.jobs < 1:
             raise UsageError("--jobs must be at least 1")
+        size = len(self.target.dbname.encode("utf-8"))
+        if size > NAME_BYTES:
+            raise UsageError(
+                f"database name {self.target.dbname} is {size} bytes long; PostgreSQL names hold at most"
+                f" {NAME_BYTES} bytes (and would silently cut it)"
+            )
+        if opts.spool_dir is not None and not opts.spool_dir.is_dir():
+            raise UsageError(f"--spool-dir {opts.spool_dir} is not a directory")
         num = admin.execute("SELECT current_setting('server_version_num')::int").fetchone()[0]
         self.binaries = find_client_binaries(num // 10000, tools=("pg_restore", "psql", "pg_dump", "pg_dumpall"))
         made_with = _major(self.source.get("tools", {}).get("pg_dump", "0"))
@@ -223,17 +264,50 @@ class _Restore:
             pieces.close()
         return writer.finish()
 
-    def list_toc(self) -> str:
+    def list_toc(self) -> list[toc.TocEntry]:
+        """The dump's TOC entries: ``pg_restore --list``, each line's fields read from the archive's own TOC.
+
+        The listing goes to a file (``--file``): on stdout it could be mixed with warnings, and a child's
+        output is kept only as a 64 KiB tail for error messages. The same pieces feed pg_restore and
+        :func:`toc.read_archive` (see toc.py for why both), in one pass over the head of the dump.
+        """
         assert self.binaries is not None
-        writer = ChildWriter([self.binaries.tool("pg_restore"), "--list"], error=TargetError)
-        pieces = self._pieces("dump")
-        try:
-            for piece in pieces:
-                if not writer.write(piece):
-                    break  # pg_restore --list stops reading after the table of contents
-        finally:
-            pieces.close()
-        return writer.finish()
+        encoding = _py_encoding(self.source.get("encoding", "UTF8"))
+        with tempfile.TemporaryDirectory(prefix="seedvault-toc-") as tmp:
+            out = Path(tmp) / "toc.list"
+            writer = ChildWriter([self.binaries.tool("pg_restore"), "--list", f"--file={out}"], error=TargetError)
+            pieces = self._pieces("dump")
+            reading = [True]
+
+            def fed():
+                for piece in pieces:
+                    if reading[0] and not writer.write(piece):
+                        reading[0] = False  # pg_restore --list stops reading after the table of contents
+                    yield piece
+
+            stream = fed()
+            archive: toc.ArchiveToc | None = None
+            why = ""
+            try:
+                try:
+                    archive = toc.read_archive(stream, encoding)
+                except toc.ArchiveUnreadable as exc:
+                    why = str(exc)
+                while reading[0] and next(stream, None) is not None:
+                    pass
+            except BaseException:
+                writer.kill()
+                raise
+            finally:
+                stream.close()
+                pieces.close()
+            writer.finish()
+            listing = out.read_bytes().decode(encoding, "surrogateescape")
+        if archive is not None:
+            why = toc.archive_mismatch(listing, archive) or ""
+        if why and (self.opts.schemas or self.opts.tables):
+            self.report.notes.append(f"TOC entries read from pg_restore --list's text ({why})")
+        return toc.parse(listing, None if why else archive, self.source.get("tables", []))
 
     def restore_globals(self) -> None:
         assert self.binaries is not None
@@ -256,7 +330,7 @@ class _Restore:
         if errors:
             raise TargetError(f"applying globals failed: {errors[0].strip()}")
 
-    def run_pg_restore(self, dbname: str, listing: str | None) -> None:
+    def run_pg_restore(self, dbname: str, entries: list[toc.TocEntry] | None) -> None:
         assert self.binaries is not None
         work = self.target.with_db(dbname)
         argv: list[Any] = [
@@ -268,29 +342,47 @@ class _Restore:
         if self.opts.no_owner:
             argv += ["--no-owner", "--no-privileges"]
         spool: Path | None = None
-        list_file: Path | None = None
         try:
-            if listing is not None or self.opts.jobs:
+            if entries is not None or self.opts.jobs:
                 spool = Path(tempfile.mkdtemp(prefix=f"seedvault-restore-{self.backup_id}-", dir=self.opts.spool_dir))
-            if listing is not None:
+            if entries is not None:
                 assert spool is not None
                 list_file = spool / "restore.list"
-                list_file.write_text(listing)
+                list_file.write_text(toc.render(entries), encoding="ascii")
                 argv.append(f"--use-list={list_file}")
             if self.opts.jobs:
                 assert spool is not None
                 archive = self._spool(spool)
-                for pass_argv in self._parallel_passes(argv, listing, spool):
+                for pass_argv in self._parallel_passes(argv, entries, spool):
                     writer = ChildWriter([*pass_argv, archive], error=TargetError, extra_env=work.child_env())
                     writer.finish()
             else:
                 writer = ChildWriter(argv, error=TargetError, extra_env=work.child_env())
                 self._feed(writer, "dump", phase="pg-restore-streaming")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._spool_full(exc) from None
+            raise
         finally:
             if spool is not None:
                 shutil.rmtree(spool, ignore_errors=True)
 
-    def _parallel_passes(self, argv: list[Any], listing: str | None, spool: Path) -> list[list[Any]]:
+    def _spool_dir(self) -> Path:
+        return self.opts.spool_dir or Path(tempfile.gettempdir())
+
+    def _spool_full(self, exc: OSError, written: int | None = None) -> TargetError:
+        """The one-line error for a spool directory that filled up (ENOSPC, EDQUOT) while seedvault wrote to it."""
+        raw = self._dump_entry()["raw_size"]
+        how_far = f" after {written // MIB} MiB of the {raw // MIB} MiB archive" if written is not None else ""
+        return TargetError(
+            f"the spool directory {self._spool_dir()} filled up{how_far} ({exc.strerror}); nothing was restored",
+            hint="free space there, use --spool-dir on a larger disk, or restore without --jobs (streams, no spool)",
+        )
+
+    def _dump_entry(self) -> dict[str, Any]:
+        return next(o for o in self.body["objects"] if o["name"] == "dump")
+
+    def _parallel_passes(self, argv: list[Any], entries: list[toc.TocEntry] | None, spool: Path) -> list[list[Any]]:
         """The pg_restore runs of a ``--jobs`` restore (each gets the spooled archive appended).
 
         Why several for TimescaleDB: parallel workers load ``_timescaledb_catalog``/``_timescaledb_config``
@@ -299,39 +391,101 @@ class _Restore:
         and post-data with ``--jobs``, all between ``timescaledb_pre_restore()`` and ``_post_restore()``.
         """
         jobs = f"--jobs={self.opts.jobs}"
-        if not self.timescale or listing is None:
+        if not self.timescale or entries is None:
             return [[*argv, jobs]]
         argv = [a for a in argv if not str(a).startswith("--use-list=")]
-        entries = toc.parse(listing)
         catalog = [
             e for e in entries if e.desc == "TABLE DATA" and e.schema in ("_timescaledb_catalog", "_timescaledb_config")
         ]
         rest = [e for e in entries if e not in catalog]
         lists = {"all": entries, "catalog": catalog, "rest": rest}
         for name, chosen in lists.items():
-            (spool / f"{name}.list").write_text(toc.render(chosen))
+            (spool / f"{name}.list").write_text(toc.render(chosen), encoding="ascii")
         passes = [[*argv, "--section=pre-data", f"--use-list={spool / 'all.list'}"]]
         if catalog:
             passes.append([*argv, "--section=data", f"--use-list={spool / 'catalog.list'}"])
         passes.append([*argv, "--section=data", "--section=post-data", jobs, f"--use-list={spool / 'rest.list'}"])
         return passes
 
-    def _spool(self, spool: Path) -> Path:
-        entry = next(o for o in self.body["objects"] if o["name"] == "dump")
-        free = shutil.disk_usage(spool).free
-        needed = int(entry["raw_size"] * 1.05) + (64 << 20)
+    def check_spool_space(self) -> None:
+        """``--jobs`` spools the whole archive: refuse before anything is created when it cannot fit."""
+        if not self.opts.jobs or self.opts.skip_space_check:
+            return
+        directory = self._spool_dir()
+        free = local_free(directory)
+        needed = int(self._dump_entry()["raw_size"] * 1.05) + SPOOL_MARGIN_MIN
         if free < needed:
-            raise StorageError(
-                f"--jobs needs {needed >> 20} MiB to spool the archive in {spool.parent}, only {free >> 20} MiB free",
-                hint="use --spool-dir on a larger disk, or restore without --jobs (streams, no spool)",
+            raise TargetError(
+                f"not enough free space to spool the archive for --jobs: it needs about {needed // MIB} MiB in"
+                f" {directory} (the archive is {self._dump_entry()['raw_size'] // MIB} MiB), {free // MIB} MiB"
+                " are free; nothing was restored",
+                hint="use --spool-dir on a larger disk, restore without --jobs (streams, no spool), or pass"
+                " --skip-space-check to try anyway",
             )
+
+    def _spool(self, spool: Path) -> Path:
         archive = spool / "dump.pgcustom"
-        with open(archive, "wb") as fh:
-            for count, piece in enumerate(self._pieces("dump"), 1):
-                fh.write(piece)
-                if count == STREAMING_AFTER_PIECES:
-                    faults.reached("pg-restore-streaming")
+        written = 0
+        pieces = self._pieces("dump")
+        try:
+            with open(archive, "wb") as fh:
+                for count, piece in enumerate(pieces, 1):
+                    fh.write(piece)
+                    written += len(piece)
+                    if count == STREAMING_AFTER_PIECES:
+                        faults.reached("pg-restore-streaming")
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._spool_full(exc, written) from None
+            raise
+        finally:
+            pieces.close()
         return archive
+
+    def check_server_space(self, admin: psycopg.Connection, tables: set[tuple[str, str]] | None) -> None:
+        """Refuse a restore whose copy would not fit in the server's data directory (see space.py for why).
+
+        Needed: the database's size at backup (``pg_database_size``; for ``--table``/``--schema`` the selected
+        tables' recorded sizes), plus room for WAL, sorts and catalogs: the largest of 20 %, that size up to
+        max_wal_size, and 64 MiB.
+        """
+        if self.opts.skip_space_check:
+            self.report.notes.append("free space on the server not checked (--skip-space-check)")
+            return
+        size, what = self._copy_size(tables)
+        max_wal = admin.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()[0]
+        # The WAL a restore writes is about the data it loads; checkpoints recycle it once it reaches max_wal_size.
+        margin = max(size // 5, min(int(max_wal), size), SPACE_MARGIN_MIN)
+        needed = size + margin
+        space: FreeSpace = server_free_space(admin)
+        self.report.space = {"needed": needed, **space.as_dict()}
+        where = self.target.display()
+        if space.free is None:
+            raise TargetError(
+                f"cannot tell how much space is free in the data directory of {where} ({space.reason}); the"
+                f" restore needs about {needed // MIB} MiB there",
+                hint="check with df on the server (a full data directory stops PostgreSQL), then run again with"
+                " --skip-space-check",
+            )
+        if space.free < needed:
+            raise TargetError(
+                f"not enough free space for the restore on {where}: it needs about {needed // MIB} MiB in"
+                f" {space.where} ({what} {size // MIB} MiB at backup, plus {margin // MIB} MiB for WAL and index"
+                f" builds), {space.free // MIB} MiB are free; nothing was restored",
+                hint="make room or restore onto another server; --skip-space-check restores anyway (if the disk"
+                " fills, PostgreSQL stops)",
+            )
+
+    def _copy_size(self, tables: set[tuple[str, str]] | None) -> tuple[int, str]:
+        """Bytes the restored copy will take, as recorded at backup, and what they are."""
+        src = self.source
+        if tables is not None:
+            sizes = [t.get("bytes") for t in src.get("tables", []) if (t["schema"], t["name"]) in tables]
+            if sizes and all(isinstance(b, int) for b in sizes):
+                return sum(sizes), f"the {len(sizes)} table{'s' if len(sizes) > 1 else ''} took"
+        if isinstance(src.get("database_size"), int):
+            return src["database_size"], "the database took"
+        return int(self._dump_entry()["raw_size"]) * 2, "twice the archive is"
 
     # --- database lifecycle ------------------------------------------------------------------------------------
     def create_database(self, admin: psycopg.Connection, name: str) -> None:
@@ -361,13 +515,13 @@ class _Restore:
             else:
                 conn.execute("SELECT timescaledb_post_restore()")
 
-    def verify(self, dbname: str, tables: set[str] | None) -> None:
+    def verify(self, dbname: str, tables: set[tuple[str, str]] | None) -> None:
         mismatches: list[str] = []
         with self.target.connect(dbname=dbname) as conn, conn.cursor() as cur:
             for t in self.source.get("tables", []):
-                key = f"{t['schema']}.{t['name']}"
-                if tables is not None and key not in tables:
+                if tables is not None and (t["schema"], t["name"]) not in tables:
                     continue
+                key = toc.qualified((t["schema"], t["name"]))
                 qualified = sql.SQL("{}.{}").format(sql.Identifier(t["schema"]), sql.Identifier(t["name"]))
                 try:
                     cur.execute(row_count_sql(qualified, hypertable=bool(t.get("hypertable"))))
@@ -439,28 +593,31 @@ def restore_postgres(
     with target.connect(dbname="postgres") as admin:
         _lock_target(admin, target)
         job.preflight(admin)
-        listing, restored_tables = _plan(job)
+        entries, restored_tables = _plan(job)
         in_place = selective and opts.into_existing and _db_exists(admin, final)
         work = final if in_place else work_name(final, backup_id)
         if not in_place:
             report.notes += _clear_leftovers(admin, target, work)
+        # After the leftovers are dropped (their space is free again), before anything is created.
+        job.check_spool_space()
+        job.check_server_space(admin, restored_tables)
         if opts.with_globals:
             job.restore_globals()
         if in_place:
-            _load(job, final, listing, restored_tables)
+            _load(job, final, entries, restored_tables)
         else:
-            _load_and_place(job, admin, work, listing, restored_tables)
+            _load_and_place(job, admin, work, entries, restored_tables)
     if opts.replace and opts.drop_previous and report.safety_copy:
         report.safety_backup = _drop_safety_copy(repo, target, report.safety_copy, settings)
     report.seconds["total"] = time.perf_counter() - started
     return report
 
 
-def _load(job: _Restore, dbname: str, listing: str | None, tables: set[str] | None) -> None:
+def _load(job: _Restore, dbname: str, entries: list[toc.TocEntry] | None, tables: set[tuple[str, str]] | None) -> None:
     """pg_restore (inside the TimescaleDB hooks) into ``dbname``, then verify it against the manifest."""
     t0 = time.perf_counter()
     job.timescale_hook(dbname, "pre")
-    job.run_pg_restore(dbname, listing)
+    job.run_pg_restore(dbname, entries)
     job.timescale_hook(dbname, "post")
     job.report.seconds["pg_restore"] = time.perf_counter() - t0
     faults.reached("pg-restore-loaded")
@@ -470,7 +627,11 @@ def _load(job: _Restore, dbname: str, listing: str | None, tables: set[str] | No
 
 
 def _load_and_place(
-    job: _Restore, admin: psycopg.Connection, work: str, listing: str | None, tables: set[str] | None
+    job: _Restore,
+    admin: psycopg.Connection,
+    work: str,
+    entries: list[toc.TocEntry] | None,
+    tables: set[tuple[str, str]] | None,
 ) -> None:
     """Restore into a marked temporary database, then rename (or swap) it into place; dropped on any failure."""
     final = job.target.dbname
@@ -478,7 +639,7 @@ def _load_and_place(
     try:
         _mark(admin, work, "restoring", job.backup_id, final)
         faults.reached("pg-restore-db-created")
-        _load(job, work, listing, tables)
+        _load(job, work, entries, tables)
         faults.reached("pg-restore-verified")
         if job.opts.replace:
             job.report.safety_copy = _swap(admin, final, work, _safety_name(admin, final))
@@ -493,13 +654,13 @@ def _load_and_place(
         _start_timescale_jobs(job.target, final)
 
 
-def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
-    """The pg_restore -L listing (None: everything) and the tables a selective restore brings back."""
+def _plan(job: _Restore) -> tuple[list[toc.TocEntry] | None, set[tuple[str, str]] | None]:
+    """The TOC entries to give pg_restore -L (None: everything) and the tables a selective restore brings back."""
     opts = job.opts
     selective = bool(opts.schemas or opts.tables)
     if not (selective or job.timescale):
         return None, None
-    entries = toc.parse(job.list_toc())
+    entries = job.list_toc()
     chosen, notes = toc.select(
         entries,
         job.source.get("tables", []),
@@ -509,11 +670,15 @@ def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
     )
     job.report.notes += notes
     if not selective:
-        return toc.render(chosen), None
-    restored_tables = {f"{e.schema}.{e.tag}" for e in chosen if e.desc == "TABLE"}
+        return chosen, None
+    restored_tables = {(e.schema, e.tag) for e in chosen if e.desc == "TABLE" and e.schema is not None}
     if not restored_tables:
-        raise UsageError("nothing to restore: no table of the backup matches --schema/--table")
-    hypertables = sorted(restored_tables & job.hypertables())
+        missing = [n for n in notes if n.endswith("is not in the backup")]
+        raise UsageError(
+            "nothing to restore: no table of the backup matches --schema/--table"
+            + (f" ({'; '.join(missing)})" if missing else "")
+        )
+    hypertables = [toc.qualified(k) for k in sorted(restored_tables & job.hypertables())]
     if hypertables:
         # Its rows live in chunks that only TimescaleDB's catalog ties to it; a selective restore has neither.
         raise UsageError(
@@ -522,12 +687,17 @@ def _plan(job: _Restore) -> tuple[str | None, set[str] | None]:
             " whole database)",
             hint="restore the whole backup into a new database and copy the rows you need from it",
         )
-    return toc.render(chosen), restored_tables
+    return chosen, restored_tables
 
 
 def work_name(final: str, backup_id: str) -> str:
-    """The temporary database a restore of ``backup_id`` into ``final`` works in."""
+    """The temporary database a restore of ``backup_id`` into ``final`` works in (at most 63 bytes)."""
     return _db_name(final, f"_sv_{_short_stamp(backup_id)}")
+
+
+def _legacy_work_name(final: str, backup_id: str) -> str:
+    """The name older seedvault versions ended up with for a long non-ASCII target: cut by PostgreSQL."""
+    return clip_name(final[: NAME_BYTES - len(f"_sv_{_short_stamp(backup_id)}")] + f"_sv_{_short_stamp(backup_id)}")
 
 
 # --- interrupted runs --------------------------------------------------------------------------------------
@@ -569,7 +739,8 @@ def _clear_leftovers(admin: psycopg.Connection, target: PgTarget, work: str) -> 
         marker = _marker(comment)
         if marker is None or marker.get("into") != final or marker.get("state") != "restoring":
             continue
-        if name != work_name(final, str(marker.get("backup"))):
+        backup = str(marker.get("backup"))
+        if name not in (work_name(final, backup), _legacy_work_name(final, backup)):
             continue  # renamed by someone: no longer seedvault's to drop
         _drop(admin, name)
         notes.append(f"dropped {name}, an unverified restore left by an interrupted run")

@@ -23,7 +23,7 @@ from psycopg import sql
 
 TABLES_SQL = """
 SELECT n.nspname, c.relname, c.relkind, GREATEST(c.reltuples, 0)::bigint AS estimate,
-       c.relispartition
+       c.relispartition, c.oid, pg_total_relation_size(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
@@ -164,8 +164,10 @@ def table_checksum(cur: psycopg.Cursor, schema: str, table: str) -> str:
     """
     cur.execute(
         "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey)"
-        " WHERE x.indrelid = %s::regclass AND x.indisprimary ORDER BY array_position(x.indkey, a.attnum)",
-        (f'"{schema}"."{table}"',),
+        " WHERE x.indrelid = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "                    WHERE n.nspname = %s AND c.relname = %s)"
+        " AND x.indisprimary ORDER BY array_position(x.indkey, a.attnum)",
+        (schema, table),
     )
     keys = [r[0] for r in cur.fetchall()]
     order = sql.SQL(", ").join(sql.Identifier(k) for k in keys) if keys else sql.SQL('(t.*)::text COLLATE "C"')
@@ -187,12 +189,13 @@ def tables(
     cur.execute(PARTITIONS_SQL)
     parents = {(s, t): f"{ps}.{pt}" for s, t, ps, pt in cur.fetchall()}
     out = []
-    for schema, name, kind, estimate, is_partition in rows:
+    for schema, name, kind, estimate, is_partition, oid, size in rows:
         role = storage.get((schema, name))
         if role == "chunk":
             continue  # counted through its hypertable
         qualified = _qualified(schema, name)
-        entry: dict[str, Any] = {"schema": schema, "name": name}
+        # bytes: the table with its indexes and TOAST (pg_total_relation_size), for a selective restore's space check.
+        entry: dict[str, Any] = {"schema": schema, "name": name, "bytes": int(size)}
         if kind == "p":
             entry["partitioned"] = True
         if is_partition:
@@ -209,8 +212,6 @@ def tables(
             cur.execute(row_count_sql(qualified, hypertable=role == "hypertable"))
             entry["rows"] = int(cur.fetchone()[0])
             entry["estimated"] = False
-        cur.execute("SELECT %s::regclass::oid", (f'"{schema}"."{name}"',))
-        oid = cur.fetchone()[0]
         cur.execute(DEPENDENTS_SQL, {"oid": oid})
         deps: dict[str, list[str]] = {}
         for kind_, dep in cur.fetchall():
