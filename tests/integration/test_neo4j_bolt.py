@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from seedvault.errors import DatabaseRefused, SeedvaultError, SourceError, TargetError
+from seedvault.format.manifest import without_floats
 from seedvault.sources.neo4j.bolt import IMPORT_INDEX, IMPORT_LABEL, BoltGraph, compare_counts, quote_name
 from seedvault.sources.neo4j.export import GraphExporter, import_stream
 from seedvault.sources.neo4j.values import encode_props
@@ -182,6 +183,27 @@ def _wipe(graph: BoltGraph) -> None:
         pass
 
 
+EXTREME_TEMPORALS = {
+    "utc": "datetime('2024-01-02T03:04:05[UTC]')",
+    "z": "datetime('2024-01-02T03:04:05Z')",
+    "utcs": "[datetime('2024-01-01T00:00[UTC]'), datetime('2024-01-01T00:00Z')]",
+    "far": "date('+10000-01-01')",
+    "neg": "date('-0001-12-31')",
+    "zero": "date('0000-06-15')",
+    "farlocal": "localdatetime('+12345-06-07T08:09:10.123456789')",
+    "faroff": "datetime('+10000-01-01T00:00:00+01:00')",
+    "farzone": "datetime('+10000-07-01T12:00:00[Europe/Berlin]')",
+    "farutc": "datetime('-0500-01-01T00:00:00Z')",
+    "fars": "[date('2020-01-01'), date('+10000-01-01')]",
+}
+
+
+def _rendered(graph: BoltGraph, match: str, keys) -> dict[str, object]:
+    """How the server itself prints each property (``toString``; lists element by element)."""
+    cols = ", ".join(f"coalesce(toStringOrNull(x.{k}), [e IN x.{k} | toString(e)]) AS {k}" for k in keys)
+    return graph.run(f"{match} RETURN {cols}")[0]
+
+
 def _load(graph: BoltGraph) -> None:
     """10,000 nodes over 3 labels and 20,000 relationships over 2 types, every property type, indexes, a constraint."""
     run, auto = graph.run, graph.run_auto
@@ -229,6 +251,14 @@ def _load(graph: BoltGraph) -> None:
     run(
         "MATCH (p:Person {pid: 1}) SET p.dst1 = datetime('2024-10-27T02:30+02:00[Europe/Berlin]'),"
         " p.dst2 = datetime('2024-10-27T02:30+01:00[Europe/Berlin]')",
+        write=True,
+    )
+    # What the driver cannot tell apart or hold: zone id UTC next to offset Z, years outside 1-9999 (Neo4j's
+    # range is +-999,999,999), alone and in lists, on a node and on a relationship.
+    run("MATCH (p:Person {pid: 2}) SET " + ", ".join(f"p.{k} = {v}" for k, v in EXTREME_TEMPORALS.items()), write=True)
+    run(
+        "MATCH (:Person {pid: 2})-[r:KNOWS]->() WITH r LIMIT 1"
+        " SET r.utc = datetime('2024-01-02T03:04:05[UTC]'), r.far = date('+10000-01-01')",
         write=True,
     )
     for statement in (
@@ -289,8 +319,12 @@ def test_export_import_round_trip_through_the_engine(neo4j_server, loaded, local
     exporter = GraphExporter(loaded)
     with repo.begin(kind="neo4j-logical", source={"database": loaded.database}) as backup:
         backup.write_object("graph", exporter.reader())
-        backup.source.update(exporter.summary or {})
+        backup.source.update(without_floats(exporter.summary or {}))  # as ops.neo4j_backup records it
     assert exporter.summary["consistent"] is True, exporter.summary["changes"]
+    person2 = "MATCH (x:Person {pid: 2})"
+    rel = "MATCH (:Person {pid: 2})-[x:KNOWS]->() WHERE x.far IS NOT NULL"
+    extremes_before = _rendered(loaded, person2, EXTREME_TEMPORALS), _rendered(loaded, rel, ["utc", "far"])
+    assert extremes_before[0]["utc"] == "2024-01-02T03:04:05Z[UTC]" and extremes_before[0]["far"] == "+10000-01-01"
 
     _, edition = loaded.components()
     if edition == "enterprise":
@@ -305,6 +339,8 @@ def test_export_import_round_trip_through_the_engine(neo4j_server, loaded, local
         assert compare_counts(result.expected_counts(), after) == []
         assert compare_counts(before_counts, after) == []
         assert _canonical(target) == before_graph, "every node, relationship and property value came back"
+        extremes = _rendered(target, person2, EXTREME_TEMPORALS), _rendered(target, rel, ["utc", "far"])
+        assert extremes == extremes_before, "zone ids and years outside 1-9999 came back exactly"
         assert target.run(f"MATCH (n:{quote_name(IMPORT_LABEL)}) RETURN count(n) AS c")[0]["c"] == 0
         assert IMPORT_INDEX not in {e["name"] for e in after["indexes"]}
     finally:

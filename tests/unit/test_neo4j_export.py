@@ -965,16 +965,11 @@ def _scripted(monkeypatch, answer) -> tuple[BoltGraph, _Driver]:
 
 def test_counts_components_and_streams_over_the_driver(monkeypatch):
     def answer(query, params):
-        if query == "MATCH (n) RETURN n":
-            return [{"n": _Entity("4:x:1", ["Person"], {"a": 1})}]
-        if query == "MATCH ()-[r]->() RETURN r":
-            return [
-                {
-                    "r": _Entity(
-                        "5:x:1", (), {"w": 0.5}, type="KNOWS", start_node=_Entity("4:x:1"), end_node=_Entity("4:x:2")
-                    )
-                }
-            ]
+        if query.startswith("MATCH (n) RETURN n, "):
+            return [{"n": _Entity("4:x:1", ["Person"], {"a": 1}), "z": []}]
+        if query.startswith("MATCH ()-[r]->() RETURN r, "):
+            rel = _Entity("5:x:1", (), {"w": 0.5}, type="KNOWS", start_node=_Entity("4:x:1"), end_node=_Entity("4:x:2"))
+            return [{"r": rel, "z": []}]
         if query.startswith("CALL dbms.components"):
             return [{"name": "Neo4j Kernel", "versions": ["5.26.1"], "edition": "Community"}]
         if query.startswith("CALL db.labels"):

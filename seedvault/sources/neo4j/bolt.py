@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import neo4j
+import neo4j.time
+import pytz
 from neo4j import exceptions as nx
 
 from seedvault import process
@@ -38,7 +40,7 @@ from seedvault.errors import (
     TargetError,
 )
 from seedvault.format.manifest import without_floats
-from seedvault.sources.neo4j.values import ServerTemporal
+from seedvault.sources.neo4j.values import ZONE_UTC, ServerTemporal
 
 # The driver logs every refused connection and failed routing attempt (stderr, one line per attempt, also
 # while a restarted server comes up). seedvault reports a failure itself, once, as one line.
@@ -131,6 +133,39 @@ def constraint_statement(entry: Mapping[str, Any]) -> str:
     if kind == "type" and entry.get("property_type"):
         return f"{head} {props[0]} IS :: {entry['property_type']}"
     raise SourceError(f"constraint {entry['name']} has type {entry['type']}, which seedvault cannot recreate")
+
+
+def zone_utc_keys(var: str) -> str:
+    """Cypher: ``[key, flags]`` of each property of ``var`` holding a datetime in zone id ``UTC``.
+
+    Why: the driver hands ``...[UTC]`` and ``...Z`` over alike (pytz's UTC), so the server says which is which:
+    a scalar's flags are ``true``, a list's one boolean per element. Only these few values are sent twice.
+    """
+    text = "toStringOrNull({v}) ENDS WITH '[UTC]'"
+    scalar = text.format(v=f"{var}[k]")
+    in_list = text.format(v="x")
+    return (
+        f"[k IN keys({var}) WHERE {scalar} OR (toStringOrNull({var}[k]) IS NULL AND"
+        f" any(x IN {var}[k] WHERE {in_list})) | [k, CASE WHEN {scalar} THEN true ELSE"
+        f" [x IN {var}[k] | coalesce({in_list}, false)] END]]"
+    )
+
+
+def mark_zone_utc(props: dict[str, Any], zoned: Sequence[Sequence[Any]] | None) -> dict[str, Any]:
+    """``props`` with the datetimes the server named as zone id ``UTC`` (:func:`zone_utc_keys`) marked so."""
+    for key, flags in zoned or ():
+        value = props.get(key)
+        if flags is True:
+            props[key] = _zone_utc(value)
+        elif isinstance(value, list) and isinstance(flags, list):
+            props[key] = [_zone_utc(v) if f else v for v, f in zip(value, flags, strict=False)]
+    return props
+
+
+def _zone_utc(value: Any) -> Any:
+    if isinstance(value, neo4j.time.DateTime) and value.tzinfo is pytz.utc:
+        return value.replace(tzinfo=ZONE_UTC)
+    return value
 
 
 # A property the driver cannot send (a temporal outside years 1-9999): (key, kind, is a list).
@@ -418,15 +453,16 @@ class BoltGraph:
 
     def iter_nodes(self, fetch_size: int = 5000) -> Iterator[tuple[str, list[str], dict[str, Any]]]:
         """(element id, labels, properties) of every node, streamed."""
-        for record in self.stream("MATCH (n) RETURN n", fetch_size):
+        for record in self.stream(f"MATCH (n) RETURN n, {zone_utc_keys('n')} AS z", fetch_size):
             node = record[0]
-            yield node.element_id, sorted(node.labels), dict(node.items())
+            yield node.element_id, sorted(node.labels), mark_zone_utc(dict(node.items()), record[1])
 
     def iter_relationships(self, fetch_size: int = 5000) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         """(start element id, end element id, type, properties) of every relationship, streamed."""
-        for record in self.stream("MATCH ()-[r]->() RETURN r", fetch_size):
+        for record in self.stream(f"MATCH ()-[r]->() RETURN r, {zone_utc_keys('r')} AS z", fetch_size):
             rel = record[0]
-            yield rel.start_node.element_id, rel.end_node.element_id, rel.type, dict(rel.items())
+            props = mark_zone_utc(dict(rel.items()), record[1])
+            yield rel.start_node.element_id, rel.end_node.element_id, rel.type, props
 
     # --- the logical import's writes ------------------------------------------------------------------------
     def begin_import(self) -> None:
