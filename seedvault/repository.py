@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from seedvault import faults
-from seedvault.crypto.keys import KeySource, MasterKey, new_kdf_params, wrong_key
+from seedvault.crypto.keys import KeySource, MasterKey, new_kdf_params, scrypt_params, wrong_key
 from seedvault.errors import (
     AuthenticationFailed,
     BackupNotFound,
@@ -34,6 +34,7 @@ from seedvault.errors import (
 from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.format.chunk import open_chunks
+from seedvault.format.fields import Fields, corrupted, is_int, load_json, short
 from seedvault.storage.base import Storage
 from seedvault.stream.compress import decompress
 from seedvault.stream.prefetch import prefetch
@@ -115,20 +116,27 @@ class Repository:
         return data
 
     def _parse_config(self, data: bytes) -> dict:
-        try:
-            config = json.loads(data)
-            fmt, version = config["format"], config["version"]
-        except (ValueError, KeyError, TypeError):
-            raise FormatError(f"repository config at {self.storage.url} is corrupted") from None
+        """The checked config (FORMAT.md section 3): any malformed bytes are FormatError, never a TypeError."""
+        fail = corrupted(f"repository config at {self.storage.url}", FormatError)
+        config = Fields(load_json(data, fail), fail)
+        fmt, version = config.raw("format"), config.raw("version")
         if fmt != REPO_FORMAT:
-            raise FormatError(f"{self.storage.url} holds {fmt!r}, not a seedvault repository")
+            raise FormatError(f"{self.storage.url} holds {short(fmt)}, not a seedvault repository")
+        if not is_int(version):
+            raise fail(f"field 'version' is {short(version)}, not an integer")
         if version != REPO_VERSION:
             raise UnsupportedVersion(
                 f"repository at {self.storage.url} has format version {version}; "
                 f"this seedvault reads version {REPO_VERSION}",
                 hint="upgrade seedvault",
             )
-        return config
+        config.text("id", max_len=64)
+        config.text("created", max_len=64)
+        kdf = config.obj("kdf")
+        assert kdf is not None
+        if kdf.raw("name") == "scrypt":  # another KDF is refused only when a passphrase needs it
+            scrypt_params(kdf.data, fail)
+        return config.data
 
     # --- keys -----------------------------------------------------------------------------------------
     @property
@@ -174,13 +182,15 @@ class Repository:
                 self._require_manifest(backup_id)
                 raise AuthenticationFailed(f"backup {backup_id} has no key object left") from None
             raise wrong_key(backup_id, master.key_id, available) from None
-        try:
-            record = json.loads(data)
-        except ValueError:
-            raise AuthenticationFailed(f"key object of backup {backup_id} is corrupted") from None
-        if record.get("format") != KEY_FORMAT or record.get("version") != 1:
+        fail = corrupted(f"key object of backup {backup_id}", AuthenticationFailed)
+        record = Fields(load_json(data, fail), fail)
+        version = record.raw("version", optional=True)
+        if record.raw("format", optional=True) != KEY_FORMAT or not is_int(version) or version != 1:
             raise UnsupportedVersion(f"key object of backup {backup_id} has an unknown format or version")
-        return master.unwrap(record, backup_id)
+        record.text("backup_id", max_len=256)
+        record.text("key_id", pattern=layout.KEY_ID_RE)
+        record.text("cipher", max_len=64)
+        return master.unwrap(record.data, backup_id)
 
     # --- manifests and listing ---------------------------------------------------------------------
     def manifest(self, backup_id: str, data_key: bytes | None = None) -> dict:
@@ -211,8 +221,15 @@ class Repository:
         return sorted(ids)
 
     def entries(self, *, authenticate: bool = True) -> Iterator[BackupEntry]:
-        """Every complete backup; with a key each manifest is authenticated, problems reported not raised."""
-        for bid in self.backup_ids():
+        """Every complete backup; with a key each manifest is authenticated, problems reported not raised.
+
+        A problem of one backup (corrupted, wrong key, unsupported) is its entry's ``problem``; a master key that
+        cannot be had at all (no key file, a directory, invalid base64) is raised, before anything is listed.
+        """
+        ids = self.backup_ids()
+        if authenticate and ids:
+            self.master  # noqa: B018 - resolved (or refused) once, for every backup
+        for bid in ids:
             try:
                 if authenticate:
                     yield BackupEntry(bid, self.manifest(bid), verified=True)
@@ -223,6 +240,23 @@ class Repository:
                 continue  # deleted while listing
             except SeedvaultError as exc:  # report per backup (wrong key, corruption...), keep listing
                 yield BackupEntry(bid, None, problem=exc.one_line())
+
+    def newest(
+        self, match: Callable[[dict], bool] | None = None, *, authenticate: bool = True
+    ) -> tuple[BackupEntry | None, list[BackupEntry]]:
+        """The latest backup: the newest readable one whose manifest body ``match``es (default: any).
+
+        Also returns the unreadable backups newer than it (newest first), which were skipped: their body is
+        unknown, so they can be neither matched nor restored, and one damaged backup must not hide every
+        good one before it. Callers say what was skipped.
+        """
+        skipped: list[BackupEntry] = []
+        for entry in reversed(list(self.entries(authenticate=authenticate))):
+            if entry.body is None:
+                skipped.append(entry)
+            elif match is None or match(entry.body):
+                return entry, skipped
+        return None, skipped
 
     # --- reading objects -----------------------------------------------------------------------------
     def read_object(

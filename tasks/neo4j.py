@@ -121,20 +121,26 @@ def neo4j_preflight(repo: Repository, job: Neo4jJob, *, mode: str, backup: bool)
 
 @task(name="latest-neo4j-backup", cache_policy=NO_CACHE, persist_result=False)
 def latest_neo4j_backup(repo: Repository, database: str) -> str:
-    """The newest complete, authenticated Neo4j backup of ``database`` (a restore's safety copies excluded)."""
+    """The newest complete, authenticated Neo4j backup of ``database`` (a restore's safety copies excluded).
+
+    Unreadable backups are skipped, with a warning naming each newer one (see tasks.postgres.latest_backup).
+    """
     repo.config()  # "no seedvault repository at ..." rather than "no backup"
-    found = [
-        e.backup_id
-        for e in repo.entries()
-        if e.body is not None
-        and e.body.get("kind") == KIND
-        and e.body.get("source", {}).get("database") == database
-        and not str(e.body.get("labels", {}).get("name", "")).startswith(SAFETY_LABEL)
-    ]
-    if not found:
+
+    def of_database(body: dict) -> bool:
+        return (
+            body.get("kind") == KIND
+            and body["source"].get("database") == database
+            and not str(body["labels"].get("name", "")).startswith(SAFETY_LABEL)
+        )
+
+    entry, skipped = repo.newest(of_database)
+    for bad in skipped:
+        get_run_logger().warning("skipped backup %s, which cannot be read: %s", bad.backup_id, bad.problem)
+    if entry is None:
         raise BackupNotFound(f"no complete Neo4j backup of database {database} in {repo.storage.url}")
-    get_run_logger().info("latest Neo4j backup of %s: %s", database, found[-1])
-    return found[-1]
+    get_run_logger().info("latest Neo4j backup of %s: %s", database, entry.backup_id)
+    return entry.backup_id
 
 
 @task(

@@ -70,18 +70,23 @@ def preflight(repo: Repository, target: PgTarget, *, backup: bool) -> dict[str, 
 
 @task(name="latest-backup", cache_policy=NO_CACHE, persist_result=False)
 def latest_backup(repo: Repository, database: str) -> str:
-    """The newest complete, authenticated PostgreSQL backup of ``database``."""
-    found = [
-        e.backup_id
-        for e in repo.entries()
-        if e.body is not None
-        and e.body.get("kind") == KIND
-        and (e.body.get("labels", {}).get("database") or e.body.get("source", {}).get("database")) == database
-    ]
-    if not found:
+    """The newest complete, authenticated PostgreSQL backup of ``database``.
+
+    Unreadable backups (a damaged manifest or key object) are skipped, with a warning naming each newer one:
+    one damaged old object must not block every restore.
+    """
+
+    def of_database(body: dict) -> bool:
+        named = body["labels"].get("database") or body["source"].get("database")
+        return body.get("kind") == KIND and named == database
+
+    entry, skipped = repo.newest(of_database)
+    for bad in skipped:
+        get_run_logger().warning("skipped backup %s, which cannot be read: %s", bad.backup_id, bad.problem)
+    if entry is None:
         raise BackupNotFound(f"no complete backup of database {database} in {repo.storage.url}")
-    get_run_logger().info("latest backup of %s: %s", database, found[-1])
-    return found[-1]
+    get_run_logger().info("latest backup of %s: %s", database, entry.backup_id)
+    return entry.backup_id
 
 
 @task(name="restore-postgres", retries=0, cache_policy=NO_CACHE, persist_result=False)

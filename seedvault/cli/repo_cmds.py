@@ -115,13 +115,34 @@ def list_(
     label: str = typer.Option(None, "--label", help="Only backups with this name label."),
     latest: bool = typer.Option(False, "--latest", help="Print only the id of the newest matching good backup."),
 ) -> None:
-    """List complete backups, oldest first (manifests authenticated with the configured key)."""
+    """List complete backups, oldest first (manifests authenticated with the configured key).
+
+    A backup whose manifest or key object cannot be read is listed too, with the reason as its status (its
+    kind and labels are unknown, so it is shown whatever --kind/--label say); the listing goes on and exits 0,
+    with a warning on stderr: 'verify --all' is the check that fails. --latest picks the newest good backup
+    and names on stderr the unreadable newer ones it skipped.
+    """
     repo = state(ctx).repository(key=not no_verify)
+
+    def matches(body: dict) -> bool:
+        return (not kind or body.get("kind") == kind) and (not label or body["labels"].get("name") == label)
+
+    if latest:
+        entry, skipped = repo.newest(matches, authenticate=not no_verify)
+        for bad in skipped:
+            err(f"seedvault: warning: skipped backup {bad.backup_id}, which cannot be read: {bad.problem}")
+        if entry is None:
+            raise BackupNotFound(
+                "no matching complete backup" + (f" that can be read ({len(skipped)} cannot)" if skipped else ""),
+                hint="check --kind/--label and 'seedvault list'",
+            )
+        sys.stdout.write(entry.backup_id + "\n")
+        return
     rows = []
     for entry in repo.entries(authenticate=not no_verify):
-        b = entry.body or {}
-        if (kind and b.get("kind") != kind) or (label and b.get("labels", {}).get("name") != label):
+        if entry.body is not None and not matches(entry.body):
             continue
+        b = entry.body or {}
         rows.append(
             {
                 "id": entry.backup_id,
@@ -135,12 +156,13 @@ def list_(
                 "problem": entry.problem,
             }
         )
-    if latest:
-        good = [r for r in rows if r["problem"] is None]
-        if not good:
-            raise BackupNotFound("no matching complete backup", hint="check --kind/--label and 'seedvault list'")
-        sys.stdout.write(good[-1]["id"] + "\n")
-        return
+    damaged = [r["id"] for r in rows if r["problem"]]
+    if damaged:
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        err(
+            f"seedvault: warning: {len(damaged)} of {len(rows)} listed backups cannot be read "
+            f"({', '.join(damaged[:3])}{more}); see their status, and run 'seedvault verify --all'"
+        )
     if json_out:
         print_json(rows)
         return

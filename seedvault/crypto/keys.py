@@ -35,9 +35,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from seedvault.errors import AuthenticationFailed, ConfigError, InvalidKey, WrongKey
+from seedvault.errors import AuthenticationFailed, ConfigError, FormatError, InvalidKey, WrongKey
+from seedvault.format.fields import Fail, Fields, corrupted, short
 
 KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+SALT_MIN_BYTES = 8
+# Bounds a stored KDF must keep (a repository config is input): scrypt needs 128 * n * r bytes of memory,
+# so at most 1 GiB (the default needs 64 MiB), and p parallel passes of that, at most 16 (the default is 2).
+SCRYPT_MAX_MEMORY = 2**30
+SCRYPT_MAX_P = 16
 # OWASP's scrypt floor (N=2^16, r=8, p=2): 64 MiB and ~0.3 s here, once per process.
 DEFAULT_SCRYPT = {"name": "scrypt", "n": 2**16, "r": 8, "p": 2}
 
@@ -71,15 +79,29 @@ class MasterKey:
         ct = AESGCM(hkdf(self.secret, b"seedvault/v1/wrap")).encrypt(nonce, data_key, _wrap_aad(backup_id, self.key_id))
         return {"nonce": _b64(nonce), "wrapped": _b64(ct)}
 
-    def unwrap(self, record: dict[str, str], backup_id: str) -> bytes:
+    def unwrap(self, record: object, backup_id: str) -> bytes:
+        """The data key of a parsed key object; any malformed record is AuthenticationFailed, never a TypeError."""
+        what = f"key object of backup {backup_id} for key {self.key_id}"
+        fields = Fields(record, corrupted(what, AuthenticationFailed))
+        nonce = b64_field(fields, "nonce", NONCE_BYTES)
+        ct = b64_field(fields, "wrapped", KEY_BYTES + TAG_BYTES)
         try:
-            nonce = base64.b64decode(record["nonce"], validate=True)
-            ct = base64.b64decode(record["wrapped"], validate=True)
             return AESGCM(hkdf(self.secret, b"seedvault/v1/wrap")).decrypt(nonce, ct, _wrap_aad(backup_id, self.key_id))
-        except (InvalidTag, KeyError, ValueError, binascii.Error) as exc:
-            raise AuthenticationFailed(
-                f"key object of backup {backup_id} for key {self.key_id} failed authentication"
-            ) from exc
+        except InvalidTag as exc:
+            raise AuthenticationFailed(f"{what} failed authentication") from exc
+
+
+def b64_field(fields: Fields, key: str, size: int) -> bytes:
+    """A base64 string field that must decode to exactly ``size`` bytes."""
+    text = fields.text(key, max_len=4 * size)
+    assert text is not None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise fields.fail(f"field {fields.name(key)!r} is not base64") from None
+    if len(raw) != size:
+        raise fields.fail(f"field {fields.name(key)!r} holds {len(raw)} bytes, not {size}")
+    return raw
 
 
 def _wrap_aad(backup_id: str, key_id: str) -> bytes:
@@ -116,14 +138,37 @@ def parse_raw_key(text: str | bytes, origin: str) -> MasterKey:
     return MasterKey(secret, "raw", origin)
 
 
+def scrypt_params(kdf: object, fail: Fail) -> tuple[bytes, int, int, int]:
+    """(salt, n, r, p) of a stored scrypt KDF object, each checked; ``fail`` names the object it came from."""
+    fields = Fields(kdf, fail, "kdf")
+    name = fields.raw("name")
+    if name != "scrypt":
+        raise ConfigError(f"unsupported key derivation {short(name)} in repository config")
+    n = fields.int("n", lo=2, hi=SCRYPT_MAX_MEMORY)
+    r = fields.int("r", lo=1, hi=SCRYPT_MAX_MEMORY)
+    p = fields.int("p", lo=1, hi=SCRYPT_MAX_P)
+    assert n is not None and r is not None and p is not None
+    if n & (n - 1):
+        raise fail("field 'kdf.n' is not a power of two")
+    if 128 * n * r > SCRYPT_MAX_MEMORY:
+        raise fail(f"its scrypt parameters need more than {SCRYPT_MAX_MEMORY >> 20} MiB of memory")
+    text = fields.text("salt", max_len=256)
+    assert text is not None
+    try:
+        salt = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise fail("field 'kdf.salt' is not base64") from None
+    if len(salt) < SALT_MIN_BYTES:
+        raise fail(f"field 'kdf.salt' is shorter than {SALT_MIN_BYTES} bytes")
+    return salt, n, r, p
+
+
 def derive_passphrase_key(passphrase: bytes, kdf: dict, origin: str) -> MasterKey:
     """Stretch a passphrase with the repository's scrypt parameters."""
-    if kdf.get("name") != "scrypt":
-        raise ConfigError(f"unsupported key derivation {kdf.get('name')!r} in repository config")
+    salt, n, r, p = scrypt_params(kdf, corrupted("repository config", FormatError))
     if not passphrase:
         raise InvalidKey(f"passphrase in {origin} is empty")
-    salt = base64.b64decode(kdf["salt"])
-    secret = Scrypt(salt=salt, length=KEY_BYTES, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(passphrase)
+    secret = Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(passphrase)
     return MasterKey(secret, "passphrase", origin)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from hashlib import sha256
 from typing import Any
 
@@ -23,11 +24,14 @@ from seedvault.errors import (
     MandatoryFeatureUnsupported,
     UnsupportedVersion,
 )
+from seedvault.format import layout
+from seedvault.format.fields import Fields, corrupted, is_int, load_json, short
 
 FORMAT = "seedvault-manifest"
 VERSION = 1
 # Features a reader must understand to restore a backup (borg's "mandatory features"); none yet.
 KNOWN_FEATURES: frozenset[str] = frozenset()
+COMPRESSIONS = ("zstd", "none")  # seedvault.stream.compress.NAMES
 
 
 def canonical(obj: Any) -> bytes:
@@ -45,26 +49,76 @@ def seal(body: dict, data_key: bytes) -> bytes:
 
 
 def parse(data: bytes, backup_id: str) -> tuple[dict, str]:
-    """Parse and check the format version, without authentication (for listing with no key)."""
-    try:
-        outer = json.loads(data)
-        body, mac = outer["body"], outer["mac"]
-        fmt, version = body["format"], body["version"]
-    except (ValueError, KeyError, TypeError):
-        raise AuthenticationFailed(f"manifest of backup {backup_id} is corrupted (not a manifest)") from None
+    """Parse and check the format version, without authentication (for listing with no key).
+
+    Any stored bytes give either a body whose every field has its FORMAT.md type, or a catalogued error:
+    corrupted (not JSON, wrong shapes, missing fields) is AuthenticationFailed, as a bit flip would be.
+    """
+    fail = corrupted(f"manifest of backup {backup_id}", AuthenticationFailed)
+    outer = Fields(load_json(data, fail), fail)
+    body = outer.obj("body")
+    mac = outer.text("mac", max_len=128)
+    assert body is not None and mac is not None
+    fmt, version = body.raw("format"), body.raw("version")
     if fmt != FORMAT:
-        raise FormatError(f"manifest of backup {backup_id} has unknown format {fmt!r}")
+        raise FormatError(f"manifest of backup {backup_id} has unknown format {short(fmt)}")
+    if not is_int(version):
+        raise fail(f"field 'body.version' is {short(version)}, not an integer")
     if version != VERSION:
         raise UnsupportedVersion(
             f"manifest of backup {backup_id} has format version {version}; this seedvault reads version {VERSION}",
             hint="upgrade seedvault",
         )
-    missing = set(body.get("features", [])) - KNOWN_FEATURES
+    missing = set(body.texts("features")) - KNOWN_FEATURES
     if missing:
+        names = sorted(missing)
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
         raise MandatoryFeatureUnsupported(
-            f"backup {backup_id} needs features this seedvault lacks: {', '.join(sorted(missing))}"
+            f"backup {backup_id} needs features this seedvault lacks: {', '.join(short(n) for n in names[:5])}{more}"
         )
-    return body, mac
+    _check_body(body)
+    return body.data, mac
+
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+MIN_CHUNK, MAX_CHUNK = 1024, 16 * 1024 * 1024
+
+
+def _check_body(body: Fields) -> None:
+    """Every field a reader uses has its version-1 type (FORMAT.md section 5); unknown fields are left alone."""
+    body.text("id", pattern=layout.BACKUP_ID_RE)
+    body.text("kind", max_len=128)
+    body.text_map("labels")
+    body.obj("source")
+    body.text("parent", nullable=True, pattern=layout.BACKUP_ID_RE)
+    body.text("started", max_len=64)
+    body.text("finished", max_len=64)
+    body.obj("tool")
+    body.text("cipher", max_len=64)
+    body.int("chunk_size", lo=MIN_CHUNK, hi=MAX_CHUNK)
+    compression = body.obj("compression")
+    assert compression is not None
+    compression.text("name", choices=COMPRESSIONS)
+    compression.int("level", nullable=True, lo=-(2**31), hi=2**31)
+    key = body.obj("key")
+    assert key is not None
+    key.text("key_id", pattern=layout.KEY_ID_RE)
+    key.text("kind", max_len=64)
+    key.obj("kdf", nullable=True)
+    key.text("wrap", max_len=64)
+    key.text("key_objects", max_len=1024)
+    names: set[str] = set()
+    for obj in body.objects("objects"):
+        name = obj.text("name", pattern=layout.OBJECT_NAME_RE)
+        assert name is not None
+        if name in names:
+            raise obj.fail(f"object {name} is listed twice")
+        names.add(name)
+        for size in ("raw_size", "compressed_size", "stored_size", "chunks"):
+            obj.int(size)
+        obj.text("sha256", pattern=HEX64)
+    for size in ("raw_size", "compressed_size", "stored_size"):
+        body.int(size)
 
 
 def open_(data: bytes, data_key: bytes, backup_id: str) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from seedvault.errors import SeedvaultError
+from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.repository import Repository
 
 
@@ -33,10 +33,15 @@ class VerifyResult:
 
 
 def verify_backup(repo: Repository, backup_id: str, *, progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Every problem of one backup, in its result; raised instead: no such backup (BackupNotFound, exit 12)
+    and a master key that cannot be had at all (a missing or unreadable key file: nothing could be checked)."""
     result = VerifyResult(backup_id)
+    repo.master  # noqa: B018 - the configured key's problems are the command's, not this backup's
     try:
         data_key = repo.data_key(backup_id)
         body = repo.manifest(backup_id, data_key)
+    except BackupNotFound:
+        raise
     except SeedvaultError as exc:
         result.ok = False
         result.problems.append(exc.one_line())
@@ -53,4 +58,11 @@ def verify_backup(repo: Repository, backup_id: str, *, progress: Callable[[int],
 
 
 def verify_all(repo: Repository, *, progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
-    return [verify_backup(repo, bid, progress=progress) for bid in repo.backup_ids()]
+    """Every complete backup verified (one that is deleted meanwhile is left out)."""
+    results = []
+    for bid in repo.backup_ids():
+        try:
+            results.append(verify_backup(repo, bid, progress=progress))
+        except BackupNotFound:
+            continue
+    return results

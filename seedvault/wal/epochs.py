@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 from seedvault.crypto.keys import MasterKey
-from seedvault.errors import AuthenticationFailed, FormatError, ObjectNotFound
+from seedvault.errors import AuthenticationFailed, FormatError, ObjectNotFound, UnsupportedVersion
 from seedvault.format import layout
+from seedvault.format.fields import Fail, Fields, corrupted, is_int, load_json, short
 from seedvault.repository import Repository
 
 KEY_FORMAT = "seedvault-wal-key"
@@ -57,18 +58,35 @@ def read_epoch_key(repo: Repository, system_id: str, epoch: str, master: MasterK
 
 
 def parse_record(data: bytes, system_id: str, epoch: str) -> dict[str, Any]:
-    try:
-        rec = json.loads(data)
-    except ValueError:
-        raise AuthenticationFailed(f"WAL key object of epoch {epoch} of system {system_id} is corrupted") from None
-    return checked_record(rec, system_id, epoch)
+    """The checked key object of an epoch from its stored bytes (any malformed bytes: a catalogued error)."""
+    return checked_record(load_json(data, _corrupted(system_id, epoch)), system_id, epoch)
+
+
+def _corrupted(system_id: str, epoch: str) -> Fail:
+    return corrupted(f"WAL key object of epoch {epoch} of system {system_id}", AuthenticationFailed)
 
 
 def checked_record(rec: object, system_id: str, epoch: str) -> dict[str, Any]:
-    """``rec`` if it is a key object of the known format (its wrapping is checked when it is unwrapped)."""
-    if not isinstance(rec, dict) or rec.get("format") != KEY_FORMAT or rec.get("version") != 1:
+    """``rec`` if it is a key object of the known format (FORMAT.md 8.2), its fields of the right types.
+
+    Not JSON, not an object or a field of the wrong type: AuthenticationFailed (corrupted); another
+    ``format``: FormatError; another ``version``: UnsupportedVersion. Its wrapping is checked when unwrapped.
+    """
+    fail = _corrupted(system_id, epoch)
+    fields = Fields(rec, fail)
+    if fields.raw("format", optional=True) != KEY_FORMAT:
         raise FormatError(f"WAL key object of epoch {epoch} of system {system_id} has an unknown format")
-    return rec
+    version = fields.raw("version", optional=True)
+    if not is_int(version) or version != 1:
+        raise UnsupportedVersion(
+            f"WAL key object of epoch {epoch} of system {system_id} has format version {short(version)}; "
+            "this seedvault reads version 1",
+            hint="upgrade seedvault",
+        )
+    fields.text("epoch", pattern=layout.BACKUP_ID_RE)
+    fields.text("key_id", pattern=layout.KEY_ID_RE)
+    fields.text("cipher", max_len=64)
+    return fields.data
 
 
 def unwrap_record(rec: dict[str, Any], system_id: str, epoch: str, master: MasterKey) -> bytes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import re
 import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from seedvault.crypto.keys import hkdf
 from seedvault.errors import AuthenticationFailed, FormatError, TruncatedStream, UnsupportedVersion
 from seedvault.format.chunk import ChunkSealer, open_chunks
+from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.format.manifest import canonical
 from seedvault.stream.compress import compressor, decompress
 
@@ -139,13 +140,37 @@ def read_header_unverified(reader: BinaryIO, what: str) -> tuple[dict[str, Any],
         raise FormatError(f"{what} has an invalid WAL record header")
     body = _exact(reader, length, what)
     mac = _exact(reader, MAC_LEN, what)
-    try:
-        header = json.loads(body)
-    except ValueError:
-        raise AuthenticationFailed(f"{what}: WAL record header is corrupted") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise AuthenticationFailed(f"{what}: WAL record header is corrupted")
-    return header, start + body + mac
+    fail = corrupted(f"{what}: WAL record header", AuthenticationFailed)
+    header = Fields(load_json(body, fail), fail)
+    if header.raw("format", optional=True) != FORMAT:
+        raise fail(f"its format is not {FORMAT}")
+    check_header(header)
+    return header.data, start + body + mac
+
+
+KINDS = ("segment", "partial", "history", "backup")
+SYSTEM_ID_RE = re.compile(r"\A[0-9]{1,20}\Z")
+HEX64_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
+def check_header(header: Fields) -> None:
+    """Every header field has its FORMAT.md 8.3 type (checked before use; authenticated by the MAC after)."""
+    header.int("version")
+    header.text("name", max_len=64)
+    header.text("kind", choices=KINDS)
+    header.text("system_id", pattern=SYSTEM_ID_RE)
+    header.int("timeline", hi=0xFFFFFFFF)
+    header.int("segno", nullable=True)
+    header.int("pg_major", nullable=True, hi=1000)
+    header.int("wal_segment_size", nullable=True, hi=1 << 30)
+    header.int("raw_size")
+    header.text("content_mac", optional=True, pattern=HEX64_RE)
+    header.text("epoch", max_len=64)
+    header.text("compression", choices=("zstd", "none"))
+    header.int("chunk_size")
+    header.text("source", max_len=64)
+    header.text("archived", max_len=64)
+    header.text("tool", max_len=256)
 
 
 def verify_header(raw: bytes, epoch_key: bytes, object_key: str, what: str) -> None:

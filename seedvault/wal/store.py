@@ -42,8 +42,10 @@ from seedvault.errors import (
     FormatError,
     ObjectExists,
     ObjectNotFound,
+    SeedvaultError,
 )
 from seedvault.format import layout
+from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.repository import Repository
 from seedvault.wal import epochs, record
 from seedvault.wal import names as wn
@@ -137,16 +139,12 @@ class WalStore:
         where = hashlib.sha256(str(self.repo.storage.url).encode()).hexdigest()[:12]
         name = f"wal-epoch-{self.system_id}-{master.key_id}-{where}.json"
         cache = self.state_dir / name if self.state_dir else None
-        if cache is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError, AuthenticationFailed, FormatError):
-                cached = json.loads(cache.read_text())
-                epoch = cached["epoch"]
-                if _epoch_young(epoch):
-                    self._epochs[epoch] = self._unwrap(
-                        epochs.checked_record(cached["record"], self.system_id, epoch), epoch
-                    )
-                    self._current = epoch
-                    return epoch, self._epochs[epoch]
+        cached = self._read_cache(cache) if cache is not None else None
+        if cached is not None:
+            epoch, key = cached
+            self._epochs[epoch] = key
+            self._current = epoch
+            return epoch, key
         found = self._reuse_epoch(master.key_id)  # no (valid) cache: one LIST rather than a new key
         if found is not None:
             epoch, key = found
@@ -167,6 +165,25 @@ class WalStore:
             with contextlib.suppress(OSError):
                 _write_private(cache, json.dumps({"epoch": epoch, "record": rec}))
         return epoch, key
+
+    def _read_cache(self, cache: Path) -> tuple[str, bytes] | None:
+        """The young epoch cached in ``state_dir`` and its key, or None when absent, old or unusable in any way.
+
+        The cache only spares a listing: whatever is wrong with it (unreadable, not JSON, another shape, a key
+        object that does not open) makes the caller look the epoch up in the repository instead.
+        """
+        try:
+            data = cache.read_bytes()
+        except OSError:
+            return None
+        fail = corrupted(f"cached WAL epoch {cache}", FormatError)
+        with contextlib.suppress(SeedvaultError):
+            cached = Fields(load_json(data, fail), fail)
+            epoch = cached.text("epoch", pattern=layout.BACKUP_ID_RE)
+            assert epoch is not None
+            if _epoch_young(epoch):
+                return epoch, self._unwrap(epochs.checked_record(cached.raw("record"), self.system_id, epoch), epoch)
+        return None
 
     def _reuse_epoch(self, key_id: str) -> tuple[str, bytes] | None:
         """The newest young epoch already wrapped for ``key_id``, so cache-less pushes share one key."""
