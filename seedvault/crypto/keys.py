@@ -198,6 +198,11 @@ class KeySource:
             raise ConfigError(f"key file {self.path} does not exist") from None
         except PermissionError:
             raise ConfigError(f"key file {self.path} is not readable") from None
+        except IsADirectoryError:
+            raise ConfigError(f"key file {self.path} is a directory, not a file") from None
+        except OSError as exc:  # an I/O error, a dangling mount...: the setting is wrong, not seedvault
+            reason = (exc.strerror or type(exc).__name__).lower()
+            raise ConfigError(f"key file {self.path} cannot be read: {reason}") from None
         if self.kind == "passphrase":
             data = data.rstrip(b"\r\n")
         from seedvault import process

@@ -20,9 +20,11 @@ BACKUPS = f"{ROOT}/backups/"
 KEYS = f"{ROOT}/keys/"
 MANIFEST = "manifest.json"
 
-BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-OBJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-KEY_ID_RE = re.compile(r"^k-[0-9a-f]{16}$")
+# Anchored with \A and \Z, never ^ and $: "$" also matches before a final newline, so "<id>\n" (a backup id
+# pasted with its line end) passed as an id and failed later as an invalid storage name. Use fullmatch.
+BACKUP_ID_RE = re.compile(r"\A\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
+OBJECT_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,127}\Z")
+KEY_ID_RE = re.compile(r"\Ak-[0-9a-f]{16}\Z")
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -36,7 +38,7 @@ def new_backup_id(now: datetime | None = None) -> str:
 
 
 def is_backup_id(text: str) -> bool:
-    return bool(BACKUP_ID_RE.match(text))
+    return isinstance(text, str) and BACKUP_ID_RE.fullmatch(text) is not None
 
 
 def backup_prefix(backup_id: str) -> str:

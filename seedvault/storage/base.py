@@ -27,6 +27,24 @@ from typing import BinaryIO
 
 from seedvault.errors import StorageError
 
+_URL_HEAD = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*:?/+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a message: no user-info, query or fragment, even when the URL is mistyped.
+
+    ``http://KEY:SECRET@host`` parses, but ``http//KEY:SECRET@host`` (a missing colon) does not, and a parser
+    then sees no user-info to drop: so everything after the scheme up to the *last* ``@`` goes, whatever the
+    shape (``http//***@host``), and so does everything from ``?`` or ``#``.
+    """
+    head = _URL_HEAD.match(url)
+    start = head.end() if head else 0
+    rest = url[start:].split("?", 1)[0].split("#", 1)[0]
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return url[:start] + rest
+
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9][A-Za-z0-9._=-]*)*$")
 TEMP_MARKER = ".tmp."
 

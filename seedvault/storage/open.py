@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlparse
 
 from seedvault.config import Settings
 from seedvault.errors import ConfigError
-from seedvault.storage.base import Storage
+from seedvault.storage.base import Storage, redact_url
+
+# "s3//bucket/prefix" would otherwise be taken for a relative directory (and echoed in errors as one)
+_MISTYPED_SCHEME = re.compile(r"\A(?:s3|file|https?)//", re.IGNORECASE)
 
 
 def open_storage(settings: Settings, *, create: bool = False, client=None) -> Storage:
@@ -15,18 +19,26 @@ def open_storage(settings: Settings, *, create: bool = False, client=None) -> St
         raise ConfigError(
             "no repository configured", hint="set SEEDVAULT_REPOSITORY to file:///path or s3://bucket/prefix"
         )
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        raise ConfigError(f"repository URL {redact_url(url)!r} cannot be parsed") from None
+    if not parsed.scheme and _MISTYPED_SCHEME.match(url):
+        raise ConfigError(
+            f"repository URL {redact_url(url)!r} lacks the ':' after its scheme",
+            hint="use s3://bucket/prefix or file:///absolute/path",
+        )
     if parsed.scheme in ("", "file"):
         from seedvault.storage.local import LocalStorage
 
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"repository URL {url!r}: use file:///absolute/path")
+            raise ConfigError(f"repository URL {redact_url(url)!r}: use file:///absolute/path")
         return LocalStorage(parsed.path if parsed.scheme else url, create=create)
     if parsed.scheme == "s3":
         from seedvault.storage.s3 import S3Storage
 
         if not parsed.netloc:
-            raise ConfigError(f"repository URL {url!r} names no bucket")
+            raise ConfigError(f"repository URL {redact_url(url)!r} names no bucket")
         if parsed.username or parsed.password:
             raise ConfigError("repository URL must not carry credentials; use the AWS environment or config")
         session = None

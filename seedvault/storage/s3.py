@@ -28,10 +28,12 @@ Why it is built this way:
   final ``PutObject``/``CompleteMultipartUpload`` and raises ``ObjectExists`` if the name is taken.
   That check is racy (two writers may both pass it), so ``capabilities.atomic_no_overwrite`` turns
   ``False``. An endpoint that silently *ignores* the header cannot be detected here.
-* **Resumable reads.** ``open_read`` streams the body. If the stream breaks (connection reset,
-  incomplete read, read timeout), the reader continues with ``Range: bytes=<offset>-`` pinned to the
-  first response's ETag with ``If-Match``; if the object changed meanwhile the server answers 412 and the
-  reader raises :class:`~seedvault.errors.StorageError` rather than splicing two versions together.
+* **Resumable reads.** ``open_read`` streams the body of a ``Range: bytes=0-`` GET, whose ``Content-Range``
+  gives the object's size apart from the answer's length (see :func:`_object_size`). If the stream breaks
+  (connection reset, incomplete read, read timeout, a body that ends short of that size), the reader
+  continues with ``Range: bytes=<offset>-`` pinned to the first response's ETag with ``If-Match``; if the
+  object changed meanwhile the server answers 412 and the reader raises
+  :class:`~seedvault.errors.StorageError` rather than splicing two versions together.
 * **Errors.** Every botocore failure goes through :func:`translate_error`, which maps it to the
   :mod:`seedvault.errors` storage family (the original chained) with a one-line lowercase message naming
   bucket and key. Messages are built from error *codes* only, never from server messages (a
@@ -67,6 +69,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     CredentialRetrievalError,
     EndpointConnectionError,
+    FlexibleChecksumError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
@@ -87,7 +90,15 @@ from seedvault.errors import (
     StorageUnreachable,
     TransientStorageError,
 )
-from seedvault.storage.base import Capabilities, ObjectInfo, ObjectWriter, PartialWrite, Storage, validate_key
+from seedvault.storage.base import (
+    Capabilities,
+    ObjectInfo,
+    ObjectWriter,
+    PartialWrite,
+    Storage,
+    redact_url,
+    validate_key,
+)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3 minimum for every part but the last
@@ -131,8 +142,11 @@ _TRANSIENT_CODES = {
 }
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
 # Errors of a body stream that broke mid-way; a ranged GET can pick up where it stopped.
+# A body whose checksum (x-amz-checksum-*, checked by botocore at its end) does not match broke too: cut short
+# or garbled on the way. The read goes on from the last byte handed out (chunk tags authenticate every byte).
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (
     IncompleteReadError,
+    FlexibleChecksumError,
     ReadTimeoutError,
     ResponseStreamingError,
     ConnectionClosedError,
@@ -151,11 +165,32 @@ def _safe_endpoint(url: str | None) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "(unparsable endpoint)"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+        return redact_url(url)
+    if not parts.scheme or not parts.hostname:  # mistyped (http//KEY:SECRET@host): no parser to trust
+        return redact_url(url)
+    host = parts.hostname
+    try:
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a port that is not a number
+        pass
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _object_size(response: dict[str, Any]) -> int:
+    """The size of the whole object a GET answered, which is not always the length of the answer.
+
+    Why reads ask for ``Range: bytes=0-``: a 206 names the object's size in ``Content-Range``
+    (``bytes 0-99/100``), apart from the body's ``Content-Length``. A body cut short by a proxy or a broken
+    front end *with a Content-Length to match* ends cleanly, so without the second number the reader would
+    take it for the whole object and the backup for truncated (exit 23), when the stored object is intact
+    and a ranged retry fetches the rest. An endpoint that ignores the range answers 200: Content-Length it is.
+    """
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    if content_range.startswith("bytes ") and total.isdigit():
+        return int(total)
+    return int(response.get("ContentLength") or 0)
 
 
 def _utc(value: datetime) -> datetime:
@@ -483,7 +518,7 @@ class _S3Reader(io.RawIOBase):
         self._full = storage._full_key(key)
         self._body = response["Body"]
         self.etag: str = response.get("ETag", "")
-        self.size: int = int(response.get("ContentLength", 0))
+        self.size: int = _object_size(response)
         self._pos = 0
         self.resumes = 0  # total resumes, for tests and logs
 
@@ -535,6 +570,12 @@ class _S3Reader(io.RawIOBase):
         if not content_range.startswith(f"bytes {self._pos}-"):
             resp["Body"].close()
             raise StorageError(f"s3 endpoint ignored the range request while resuming object {self.key}")
+        if _object_size(resp) != self.size:
+            resp["Body"].close()
+            raise StorageError(
+                f"object {self.key} in bucket {self._s.bucket} changed size while being read; "
+                "refusing to splice two versions"
+            )
         self._body = resp["Body"]
         self.resumes += 1
 
@@ -673,9 +714,15 @@ class S3Storage(Storage):
         return _S3Writer(self, key, overwrite)
 
     def open_read(self, key: str) -> BinaryIO:
+        """The object's body, read to its full size (see :func:`_object_size`), resumed where it breaks."""
         full = self._full_key(key)
         try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=full)
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=full, Range="bytes=0-")
+            except ClientError as exc:
+                if _error_code(exc)[1] != 416:
+                    raise
+                resp = self._client.get_object(Bucket=self.bucket, Key=full)  # empty: it has no byte 0
         except Exception as exc:
             raise self._translate(exc, key) from exc
         return _S3Reader(self, key, resp)  # type: ignore[return-value]

@@ -18,11 +18,11 @@ from seedvault.errors import ForeignWal, FormatError, UsageError
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
-HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
-LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+SEGMENT_RE = re.compile(r"\A([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\Z")
+PARTIAL_RE = re.compile(r"\A([0-9A-F]{24})\.partial\Z")
+HISTORY_RE = re.compile(r"\A([0-9A-F]{8})\.history\Z")
+BACKUP_RE = re.compile(r"\A([0-9A-F]{24})\.([0-9A-F]{8})\.backup\Z")
+LSN_RE = re.compile(r"\A([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\Z")
 
 # XLOG_PAGE_MAGIC per major (src/include/access/xlog_internal.h of each release).
 PAGE_MAGIC = {13: 0xD106, 14: 0xD10D, 15: 0xD110, 16: 0xD113, 17: 0xD116}
@@ -48,13 +48,13 @@ class WalName:
 
 def classify(name: str) -> WalName:
     """What kind of WAL file ``name`` is; anything else is a usage error (never archived under a guess)."""
-    if SEGMENT_RE.match(name):
+    if SEGMENT_RE.fullmatch(name):
         return WalName(name, "segment", int(name[:8], 16), name)
-    if m := PARTIAL_RE.match(name):
+    if m := PARTIAL_RE.fullmatch(name):
         return WalName(name, "partial", int(name[:8], 16), m.group(1))
-    if m := HISTORY_RE.match(name):
+    if m := HISTORY_RE.fullmatch(name):
         return WalName(name, "history", int(m.group(1), 16))
-    if m := BACKUP_RE.match(name):
+    if m := BACKUP_RE.fullmatch(name):
         return WalName(name, "backup", int(name[:8], 16), m.group(1))
     raise UsageError(f"{name!r} is not a WAL file name (segment, .partial, .history or .backup)")
 
@@ -69,7 +69,7 @@ def segment_name(tli: int, segno: int, seg_size: int) -> str:
 
 
 def segno_of(segment: str, seg_size: int) -> int:
-    m = SEGMENT_RE.match(segment)
+    m = SEGMENT_RE.fullmatch(segment)
     if not m:
         raise UsageError(f"{segment!r} is not a WAL segment name")
     per = segs_per_xlogid(seg_size)
@@ -80,7 +80,7 @@ def segno_of(segment: str, seg_size: int) -> int:
 
 
 def parse_lsn(text: str) -> int:
-    m = LSN_RE.match(text.strip())
+    m = LSN_RE.fullmatch(text.strip())
     if not m:
         raise UsageError(f"{text!r} is not an LSN (expected e.g. 0/3000060)")
     return (int(m.group(1), 16) << 32) | int(m.group(2), 16)

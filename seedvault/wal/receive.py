@@ -48,9 +48,9 @@ from seedvault.wal.store import WalStore
 
 log = logging.getLogger(__name__)
 
-_COMPLETE_RE = re.compile(r"^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$")
-_PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
-_SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
+_COMPLETE_RE = re.compile(r"\A[0-9A-F]{24}\Z|\A[0-9A-F]{8}\.history\Z")
+_PARTIAL_RE = re.compile(r"\A([0-9A-F]{24})\.partial\Z")
+_SLOT_RE = re.compile(r"\A[a-z0-9_]{1,63}\Z")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _server_facts(target: PgTarget) -> tuple[int, str]:
 
 def ensure_slot(target: PgTarget, slot: str, *, create: bool) -> None:
     """The physical slot must exist (created with reserved WAL when ``create``)."""
-    if not _SLOT_RE.match(slot):
+    if not _SLOT_RE.fullmatch(slot):
         raise ConfigError(f"invalid replication slot name {slot!r} (lower-case letters, digits, underscore)")
     with target.connect() as conn:
         try:
@@ -196,7 +196,7 @@ class WalReceiver:
             names = sorted(os.listdir(self.spool))
         except OSError:
             return
-        complete = [n for n in names if _COMPLETE_RE.match(n)]
+        complete = [n for n in names if _COMPLETE_RE.fullmatch(n)]
         for n in sorted(complete, key=lambda x: (not x.endswith(".history"), x)):
             self._push_complete(n)
         segs = [n for n in complete if not n.endswith(".history")]
@@ -205,7 +205,7 @@ class WalReceiver:
                 with contextlib.suppress(OSError):
                     os.unlink(self.spool / n)
                 self._pushed.discard(n)
-        partials = [n for n in names if _PARTIAL_RE.match(n)]
+        partials = [n for n in names if _PARTIAL_RE.fullmatch(n)]
         if partials:
             due = final or (
                 self.partial_interval > 0 and time.monotonic() - self._partial_pushed_at >= self.partial_interval

@@ -56,7 +56,7 @@ STOP_MODES = ("smart", "fast", "immediate")
 PRELOADED_WHEN_INSTALLED: tuple[str, ...] = ("timescaledb",)
 _CONF_BEGIN = "# --- seedvault settings: begin (rewritten by seedvault, edits are lost) ---"
 _CONF_END = "# --- seedvault settings: end ---"
-_GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_GUC_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.]*\Z")
 _MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _PORT_IN_USE = ("Address already in use", "could not create any TCP/IP sockets", "could not create lock file")
 
@@ -353,7 +353,7 @@ class LocalCluster:
         if auth not in AUTH_METHODS:
             raise ConfigError(f"unknown authentication method {auth!r} (one of {', '.join(AUTH_METHODS)})")
         for name in extra_conf or {}:
-            if not _GUC_NAME.match(name) or name == "port":
+            if not _GUC_NAME.fullmatch(name) or name == "port":
                 raise ConfigError(f"invalid PostgreSQL setting name {name!r} in extra_conf")
 
     def _private_password_copy(self, source: Path) -> Path:
