@@ -302,9 +302,14 @@ class Repository:
         self.storage.delete([o.key for o in self.storage.list(layout.keys_prefix(backup_id))])
 
     def begin(self, **kwargs: Any) -> BackupWriter:
-        """Start writing a new backup (see :class:`seedvault.writer.BackupWriter`)."""
+        """Start writing a new backup (see :class:`seedvault.writer.BackupWriter`).
+
+        Labels are checked first (UsageError naming the rule), before anything is written.
+        """
         from seedvault.writer import BackupWriter
 
+        if kwargs.get("labels") is not None:
+            kwargs["labels"] = mf.check_labels(kwargs["labels"])
         faults.reached("backup-start")
         return BackupWriter(self, **kwargs)
 

@@ -26,6 +26,8 @@ import binascii
 import hmac
 import os
 import secrets
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,11 +191,14 @@ class KeySource:
     value: bytes | None = field(default=None, repr=False)
 
     def read(self) -> bytes:
+        """The key file's bytes; a passphrase file loses exactly one trailing newline (FORMAT.md section 6)."""
         if self.value is not None:
             return self.value
         assert self.path is not None
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                mode = os.fstat(fh.fileno()).st_mode
+                data = fh.read()
         except FileNotFoundError:
             raise ConfigError(f"key file {self.path} does not exist") from None
         except PermissionError:
@@ -203,10 +208,23 @@ class KeySource:
         except OSError as exc:  # an I/O error, a dangling mount...: the setting is wrong, not seedvault
             reason = (exc.strerror or type(exc).__name__).lower()
             raise ConfigError(f"key file {self.path} cannot be read: {reason}") from None
-        if self.kind == "passphrase":
-            data = data.rstrip(b"\r\n")
+        if stat.S_ISREG(mode) and mode & 0o077:
+            _warn_once(
+                f"{self.kind}:{self.path}",
+                f"key file {self.path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {self.path}",
+            )
         from seedvault import process
 
+        if self.kind == "passphrase":
+            data = data.removesuffix(b"\n")
+            process.register_secret(data)
+            if data.endswith((b"\n", b"\r")):
+                _warn_once(
+                    f"newline:{self.path}",
+                    f"passphrase file {self.path} still ends with a line break after its one trailing newline "
+                    "was removed; that line break is part of the passphrase (FORMAT.md section 6)",
+                )
         process.register_secret(data.strip())
         return data
 
@@ -217,6 +235,17 @@ class KeySource:
         if kdf is None:
             raise ConfigError("repository has no key-derivation parameters for a passphrase")
         return derive_passphrase_key(self.read(), kdf, self.origin)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(what: str, message: str) -> None:
+    """A warning on stderr, once per process for ``what`` (a key is read once per repository, or more)."""
+    if what not in _WARNED:
+        _WARNED.add(what)
+        sys.stderr.write(f"seedvault: warning: {message}\n")
+        sys.stderr.flush()
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

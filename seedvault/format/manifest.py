@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import unicodedata
 from hashlib import sha256
 from typing import Any
 
@@ -23,6 +24,7 @@ from seedvault.errors import (
     FormatError,
     MandatoryFeatureUnsupported,
     UnsupportedVersion,
+    UsageError,
 )
 from seedvault.format import layout
 from seedvault.format.fields import Fields, corrupted, is_int, load_json, short
@@ -130,6 +132,42 @@ def open_(data: bytes, data_key: bytes, backup_id: str) -> dict:
     if body.get("id") != backup_id:
         raise AuthenticationFailed(f"manifest stored as backup {backup_id} belongs to another backup")
     return body
+
+
+LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """Labels fit for a manifest, or a UsageError naming the rule they break (checked before a backup starts).
+
+    Labels are shown by ``list`` and ``show``, matched by ``--label`` and may end up in file or database names
+    chosen by operators' scripts, so: at most 32; names ``[a-z][a-z0-9_.-]{0,63}``; values 1 to 256 characters
+    with no line break or other control character and no ``/`` or ``\\`` (nothing that reads as a path).
+    """
+    if not isinstance(labels, dict):
+        raise UsageError("labels must be a mapping of names to values")
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"at most {MAX_LABELS} labels per backup, not {len(labels)}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
+            raise UsageError(
+                f"invalid label name {short(key)}: names are 1-64 characters of a-z, 0-9, '_', '.', '-', "
+                "starting with a letter"
+            )
+        rule = (
+            f"label {key}: values are 1-{MAX_LABEL_VALUE} characters without line breaks, control characters, "
+            "'/' or '\\'"
+        )
+        if not isinstance(value, str):
+            raise UsageError(f"{rule} (got {short(value)})")
+        if not 1 <= len(value) <= MAX_LABEL_VALUE:
+            raise UsageError(f"{rule} (got {len(value)} characters)")
+        bad = next((c for c in value if c in "/\\" or unicodedata.category(c).startswith("C")), None)
+        if bad is not None:
+            raise UsageError(f"{rule} (got {bad!r} in {short(value)})")
+    return dict(labels)
 
 
 def without_floats(value: Any) -> Any:

@@ -1,5 +1,8 @@
 """Local-directory storage: temporary name, fsync, atomic link/rename, fsync of the directory.
 
+Files are created 0600 and directories 0700 (existing directories keep their mode): a repository holds
+only ciphertext, but its names, sizes and times still say what is backed up and when.
+
 Immutable objects are published with ``link(2)`` from the temporary file, which fails if the name exists,
 so two writers can never replace each other's object (the no-overwrite rule is enforced by the kernel,
 not by a racy existence check). Temporary files carry ``.tmp.`` in their name, are invisible to
@@ -28,6 +31,29 @@ from seedvault.storage.base import (
     validate_key,
 )
 
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700; directories that exist keep their mode.
+
+    Why not ``mkdir(parents=True, mode=...)``: it gives the mode to the last directory only, the parents get
+    the umask's 0755, and a repository made by seedvault should not be listable by other local users.
+    """
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -54,9 +80,11 @@ class _LocalWriter(ObjectWriter):
         self._final = storage._path(key)
         self._overwrite = overwrite
         try:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(self._final.parent)
             self._tmp = self._final.parent / f"{TEMP_MARKER}{self._final.name}.{os.getpid()}.{secrets.token_hex(4)}"
-            self._fh = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+            # 0600 from the start (the object is published by link(2), so it keeps this inode and its mode)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            self._fh = os.fdopen(fd, "wb")
         except OSError as exc:
             raise _translate(exc, key) from exc
         self._done = False
@@ -116,7 +144,7 @@ class LocalStorage(Storage):
         self.url = f"file://{self.root}"
         if create:
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
+                _make_dirs(self.root)
             except OSError as exc:
                 raise StorageUnreachable(f"cannot create repository directory {self.root}: {exc.strerror}") from exc
         elif not self.root.is_dir():

@@ -173,6 +173,7 @@ def test_several_problems_raise_the_first_and_count_the_rest() -> None:
 def store(tmp_path: Path) -> WalStore:
     key = tmp_path / "master.key"
     key.write_text(generate_raw_key())
+    key.chmod(0o600)
     repo = Repository(LocalStorage(str(tmp_path / "repo"), create=True), KeySource("raw", origin="test", path=key))
     repo.config(create=True)
     return WalStore(repo, SYSID)

@@ -45,6 +45,7 @@ def repo(tmp_path: Path) -> Repository:
 def make_wal_repo(tmp_path: Path) -> Repository:
     key = tmp_path / "master.key"
     key.write_text(generate_raw_key())
+    key.chmod(0o600)
     storage = LocalStorage(str(tmp_path / "repo"), create=True)
     r = Repository(storage, KeySource("raw", origin="test key", path=key))
     r.config(create=True)
@@ -253,6 +254,7 @@ def test_fetch_missing_corrupted_moved_and_wrong_key(repo: Repository, tmp_path:
     # a different master key
     k2 = tmp_path / "other.key"
     k2.write_text(generate_raw_key())
+    k2.chmod(0o600)
     repo2 = Repository(repo.storage, KeySource("raw", origin="other key", path=k2))
     with pytest.raises(AuthenticationFailed, match="no key object for master key"):
         WalStore(repo2, SYSID).fetch(p.name, dest)
