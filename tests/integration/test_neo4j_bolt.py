@@ -5,7 +5,7 @@ Where the server comes from, first that applies:
 1. ``NEO4J_URI`` + ``NEO4J_PASSWORD`` (``NEO4J_USER``, default neo4j; ``NEO4J_DATABASE``, default neo4j): a
    running server. Its database must be empty (the tests fill it and wipe it again); otherwise they skip.
 2. ``NEO4J_HOME``: a Neo4j install (4.4, 5.x or 2025.x) started here with its own conf, data and logs under
-   pytest's temp dir, on free loopback ports, with authentication off (so no password is ever in an argv).
+   pytest's temp dir, on free loopback ports, with authentication on (a throwaway initial password).
 3. A Docker engine that answers ``docker info``: the ``neo4j:5.26`` image through testcontainers.
 
 With none of these every test here skips, saying which were looked for. Nothing at import time needs a server.
@@ -108,7 +108,7 @@ def _start_from_home(home: Path, base: Path) -> Iterator[Neo4jServer]:
         f"{prefix}.memory.heap.initial_size": "512m",
         f"{prefix}.memory.heap.max_size": "512m",
         f"{prefix}.memory.pagecache.size": "256m",
-        "dbms.security.auth_enabled": "false",
+        "dbms.security.auth_enabled": "true",
     }
     # Neo4j 5 refuses a setting declared twice ("declared multiple times"): replace the install's own lines.
     conf_file = conf / "neo4j.conf"
@@ -120,8 +120,15 @@ def _start_from_home(home: Path, base: Path) -> Iterator[Neo4jServer]:
     conf_file.write_text("\n".join(kept) + "\n" + "".join(f"{k}={v}\n" for k, v in settings.items()), encoding="utf-8")
     log = open(base / "console.log", "wb")  # noqa: SIM115 - closed at teardown
     env = dict(os.environ, NEO4J_HOME=str(home), NEO4J_CONF=str(conf))
+    # Authentication on, as in production (the wrong-password test needs it). neo4j-admin takes the initial
+    # password only as an argument: a throwaway value of this test server, never a real secret.
+    password = "sv-bolt-" + os.urandom(8).hex()
+    verb = ["set-initial-password"] if _major(home) == 4 else ["dbms", "set-initial-password"]
+    subprocess.run(
+        [str(home / "bin" / "neo4j-admin"), *verb, password], env=env, check=True, capture_output=True, timeout=120
+    )
     proc = subprocess.Popen([str(home / "bin" / "neo4j"), "console"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Neo4jServer(f"bolt://127.0.0.1:{bolt_port}", "neo4j", "auth-disabled", "neo4j", auth=False, owned=True)
+    server = Neo4jServer(f"bolt://127.0.0.1:{bolt_port}", "neo4j", password, "neo4j", auth=True, owned=True)
     try:
         _wait_for(server, lambda: proc.poll() is None)
         yield server
