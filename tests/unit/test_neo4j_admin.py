@@ -102,6 +102,8 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, editio
         p.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv(fake_neo4j.STATE_ENV, str(state))
+    monkeypatch.delenv("NEO4J_HOME", raising=False)  # set where a real install is: these run against the fake
+    monkeypatch.delenv("NEO4J_CONF", raising=False)
     monkeypatch.delenv(fake_neo4j.FAIL_ENV, raising=False)
     return state
 
@@ -322,7 +324,8 @@ def _cli(tmp_path: Path, *args: str, extra_env: dict | None = None):
 
     env = dict(os.environ, SEEDVAULT_REPOSITORY=f"file://{tmp_path / 'repo'}",
                SEEDVAULT_KEY_FILE=str(tmp_path / "master.key"), **(extra_env or {}))  # fmt: skip
-    env.pop("NEO4J_PASSWORD", None)
+    for name in ("NEO4J_PASSWORD", "NEO4J_HOME", "NEO4J_CONF"):  # a real install's (NEO4J_HOME) is not the fake's
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "seedvault.cli.app", *args], env=env, capture_output=True, text=True)
 
 
