@@ -73,6 +73,15 @@ class ObjectExists(StorageError):
     exit_code = 16
 
 
+class ObjectVanished(StorageError):
+    """An object of a backup still being written disappeared before its commit (a concurrent cleanup/prune).
+
+    The backup is not committed (never listed); what was left of it is removed. Worth running again.
+    """
+
+    exit_code = 17
+
+
 # --- integrity -----------------------------------------------------------------------------------------
 class IntegrityError(SeedvaultError):
     exit_code = 20

@@ -7,6 +7,12 @@ the caller (CLI, Prefect artifact) can report where the seconds went.
 If the writer is left by an exception, every object it wrote is deleted again (best effort); if the
 process dies instead, nothing is deleted but no manifest exists either, so the backup is never listed,
 and ``seedvault cleanup`` removes the leftovers after the grace period.
+
+A cleanup (or prune) that runs with too short a grace can remove the objects of a backup that is still
+being written; so just before the manifest is written, the writer checks (one HEAD per object) that its
+key object and every data object are still stored with the sizes it wrote. If one is gone it does not
+commit: it removes what is left and raises :class:`~seedvault.errors.ObjectVanished`, instead of
+listing a backup that cannot be read.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import seedvault
 from seedvault import faults
 from seedvault.crypto.keys import new_data_key
-from seedvault.errors import FormatError, IntegrityError, ObjectNotFound, SeedvaultError, TransientStorageError
+from seedvault.errors import (
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    ObjectVanished,
+    SeedvaultError,
+    TransientStorageError,
+)
 from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.format.chunk import DEFAULT_CHUNK, ChunkSealer
@@ -35,6 +48,10 @@ if TYPE_CHECKING:
     from seedvault.repository import Repository
 
 READ_SIZE = 1024 * 1024
+_VANISHED_HINT = (
+    "a concurrent 'seedvault cleanup' (or prune) probably removed it: give cleanup a --grace longer than"
+    " the longest running backup, then run the backup again"
+)
 log = logging.getLogger(__name__)
 
 
@@ -174,6 +191,14 @@ class ObjectPlan:
                 t0 = time.perf_counter()
                 sink.commit()
                 t.upload += time.perf_counter() - t0
+        except (ObjectNotFound, ObjectVanished) as exc:
+            # The unfinished write itself disappeared (a temp file or multipart upload a cleanup removed).
+            sink.abort()
+            raise ObjectVanished(
+                f"backup {self.backup.backup_id}: object {sink.key} disappeared while it was being written"
+                f" ({exc.one_line()})",
+                hint=_VANISHED_HINT,
+            ) from exc
         except BaseException:
             sink.abort()
             raise
@@ -267,6 +292,7 @@ class BackupWriter:
         self.data_key = new_data_key()
         self._kdf = config.get("kdf") if self.master.kind == "passphrase" else None
         repo.write_key_object(self.backup_id, self.data_key, self.master)
+        self._key_object = layout.key_object(self.backup_id, self.master.key_id)
         faults.reached("key-object-written")
 
     def __enter__(self) -> BackupWriter:
@@ -336,6 +362,7 @@ class BackupWriter:
         if not self.objects:
             raise FormatError("a backup needs at least one object")
         faults.reached("data-complete")
+        self._confirm_objects()
         body = self.manifest_body()
         data = mf.seal(body, self.data_key)
         writer = self.repo.storage.open_write(layout.manifest_key(self.backup_id))
@@ -355,6 +382,35 @@ class BackupWriter:
         self.body = body
         faults.reached("committed")
         return body
+
+    def _confirm_objects(self) -> None:
+        """Before the commit: are the key object and every data object still stored, at the sizes written?
+
+        Why: a cleanup or prune that runs while this backup is written (a grace shorter than the backup)
+        removes its objects; a manifest written after that lists a backup that cannot be read. One HEAD
+        per object. If one is gone (or the check itself fails) nothing is committed, what is left is
+        removed and :class:`ObjectVanished` (or the check's error) is raised.
+        """
+        expected: list[tuple[str, int | None]] = [(self._key_object, None)]
+        expected += [(layout.data_key(self.backup_id, o.name), o.stored_size) for o in self.objects]
+        for key, size in expected:
+            try:
+                info = self.repo.storage.head(key)
+            except ObjectNotFound:
+                problem = "is gone"
+            except BaseException:
+                self.abandon()
+                raise
+            else:
+                if (size is None and info.size > 0) or info.size == size:
+                    continue
+                problem = f"has {info.size} bytes, not the {size} written" if size is not None else "is empty"
+            self.abandon()
+            raise ObjectVanished(
+                f"backup {self.backup_id}: its object {key} {problem} before the commit; the backup was not"
+                " committed and what was left of it is removed",
+                hint=_VANISHED_HINT,
+            )
 
     def _landed(self, data: bytes, failure: SeedvaultError) -> bool:
         """After a failed manifest write: is the manifest stored anyway (the answer was lost, not the write)?

@@ -4,6 +4,13 @@ Candidates are (a) objects of a backup id that has no manifest (data and key obj
 died before its commit marker), and (b) temporary files / unfinished multipart uploads. A candidate is
 removed only when its newest trace is older than the grace period (default 24 h): a backup still
 running keeps writing objects or parts, so its newest trace stays young and it is left alone. The
+traces of one backup id are judged together, by the newest of them (object times, temp file times, the
+newest uploaded part of a multipart upload), never by the oldest (its key object, written first).
+
+What cleanup cannot see: a backup that writes nothing visible for longer than the grace (an S3 object
+below one part is buffered in memory until its end; a dump that is slow to start). Until writers hold
+leases, the grace must exceed the longest running backup. A backup whose objects a cleanup removed
+anyway does not commit: its writer checks its objects before the manifest (ObjectVanished, exit 17). The
 complete backups (manifest present) are never touched, even if their manifest fails to authenticate;
 that is for ``verify`` to report and for an operator to decide.
 """
@@ -41,11 +48,14 @@ def cleanup(repo: Repository, *, grace_seconds: float, dry_run: bool = False) ->
             if bid and bid not in complete:
                 by_backup[bid].append(info)
     partials = list(storage.list_partial(layout.ROOT + "/"))
+    # A multipart upload started long ago may still be receiving parts: judge it by its newest part (one
+    # request each, only for those older than the grace), not by its start.
+    activity = {p: (p.started if p.started > cutoff else storage.partial_activity(p)) for p in partials}
     newest_partial: dict[str, datetime] = {}
     for p in partials:
         bid = layout.backup_id_of(p.key)
         if bid:
-            newest_partial[bid] = max(newest_partial.get(bid, p.started), p.started)
+            newest_partial[bid] = max(newest_partial.get(bid, activity[p]), activity[p])
     for bid, infos in sorted(by_backup.items()):
         newest = max([i.modified for i in infos] + ([newest_partial[bid]] if bid in newest_partial else []))
         if newest > cutoff:
@@ -62,7 +72,7 @@ def cleanup(repo: Repository, *, grace_seconds: float, dry_run: bool = False) ->
     for p in partials:
         bid = layout.backup_id_of(p.key)
         # A partial write of a backup whose other traces are young belongs to a running backup: keep it.
-        if p.started > cutoff or (bid and bid in report.kept_young):
+        if activity[p] > cutoff or (bid and bid in report.kept_young):
             continue
         if not dry_run:
             storage.abort_partial(p)

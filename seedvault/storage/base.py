@@ -11,7 +11,8 @@ Their contract (checked for every driver by ``tests/contract/test_storage.py``):
 * ``list(prefix)`` yields :class:`ObjectInfo` sorted by key and never shows temporary/in-progress names.
 * ``delete(keys)`` ignores keys that are already gone.
 * ``list_partial()`` shows what interrupted writers left behind (temporary files, unfinished multipart
-  uploads) with their start time, so ``cleanup`` can remove those older than a grace period.
+  uploads) with their start time, so ``cleanup`` can remove those older than a grace period;
+  ``partial_activity()`` says when one was last written to (a multipart upload still receiving parts).
 
 Native errors are translated to the :mod:`seedvault.errors` storage family, the original chained.
 """
@@ -130,6 +131,14 @@ class Storage(ABC):
 
     @abstractmethod
     def abort_partial(self, partial: PartialWrite) -> None: ...
+
+    def partial_activity(self, partial: PartialWrite) -> datetime:
+        """When ``partial`` was last written to (a running writer keeps this young); its start if unknown.
+
+        ``cleanup`` asks only about partial writes older than its grace. Local temporary files report their
+        modification time as ``started`` already; S3 overrides this with the newest part's time.
+        """
+        return partial.started
 
     def check(self) -> None:
         """Fail fast with a clear error when the storage is unreachable or unusable."""

@@ -84,6 +84,7 @@ from seedvault.errors import (
     ConfigError,
     ObjectExists,
     ObjectNotFound,
+    ObjectVanished,
     PermissionDenied,
     SeedvaultError,
     StorageError,
@@ -242,7 +243,8 @@ def translate_error(exc: BaseException, *, bucket: str, key: str | None, endpoin
                 hint="check the credentials and the bucket/key policy",
             )
         if code == "NoSuchUpload":
-            return StorageError(f"multipart upload of {what} no longer exists")
+            # Aborted under a running writer: by a cleanup/prune whose grace was shorter than the upload.
+            return ObjectVanished(f"multipart upload of {what} no longer exists")
         if code in _PRECONDITION_CODES or status == 412:
             return StorageError(f"precondition failed on {what}")
         if code in _TRANSIENT_CODES or status == 429 or status >= 500:
@@ -794,6 +796,26 @@ class S3Storage(Storage):
             raise self._translate(exc, None) from exc
         rows.sort(key=lambda p: (p.key, p.started))
         yield from rows
+
+    def partial_activity(self, partial: PartialWrite) -> datetime:
+        """The newest part's upload time (one ListParts request): a running upload keeps adding parts."""
+        newest = partial.started
+        try:
+            pages = self._client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=self._key_prefix + partial.key, UploadId=partial.handle
+            )
+            for page in pages:
+                for part in page.get("Parts", ()):
+                    if part.get("LastModified") is not None:
+                        newest = max(newest, _utc(part["LastModified"]))
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code == "NoSuchUpload" or (status == 404 and code != "NoSuchBucket"):
+                return newest  # completed or aborted meanwhile: abort_partial ignores it
+            raise self._translate(exc, partial.key) from exc
+        except Exception as exc:
+            raise self._translate(exc, partial.key) from exc
+        return newest
 
     def abort_partial(self, partial: PartialWrite) -> None:
         try:

@@ -17,6 +17,7 @@ PINNED = {
     "StorageUnreachable": 14,
     "TransientStorageError": 15,
     "ObjectExists": 16,
+    "ObjectVanished": 17,
     "IntegrityError": 20,
     "AuthenticationFailed": 21,
     "ChecksumMismatch": 22,
