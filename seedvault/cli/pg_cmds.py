@@ -123,6 +123,10 @@ def restore_postgres_cmd(
     )
     if report.checksums_verified:
         line += f", {report.checksums_verified} checksums"
+    if report.tables_unverified:
+        names = report.tables_unverified
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        line += f"; {len(names)} tables not verified (row counts were estimated at backup): {shown}"
     if report.safety_copy:
         line += f"; previous database kept as {report.safety_copy}"
     if report.safety_backup:

@@ -105,7 +105,9 @@ class RestoreReport:
     tables_verified: int = 0
     rows_verified: int = 0
     checksums_verified: int = 0
-    estimated_skipped: list[str] = field(default_factory=list)
+    estimated_skipped: list[str] = field(default_factory=list)  # estimated row counts: not compared
+    # Tables nothing verified: an estimated row count (``backup postgres --estimate-above``) and no checksum.
+    tables_unverified: list[str] = field(default_factory=list)
     safety_copy: str | None = None
     safety_backup: str | None = None
     space: dict[str, Any] | None = None  # the data directory check: needed, free, where, method
@@ -530,8 +532,11 @@ class _Restore:
                     mismatches.append(f"{key} missing")
                     continue
                 rows = cur.fetchone()[0]
-                if t.get("estimated"):
+                if t.get("estimated"):  # an estimate proves nothing: verified only by a matching checksum
                     self.report.estimated_skipped.append(key)
+                    if not (self.opts.checksums and t.get("sha256")):
+                        self.report.tables_unverified.append(key)
+                        continue
                 elif rows != t["rows"]:
                     mismatches.append(f"{key} has {rows} rows, backup had {t['rows']}")
                     continue
