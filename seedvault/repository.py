@@ -25,11 +25,13 @@ from seedvault.errors import (
     ChecksumMismatch,
     ConfigError,
     FormatError,
+    IntegrityError,
     KeyMissing,
     ObjectExists,
     ObjectNotFound,
     SeedvaultError,
     UnsupportedVersion,
+    WrongKey,
 )
 from seedvault.format import layout
 from seedvault.format import manifest as mf
@@ -149,6 +151,47 @@ class Repository:
                 )
             self._master = self.key_source.resolve(self.config().get("kdf"))
         return self._master
+
+    def check_kdf_pinned(self, master: MasterKey, *, new_key: bool = False) -> None:
+        """Refuse a passphrase key when the config's KDF parameters are not the ones backups were made with.
+
+        The config is not authenticated (FORMAT.md section 3), but it is written once and never changes, and
+        each manifest records the KDF parameters its passphrase key was derived with (``key.kdf``). So the
+        newest passphrase-keyed manifest must record exactly the config's parameters, and ``master`` must
+        open it (its authenticated body is what is compared): a rewritten config derives another key, which
+        opens nothing. Called before a new data or epoch key is wrapped. A ``new_key`` (``key rotate``) has no
+        key objects yet: only the stored record is compared for it (the current key is checked as well).
+        """
+        if master.kind != "passphrase":
+            return
+        kdf = self.config().get("kdf")
+        for bid in reversed(self.backup_ids()):
+            try:
+                body, _ = mf.parse(self.storage.get_bytes(layout.manifest_key(bid)), bid)
+            except SeedvaultError:  # deleted meanwhile, or damaged: verify reports it; look further back
+                continue
+            key = body.get("key") or {}
+            if key.get("kind") != "passphrase" or key.get("kdf") is None:
+                continue
+            mismatch = IntegrityError(
+                f"the key-derivation parameters in the repository config at {self.storage.url} differ from "
+                f"those backup {bid} was made with: the config may have been tampered with",
+                hint="compare v1/repository.json with the backup's manifest (key.kdf) before writing again",
+            )
+            if key.get("kdf") != kdf:  # as stored: the plain sign of a rewritten config
+                raise mismatch
+            if new_key:
+                return
+            if master.key_id not in self.key_ids(bid):
+                raise WrongKey(
+                    f"the passphrase does not open backup {bid}, the newest made with a passphrase, under the "
+                    f"key-derivation parameters of the repository config at {self.storage.url}: the passphrase "
+                    "is not this repository's, or the config (and that manifest) were tampered with",
+                    hint="use the repository's passphrase; add a new one with 'seedvault key rotate' first",
+                )
+            if self.manifest(bid, self.data_key(bid, master))["key"].get("kdf") != kdf:  # authenticated
+                raise mismatch
+            return
 
     def resolve_key(self, source: KeySource) -> MasterKey:
         return source.resolve(self.config().get("kdf"))
@@ -311,6 +354,8 @@ class Repository:
         if kwargs.get("labels") is not None:
             kwargs["labels"] = mf.check_labels(kwargs["labels"])
         faults.reached("backup-start")
+        self.config(create=True)
+        self.check_kdf_pinned(self.master)  # before a new data key is wrapped (FORMAT.md section 3)
         return BackupWriter(self, **kwargs)
 
 

@@ -82,6 +82,8 @@ def rotate(
     """
     repo = state(ctx).repository()
     new = repo.resolve_key(_new_source(new_key_file, new_passphrase_file))
+    repo.check_kdf_pinned(repo.master)
+    repo.check_kdf_pinned(new, new_key=True)
     report = key_ops.rotate(repo, new)
     old_id = repo.master.key_id
     failed = report.all_failed()

@@ -50,6 +50,11 @@ SCRYPT_MAX_MEMORY = 2**30
 SCRYPT_MAX_P = 16
 # OWASP's scrypt floor (N=2^16, r=8, p=2): 64 MiB and ~0.3 s here, once per process.
 DEFAULT_SCRYPT = {"name": "scrypt", "n": 2**16, "r": 8, "p": 2}
+# The floor every stored scrypt KDF must reach (FORMAT.md section 3): the repository config is not
+# authenticated, so whoever can write the bucket could otherwise weaken the next passphrase derivation.
+SCRYPT_MIN_N = 2**15
+SCRYPT_MIN_R = 8
+SCRYPT_MIN_P = 1
 
 
 def hkdf(key: bytes, info: bytes, *, salt: bytes | None = None, length: int = KEY_BYTES) -> bytes:
@@ -154,6 +159,11 @@ def scrypt_params(kdf: object, fail: Fail) -> tuple[bytes, int, int, int]:
         raise fail("field 'kdf.n' is not a power of two")
     if 128 * n * r > SCRYPT_MAX_MEMORY:
         raise fail(f"its scrypt parameters need more than {SCRYPT_MAX_MEMORY >> 20} MiB of memory")
+    if n < SCRYPT_MIN_N or r < SCRYPT_MIN_R or p < SCRYPT_MIN_P:
+        raise fail(
+            f"its scrypt parameters (n={n}, r={r}, p={p}) are below the floor "
+            f"n>={SCRYPT_MIN_N}, r>={SCRYPT_MIN_R}, p>={SCRYPT_MIN_P}: the config may have been tampered with"
+        )
     text = fields.text("salt", max_len=256)
     assert text is not None
     try:

@@ -79,6 +79,10 @@ class WalObject:
     modified: datetime
 
 
+# Cached epochs whose key object this process has seen in storage: (url, repository id, system, epoch, key id).
+_CONFIRMED_EPOCHS: set[tuple[str, str, str, str, str]] = set()
+
+
 class WalStore:
     """WAL objects of one system id in one repository."""
 
@@ -134,12 +138,16 @@ class WalStore:
             return self._current, self._epochs[self._current]
         self._current = None
         master = self.repo.master
-        # The repository is part of the name: an epoch key cached for one repository does not exist in
-        # another, and sealing with it there would archive WAL that can never be read back.
-        where = hashlib.sha256(str(self.repo.storage.url).encode()).hexdigest()[:12]
+        # The repository is part of the name, by its id (not its URL: a repository re-created at the same
+        # URL is another repository): an epoch key cached for one repository does not exist in another, and
+        # sealing with it there would archive WAL that can never be read back.
+        repo_id = str(self.repo.config(create=True)["id"])
+        where = hashlib.sha256(repo_id.encode()).hexdigest()[:12]
         name = f"wal-epoch-{self.system_id}-{master.key_id}-{where}.json"
         cache = self.state_dir / name if self.state_dir else None
         cached = self._read_cache(cache) if cache is not None else None
+        if cached is not None and not self._key_object_exists(repo_id, cached[0], master.key_id):
+            cached = None  # its key object is gone (deleted, retired...): never seal with it
         if cached is not None:
             epoch, key = cached
             self._epochs[epoch] = key
@@ -157,7 +165,7 @@ class WalStore:
             return epoch, key
         epoch = layout.new_backup_id()
         key = new_data_key()
-        self.repo.config(create=True)
+        self.repo.check_kdf_pinned(master)  # never wrap a new epoch key under a key from a rewritten config
         rec = epochs.write_epoch_key(self.repo, self.system_id, epoch, key, master)
         self._epochs[epoch] = key
         self._current = epoch
@@ -165,6 +173,16 @@ class WalStore:
             with contextlib.suppress(OSError):
                 _write_private(cache, json.dumps({"epoch": epoch, "record": rec}))
         return epoch, key
+
+    def _key_object_exists(self, repo_id: str, epoch: str, key_id: str) -> bool:
+        """Whether the cached epoch's key object is in storage: asked once per process per epoch and key."""
+        seen = (str(self.repo.storage.url), repo_id, self.system_id, epoch, key_id)
+        if seen in _CONFIRMED_EPOCHS:
+            return True
+        if not self.repo.storage.exists(epochs.epoch_key_path(self.system_id, epoch, key_id)):
+            return False
+        _CONFIRMED_EPOCHS.add(seen)
+        return True
 
     def _read_cache(self, cache: Path) -> tuple[str, bytes] | None:
         """The young epoch cached in ``state_dir`` and its key, or None when absent, old or unusable in any way.

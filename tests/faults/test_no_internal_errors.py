@@ -222,13 +222,13 @@ def _passphrase_repo(tmp_path: Path) -> tuple[Path, KeySource, dict]:
     pw = tmp_path / "pass"
     pw.write_text("sweep passphrase\n")
     pw.chmod(0o600)
-    # cheap scrypt parameters, so a mutation that still derives costs milliseconds
+    # the cheapest scrypt parameters allowed (the floor, FORMAT.md section 3): a mutation that still derives is fast
     config = {
         "format": "seedvault-repository",
         "version": 1,
         "id": "0b0f0d2e-6a9b-4c1e-9d8e-0f1e2d3c4b5a",
         "created": "2026-11-25T02:00:00.000000Z",
-        "kdf": {"name": "scrypt", "n": 1024, "r": 8, "p": 1, "salt": "c2VlZHZhdWx0LXNhbHQtMTY="},
+        "kdf": {"name": "scrypt", "n": 2**15, "r": 8, "p": 1, "salt": "c2VlZHZhdWx0LXNhbHQtMTY="},
     }
     LocalStorage(root).put_bytes(layout.CONFIG, _dumps(config))
     return root, KeySource("passphrase", origin="test passphrase", path=pw), config

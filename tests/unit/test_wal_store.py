@@ -418,3 +418,38 @@ def test_a_cached_epoch_key_spares_the_listing(repo: Repository, tmp_path: Path,
     third = WalStore(repo, SYSID, state_dir=str(state))
     assert third.current_epoch()[0] == first.current_epoch()[0]  # found by listing instead
     assert listed
+
+
+def test_a_repository_recreated_at_the_same_url_gets_a_new_epoch_key(tmp_path: Path) -> None:
+    """Issue 14.6b: the cache is keyed by the repository id, so a re-created repository is not sealed for."""
+    import shutil
+
+    state = tmp_path / "state"
+    repo = make_wal_repo(tmp_path)
+    WalStore(repo, SYSID, state_dir=str(state)).push(write_seg(tmp_path, 1, 60))
+    shutil.rmtree(tmp_path / "repo")
+    fresh = Repository(LocalStorage(str(tmp_path / "repo"), create=True), repo.key_source)  # same URL, same key
+    fresh.config(create=True)  # re-initialised: a new repository id
+    assert fresh.master.key_id == repo.master.key_id
+    assert str(fresh.storage.url) == str(repo.storage.url)
+    seg = write_seg(tmp_path, 1, 61)
+    WalStore(fresh, SYSID, state_dir=str(state)).push(seg)
+    assert [o.key for o in fresh.storage.list(f"v1/wal/{SYSID}/keys/")]  # a new epoch key in the new repository
+    WalStore(fresh, SYSID).fetch(seg.name, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == seg.read_bytes()
+
+
+def test_a_cached_epoch_whose_key_object_is_gone_is_not_trusted(tmp_path: Path) -> None:
+    """Same repository id, but the cached epoch's key object was deleted: the push makes a new epoch."""
+    state = tmp_path / "state"
+    repo = make_wal_repo(tmp_path)
+    first = WalStore(repo, SYSID, state_dir=str(state))
+    first.push(write_seg(tmp_path, 1, 70))
+    old_epoch = first.current_epoch()[0]
+    repo.storage.delete([o.key for o in repo.storage.list(f"v1/wal/{SYSID}/keys/")])
+    seg = write_seg(tmp_path, 1, 71)
+    again = WalStore(repo, SYSID, state_dir=str(state))
+    again.push(seg)
+    assert again.current_epoch()[0] != old_epoch
+    WalStore(repo, SYSID).fetch(seg.name, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == seg.read_bytes()
