@@ -12,24 +12,16 @@ import json
 
 import pytest
 
-from tests.fixtures.faulty_s3 import ProxyServer
-from tests.helpers import base_env, run_cli
+from tests.fixtures.faulty_s3 import proxied_repository
+from tests.helpers import run_cli
 
 MANIFEST = r"/backups/[^/]+/manifest\.json$"
 
 
 @pytest.fixture
 def proxied(moto_server, s3_bucket, tmp_path):
-    server = ProxyServer(moto_server.endpoint_url)
-    with server as proxy:
-        env = base_env(
-            SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/commit",
-            SEEDVAULT_S3_ENDPOINT=server.endpoint_url,
-            SEEDVAULT_S3_MAX_ATTEMPTS="3",
-        )
-        key = tmp_path / "master.key"
-        run_cli(["key", "generate", "-o", str(key)], env, check=True)
-        env["SEEDVAULT_KEY_FILE"] = str(key)
+    repo = proxied_repository(moto_server.endpoint_url, s3_bucket, "commit", tmp_path, SEEDVAULT_S3_MAX_ATTEMPTS="3")
+    with repo as (proxy, _, env):
         good = run_cli(["put", "--label", "good"], env, input=b"kept" * 100, check=True).stdout.decode().strip()
         yield proxy, env, good
 

@@ -19,7 +19,7 @@ from seedvault.format import layout
 from seedvault.storage.s3 import S3Storage
 from seedvault.wal import names as wn
 from tests.faults.catalogued import invoke_checked
-from tests.fixtures.faulty_s3 import ProxyServer
+from tests.fixtures.faulty_s3 import proxied_repository
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET
 from tests.helpers import base_env, run_cli
 
@@ -110,18 +110,9 @@ DATA_OBJECT = r"/backups/[^/]+/data/data$"
 
 @pytest.fixture
 def proxied(moto_server, s3_bucket, tmp_path):
-    server = ProxyServer(moto_server.endpoint_url)
-    with server as proxy:
-        env = base_env(
-            SEEDVAULT_REPOSITORY=f"s3://{s3_bucket}/short",
-            SEEDVAULT_S3_ENDPOINT=server.endpoint_url,
-            SEEDVAULT_S3_MAX_ATTEMPTS="2",
-            SEEDVAULT_CHUNK_SIZE="16384",
-        )
-        key = tmp_path / "master.key"
-        run_cli(["key", "generate", "-o", str(key)], env, check=True)
-        env["SEEDVAULT_KEY_FILE"] = str(key)
-        yield proxy, server.endpoint_url, env
+    settings = {"SEEDVAULT_S3_MAX_ATTEMPTS": "2", "SEEDVAULT_CHUNK_SIZE": "16384"}
+    with proxied_repository(moto_server.endpoint_url, s3_bucket, "short", tmp_path, **settings) as repo:
+        yield repo
 
 
 def test_a_body_cut_short_once_is_resumed_and_the_backup_restores(proxied):
