@@ -211,7 +211,7 @@ def test_s3_cleanup_judges_a_multipart_upload_by_its_newest_part(s3_storage):
     writer = s3_storage.open_write(key)
 
     def parts() -> int:
-        found = list(s3_storage.list_partial())
+        found = [p for p in s3_storage.list_partial() if p.key == key]  # only this test's upload
         if not found:
             return 0
         answer = s3_storage._client.list_parts(Bucket=s3_storage.bucket, Key=f"repo/{key}", UploadId=found[0].handle)
@@ -223,7 +223,7 @@ def test_s3_cleanup_judges_a_multipart_upload_by_its_newest_part(s3_storage):
         time.sleep(2.5)
         writer.write(os.urandom(5 << 20))
         _wait("the second part", lambda: parts() == 2)
-        (partial,) = s3_storage.list_partial()
+        (partial,) = [p for p in s3_storage.list_partial() if p.key == key]
         assert s3_storage.partial_activity(partial) - partial.started >= timedelta(seconds=2)
         report = cleanup(Repository(s3_storage, None), grace_seconds=2)
         assert report.partial_writes_aborted == []
