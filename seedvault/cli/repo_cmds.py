@@ -13,7 +13,7 @@ from seedvault.config import parse_duration
 from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
-from seedvault.ops.verify import verify_all, verify_backup
+from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_latest
 
 
 def _human(n: int | None) -> str:
@@ -250,29 +250,89 @@ def _source_lines(source: object) -> list[str]:
 @handle_errors
 def verify(
     ctx: typer.Context,
-    backup_id: str = typer.Argument(None, help="Backup id; omit with --all."),
+    backup_id: str = typer.Argument(None, help="Backup id; omit with --all, --latest or --sample."),
     all_: bool = typer.Option(False, "--all", help="Verify every complete backup."),
+    latest: bool = typer.Option(False, "--latest", help="Verify the newest readable backup of each (kind, label)."),
+    sample: int = typer.Option(
+        None,
+        "--sample",
+        metavar="P",
+        help="Read a rotating P percent slice (1-100) of all backups' data objects; all manifests checked.",
+    ),
+    sample_group: int = typer.Option(
+        None, "--sample-group", metavar="K", help="With --sample: read slice K (1..ceil(100/P)) instead of today's."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Read back and check every byte of a backup (or all): authentication, SHA-256, sizes."""
-    if bool(backup_id) == all_:
-        raise UsageError("name one backup id, or use --all")
+    """Read back and check every byte of a backup (or all): authentication, SHA-256, sizes.
+
+    --latest checks the newest readable backup of each (kind, label). --sample P reads one of ceil(100/P)
+    slices of all data objects (chosen by the UTC day, or --sample-group K), so every object is read within
+    100/P daily runs. Everything in scope is checked; any failure exits 24 naming each bad backup.
+    """
+    scopes = [name for name, on in (("a backup id", bool(backup_id)), ("--all", all_), ("--latest", latest)) if on]
+    if sample is not None:
+        scopes.append("--sample")
+    if len(scopes) != 1:
+        raise UsageError(
+            "name one backup id, or use one of --all, --latest, --sample P"
+            + (f" (got {' and '.join(scopes)})" if scopes else "")
+        )
+    if sample is not None and not 1 <= sample <= 100:
+        raise UsageError(f"--sample takes a percentage from 1 to 100, not {sample}")
+    if sample_group is not None and sample is None:
+        raise UsageError("--sample-group needs --sample P")
+    plan = Sample.make(sample, sample_group) if sample is not None else None
+    if plan is not None and not 1 <= plan.group <= plan.groups:
+        raise UsageError(f"--sample-group must be from 1 to {plan.groups} with --sample {sample}")
     repo = state(ctx).repository()
+    unreadable: list[str] = []
     with progress_bar("verify") as progress:
-        results = verify_all(repo, progress=progress) if all_ else [verify_backup(repo, backup_id, progress=progress)]
-    if json_out:
+        if latest:
+            results, unreadable = verify_latest(repo, progress=progress)
+        elif all_ or plan is not None:
+            results = verify_all(repo, progress=progress, sample=plan)
+        else:
+            results = [verify_backup(repo, backup_id, progress=progress)]
+    for bid in unreadable:
+        err(f"seedvault: warning: skipped backup {bid}, which cannot be read (see 'seedvault verify --all')")
+    bad = [r for r in results if not r.ok]
+    objects, read = sum(r.objects for r in results), sum(r.raw_bytes for r in results)
+    if json_out and (latest or plan is not None):
+        print_json(
+            {
+                "scope": "latest" if latest else "sample",
+                "sample": plan.as_dict() if plan is not None else None,
+                "backups": [r.as_dict() for r in results],
+                "skipped_unreadable": unreadable,
+                "total": {
+                    "backups": len(results),
+                    "failed": len(bad),
+                    "objects": objects,
+                    "raw_bytes": read,
+                    "skipped": sum(r.skipped for r in results),
+                },
+            }
+        )
+    elif json_out:
         print_json([r.as_dict() for r in results])
     else:
         for r in results:
             sys.stdout.write(
                 f"{r.backup_id}: {'ok' if r.ok else 'FAILED'} ({r.objects} objects, {_human(r.raw_bytes)})\n"
             )
-    bad = [r for r in results if not r.ok]
+        if plan is not None:
+            sys.stdout.write(
+                f"sample {plan.percent}%: slice {plan.group} of {plan.groups} read, {objects} objects "
+                f"({_human(read)}), {sum(r.skipped for r in results)} left for other slices\n"
+            )
+        if len(results) != 1 or plan is not None or latest:
+            sys.stdout.write(
+                f"total: {len(results) - len(bad)} of {len(results)} backups ok, {objects} objects, {_human(read)}\n"
+            )
     if bad:
-        first = bad[0]
-        raise VerificationFailed(
-            f"{len(bad)} of {len(results)} backups failed verification; {first.backup_id}: {first.problems[0]}"
-        )
+        named = "; ".join(f"{r.backup_id}: {r.problems[0]}" for r in bad)
+        raise VerificationFailed(f"{len(bad)} of {len(results)} backups failed verification; {named}")
 
 
 @handle_errors

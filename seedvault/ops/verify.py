@@ -7,8 +7,11 @@ compared to the manifest. Like restic's checker it keeps going after a defect, s
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.repository import Repository
@@ -21,6 +24,7 @@ class VerifyResult:
     problems: list[str] = field(default_factory=list)
     objects: int = 0
     raw_bytes: int = 0
+    skipped: int = 0  # data objects left out by a sample (their manifest entry is still authenticated)
 
     def as_dict(self) -> dict:
         return {
@@ -29,12 +33,53 @@ class VerifyResult:
             "problems": self.problems,
             "objects": self.objects,
             "raw_bytes": self.raw_bytes,
+            "skipped": self.skipped,
         }
 
 
-def verify_backup(repo: Repository, backup_id: str, *, progress: Callable[[int], None] | None = None) -> VerifyResult:
+@dataclass(frozen=True)
+class Sample:
+    """A rotating slice of the data objects of all backups, like restic's ``--read-data-subset n/t``.
+
+    Each object (backup id + object name) falls by a stable hash into one of ``groups`` = ceil(100/P) groups;
+    one run reads group ``group`` (1-based), so every object is read within ``groups`` runs of rotating K.
+    """
+
+    percent: int
+    group: int
+    groups: int
+
+    @classmethod
+    def make(cls, percent: int, group: int | None = None, *, today: datetime | None = None) -> Sample:
+        groups = math.ceil(100 / percent)
+        if group is None:
+            day = (today or datetime.now(UTC)).date().toordinal()
+            group = day % groups + 1
+        return cls(percent, group, groups)
+
+    def holds(self, backup_id: str, name: str) -> bool:
+        return object_group(backup_id, name, self.groups) == self.group
+
+    def as_dict(self) -> dict:
+        return {"percent": self.percent, "group": self.group, "groups": self.groups}
+
+
+def object_group(backup_id: str, name: str, groups: int) -> int:
+    """The 1-based sample group of one data object: stable across runs, machines and added backups."""
+    digest = hashlib.sha256(f"{backup_id}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % groups + 1
+
+
+def verify_backup(
+    repo: Repository,
+    backup_id: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+    sample: Sample | None = None,
+) -> VerifyResult:
     """Every problem of one backup, in its result; raised instead: no such backup (BackupNotFound, exit 12)
-    and a master key that cannot be had at all (a missing or unreadable key file: nothing could be checked)."""
+    and a master key that cannot be had at all (a missing or unreadable key file: nothing could be checked).
+    With ``sample`` the manifest and key are still authenticated, but only the sampled data objects read."""
     result = VerifyResult(backup_id)
     repo.master  # noqa: B018 - the configured key's problems are the command's, not this backup's
     try:
@@ -47,6 +92,9 @@ def verify_backup(repo: Repository, backup_id: str, *, progress: Callable[[int],
         result.problems.append(exc.one_line())
         return result
     for entry in body["objects"]:
+        if sample is not None and not sample.holds(backup_id, entry["name"]):
+            result.skipped += 1
+            continue
         try:
             for piece in repo.read_object(backup_id, entry["name"], body=body, data_key=data_key, progress=progress):
                 result.raw_bytes += len(piece)
@@ -57,12 +105,41 @@ def verify_backup(repo: Repository, backup_id: str, *, progress: Callable[[int],
     return result
 
 
-def verify_all(repo: Repository, *, progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
+def verify_all(
+    repo: Repository, *, progress: Callable[[int], None] | None = None, sample: Sample | None = None
+) -> list[VerifyResult]:
     """Every complete backup verified (one that is deleted meanwhile is left out)."""
+    return _verify_ids(repo, repo.backup_ids(), progress=progress, sample=sample)
+
+
+def latest_ids(repo: Repository) -> tuple[list[str], list[str]]:
+    """The newest readable backup of each (kind, name label) pair, oldest first; and the unreadable backups
+    (their kind and label are unknown, so they cannot be placed in a pair)."""
+    newest: dict[tuple[str | None, str | None], str] = {}
+    unreadable = []
+    for entry in repo.entries():
+        if entry.body is None:
+            unreadable.append(entry.backup_id)
+            continue
+        newest[(entry.body.get("kind"), entry.body.get("labels", {}).get("name"))] = entry.backup_id  # oldest first
+    return sorted(newest.values()), unreadable
+
+
+def verify_latest(
+    repo: Repository, *, progress: Callable[[int], None] | None = None
+) -> tuple[list[VerifyResult], list[str]]:
+    """The newest readable backup of each (kind, label) verified; also the unreadable backups skipped."""
+    ids, unreadable = latest_ids(repo)
+    return _verify_ids(repo, ids, progress=progress), unreadable
+
+
+def _verify_ids(
+    repo: Repository, ids: list[str], *, progress: Callable[[int], None] | None, sample: Sample | None = None
+) -> list[VerifyResult]:
     results = []
-    for bid in repo.backup_ids():
+    for bid in ids:
         try:
-            results.append(verify_backup(repo, bid, progress=progress))
+            results.append(verify_backup(repo, bid, progress=progress, sample=sample))
         except BackupNotFound:
             continue
     return results
