@@ -427,15 +427,13 @@ class BackupWriter:
             self.abandon()
             return False
         except SeedvaultError as check:
-            stored = None
             unknown = check
         else:
             if stored == data:
                 return True
             unknown = IntegrityError(f"another manifest is stored under {key}")
         try:
-            self.repo.storage.delete([key])  # first: unlisted at once
-            self.repo.delete_leftovers(self.backup_id)
+            self._remove()
         except SeedvaultError:
             raise TransientStorageError(
                 f"backup {self.backup_id}: writing its manifest failed ({failure.one_line()}) and whether it was"
@@ -449,8 +447,12 @@ class BackupWriter:
         if self.committed:
             return
         with contextlib.suppress(SeedvaultError):
-            self.repo.storage.delete([layout.manifest_key(self.backup_id)])
-            self.repo.delete_leftovers(self.backup_id)
+            self._remove()
+
+    def _remove(self) -> None:
+        """Delete every trace of this backup, the manifest first (unlisted at once); raises on failure."""
+        self.repo.storage.delete([layout.manifest_key(self.backup_id)])
+        self.repo.delete_leftovers(self.backup_id)
 
 
 def _now() -> str:
