@@ -4,6 +4,9 @@
     v1/backups/<backup id>/data/<object name>   data objects (format.chunk)
     v1/backups/<backup id>/manifest.json        the commit marker, written last
     v1/keys/<backup id>/<key id>.json           the backup's data key wrapped under one master key
+    v1/leases/<lease id>.json                   a running operation's lease (seedvault.leases)
+    v1/audit/...                                the append-only, authenticated event log (seedvault.audit)
+    v1/catalog/...                              the authenticated index of manifests (seedvault.catalog)
 
 Backup ids sort by time: ``20261125T020000Z-3f9a1c`` (UTC start time, then 6 random hex digits).
 """
@@ -18,6 +21,9 @@ ROOT = "v1"
 CONFIG = f"{ROOT}/repository.json"
 BACKUPS = f"{ROOT}/backups/"
 KEYS = f"{ROOT}/keys/"
+LEASES = f"{ROOT}/leases/"
+AUDIT = f"{ROOT}/audit/"
+CATALOG = f"{ROOT}/catalog/"
 MANIFEST = "manifest.json"
 
 # Anchored with \A and \Z, never ^ and $: "$" also matches before a final newline, so "<id>\n" (a backup id

@@ -8,7 +8,9 @@ Their contract (checked for every driver by ``tests/contract/test_storage.py``):
   ``overwrite=False`` (the default, used for every immutable object) an existing object is never
   replaced and :class:`~seedvault.errors.ObjectExists` is raised instead.
 * ``open_read(key)`` returns a readable binary stream or raises ``ObjectNotFound``.
-* ``list(prefix)`` yields :class:`ObjectInfo` sorted by key and never shows temporary/in-progress names.
+* ``list(prefix, start_after=None)`` yields :class:`ObjectInfo` sorted by key and never shows temporary or
+  in-progress names; with ``start_after`` only keys greater than it (S3's ``StartAfter``: an index that knows
+  the newest key it has seen lists only what came since, one request instead of a page per 1,000 objects).
 * ``delete(keys)`` ignores keys that are already gone.
 * ``list_partial()`` shows what interrupted writers left behind (temporary files, unfinished multipart
   uploads) with their start time, so ``cleanup`` can remove those older than a grace period;
@@ -121,7 +123,7 @@ class Storage(ABC):
     def head(self, key: str) -> ObjectInfo: ...
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
 
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> None: ...

@@ -189,9 +189,9 @@ class LocalStorage(Storage):
                     continue
                 yield rel, st, TEMP_MARKER in name
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         try:
-            rows = [(rel, st) for rel, st, tmp in self._walk(prefix) if not tmp]
+            rows = [(rel, st) for rel, st, tmp in self._walk(prefix) if not tmp and rel > (start_after or "")]
         except OSError as exc:
             raise _translate(exc, prefix or "/") from exc
         for rel, st in sorted(rows):

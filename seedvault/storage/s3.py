@@ -737,16 +737,21 @@ class S3Storage(Storage):
             raise self._translate(exc, key) from exc
         return ObjectInfo(key, int(resp["ContentLength"]), _utc(resp["LastModified"]))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         full_prefix = self._list_prefix(prefix)
         rows: list[ObjectInfo] = []
+        extra = {"StartAfter": self._key_prefix + start_after} if start_after else {}  # a bound, not a name
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full_prefix, **extra
+            )
             for page in pages:
                 for item in page.get("Contents", ()):
                     name = self._strip(item["Key"])
                     if not name or name.endswith("/"):
                         continue  # "folder" markers made by consoles
+                    if start_after and name <= start_after:
+                        continue  # directory buckets ignore StartAfter
                     rows.append(ObjectInfo(name, int(item["Size"]), _utc(item["LastModified"])))
         except Exception as exc:
             raise self._translate(exc, None) from exc

@@ -278,6 +278,17 @@ def test_invalid_names_rejected(storage, key):
     assert list(storage.list()) == []
 
 
+def test_list_start_after_returns_only_greater_keys(storage):
+    """An index that knows the newest key it saw lists only what came since (one request on S3)."""
+    for key in ["i/001/m", "i/002/d", "i/002/m", "i/003/m", "j/1"]:
+        storage.put_bytes(key, b"x")
+    assert [o.key for o in storage.list("i/", start_after="i/002/d")] == ["i/002/m", "i/003/m"]
+    assert [o.key for o in storage.list("i/", start_after="i/002/~")] == ["i/003/m"]
+    assert [o.key for o in storage.list("i/", start_after="i/")] == ["i/001/m", "i/002/d", "i/002/m", "i/003/m"]
+    assert list(storage.list("i/", start_after="i/999")) == []
+    assert [o.key for o in storage.list("i/", start_after=None)][0] == "i/001/m"
+
+
 def test_list_partial_shows_interrupted_writer_and_abort_partial_removes_it(storage):
     w = storage.open_write("part/obj")
     w.write(os.urandom(PART + 1 * MiB))  # past one part: S3 has started a multipart upload
