@@ -250,7 +250,9 @@ def _source_lines(source: object) -> list[str]:
 @handle_errors
 def verify(
     ctx: typer.Context,
-    backup_id: str = typer.Argument(None, help="Backup id; omit with --all, --latest or --sample."),
+    backup_id: str = typer.Argument(
+        None, help="Backup id, or 'wal' for the WAL archive; omit with --all, --latest or --sample."
+    ),
     all_: bool = typer.Option(False, "--all", help="Verify every complete backup."),
     latest: bool = typer.Option(False, "--latest", help="Verify the newest readable backup of each (kind, label)."),
     sample: int = typer.Option(
@@ -262,14 +264,25 @@ def verify(
     sample_group: int = typer.Option(
         None, "--sample-group", metavar="K", help="With --sample: read slice K (1..ceil(100/P)) instead of today's."
     ),
+    system_id: str = typer.Option(None, "--system-id", help="With 'wal': only this database system's archive."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Read back and check every byte of a backup (or all): authentication, SHA-256, sizes.
+
+    'verify wal' reads every archived WAL file from the oldest base backup's start to the newest segment, along
+    each timeline's history, authenticating each; a missing or unreadable segment is named and exits 24.
 
     --latest checks the newest readable backup of each (kind, label). --sample P reads one of ceil(100/P)
     slices of all data objects (chosen by the UTC day, or --sample-group K), so every object is read within
     100/P daily runs. Everything in scope is checked; any failure exits 24 naming each bad backup.
     """
+    if backup_id == "wal":
+        if all_ or latest or sample is not None or sample_group is not None:
+            raise UsageError("'verify wal' takes no --all, --latest or --sample")
+        _verify_wal(ctx, system_id, json_out)
+        return
+    if system_id is not None:
+        raise UsageError("--system-id goes with 'verify wal'")
     scopes = [name for name, on in (("a backup id", bool(backup_id)), ("--all", all_), ("--latest", latest)) if on]
     if sample is not None:
         scopes.append("--sample")
@@ -333,6 +346,31 @@ def verify(
     if bad:
         named = "; ".join(f"{r.backup_id}: {r.problems[0]}" for r in bad)
         raise VerificationFailed(f"{len(bad)} of {len(results)} backups failed verification; {named}")
+
+
+def _verify_wal(ctx: typer.Context, system_id: str | None, json_out: bool) -> None:
+    from seedvault.ops.verify_wal import verify_wal
+
+    repo = state(ctx).repository()
+    with progress_bar("verify wal") as progress:
+        reports = verify_wal(repo, system_id, progress=progress)
+    if json_out:
+        print_json([r.as_dict() for r in reports])
+    else:
+        for r in reports:
+            span = f"{r.first} .. {r.last}" if r.first else "nothing"
+            tl = ", ".join(str(t) for t in r.timelines) or "-"
+            sys.stdout.write(
+                f"system {r.system_id}: {'ok' if r.ok else 'FAILED'} ({r.files} files, {_human(r.raw_bytes)}; "
+                f"{span}; timelines {tl}; from base backup {r.base_backup or '-'})\n"
+            )
+            for p in r.problems:
+                sys.stdout.write(f"  {p.name}: {p.problem}\n")
+    problems = [p for r in reports for p in r.problems]
+    if problems:
+        named = "; ".join(f"{p.name}: {p.problem}" for p in problems[:10])
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise VerificationFailed(f"WAL archive verification found {len(problems)} problem(s): {named}{more}")
 
 
 @handle_errors
