@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class Settings:
     zstd_threads: int = 0
     chunk_size: int = 1024 * 1024
     cleanup_grace: str = "24h"
+    # A lease not refreshed for this long belongs to a process that died (holders refresh every minute).
+    lease_stale: str = "15m"
     # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
     wal_state_dir: str | None = None
     # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.
@@ -55,6 +58,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.wal_daemon not in ("off", "auto"):
             raise ConfigError(f"wal_daemon must be 'off' or 'auto', not {self.wal_daemon!r}")
+        if parse_duration(self.lease_stale) < 300:
+            raise ConfigError(f"lease_stale must be at least 5m (holders refresh every minute), not {self.lease_stale}")
+
+    def lease_stale_after(self) -> timedelta:
+        return timedelta(seconds=parse_duration(self.lease_stale))
 
     def zstd_level_for(self, source_default: int) -> int:
         """The configured zstd level, else the default of the source being backed up.

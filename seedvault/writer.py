@@ -22,13 +22,14 @@ import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 import seedvault
-from seedvault import faults
+from seedvault import faults, leases
 from seedvault.crypto.keys import new_data_key
 from seedvault.errors import (
     FormatError,
@@ -291,7 +292,14 @@ class BackupWriter:
         self.master = repo.master
         self.data_key = new_data_key()
         self._kdf = config.get("kdf") if self.master.kind == "passphrase" else None
-        repo.write_key_object(self.backup_id, self.data_key, self.master)
+        # The lease comes before the first object: cleanup lists objects before leases (seedvault.leases).
+        self._lease = leases.shared(repo, f"backup {kind}", [self.backup_id], reader=False)
+        weakref.finalize(self, self._lease.release)  # a writer dropped without commit/abandon stops refreshing
+        try:
+            repo.write_key_object(self.backup_id, self.data_key, self.master)
+        except BaseException:
+            self._lease.release()
+            raise
         self._key_object = layout.key_object(self.backup_id, self.master.key_id)
         faults.reached("key-object-written")
 
@@ -380,6 +388,7 @@ class BackupWriter:
                         exc.one_line())  # fmt: skip
         self.committed = True
         self.body = body
+        self._lease.release()
         faults.reached("committed")
         return body
 
@@ -448,6 +457,7 @@ class BackupWriter:
             return
         with contextlib.suppress(SeedvaultError):
             self._remove()
+        self._lease.release()
 
     def _remove(self) -> None:
         """Delete every trace of this backup, the manifest first (unlisted at once); raises on failure."""

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from seedvault import process
 from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
-from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
+from seedvault.errors import BackupNotFound, LockHeld, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_latest
+
+if TYPE_CHECKING:
+    from seedvault.repository import Repository
 
 
 def _human(n: int | None) -> str:
@@ -100,8 +105,10 @@ def get(
     object_name: str = typer.Option(None, "--object", help="Object to restore when a backup has several."),
 ) -> None:
     """Restore a backup's data to standard output or a file; only authenticated bytes are written."""
+    from seedvault import leases as lease_mod
+
     repo = state(ctx).repository()
-    with progress_bar("get") as progress:
+    with lease_mod.shared(repo, "get", [backup_id]), progress_bar("get") as progress:
         target = output if output is not None else sys.stdout.buffer
         transfer.get(repo, backup_id, target, name=object_name, progress=progress)
 
@@ -385,12 +392,25 @@ def delete(
     children = [e.backup_id for e in repo.entries(authenticate=False) if (e.body or {}).get("parent") == backup_id]
     if children:
         raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
+    _refuse_if_leased(repo, backup_id, state(ctx).settings.lease_stale_after())
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without --yes when not on a terminal")
         typer.confirm(f"delete backup {backup_id}?", abort=True)
     repo.delete_backup(backup_id)
     sys.stdout.write(f"deleted {backup_id}\n")
+
+
+def _refuse_if_leased(repo: Repository, backup_id: str, stale_after: timedelta) -> None:
+    """A backup that a running operation (a restore, a get, a verify) names in its lease is not deleted."""
+    from seedvault import leases as lease_mod
+
+    holder = lease_mod.read_leases(repo, stale_after=stale_after).held_ids().get(backup_id)
+    if holder is not None:
+        raise LockHeld(
+            f"backup {backup_id} is in use by {holder.describe()}; not deleted",
+            hint="wait for it to finish; 'seedvault leases' shows who holds what",
+        )
 
 
 @handle_errors
@@ -404,14 +424,58 @@ def cleanup(
     st = state(ctx)
     repo = st.repository(key=False)
     seconds = parse_duration(grace or st.settings.cleanup_grace)
-    report = cleanup_op(repo, grace_seconds=seconds, dry_run=dry_run)
+    report = cleanup_op(repo, grace_seconds=seconds, dry_run=dry_run, lease_stale=st.settings.lease_stale_after())
     if json_out:
         print_json(report.as_dict())
         return
     verb = "would remove" if dry_run else "removed"
     sys.stdout.write(
         f"{verb} {len(report.incomplete_backups)} incomplete backups ({len(report.objects_removed)} objects), "
-        f"{len(report.partial_writes_aborted)} partial writes; kept {len(report.kept_young)} in grace period\n"
+        f"{len(report.partial_writes_aborted)} partial writes; kept {len(report.kept_young)} in grace period, "
+        f"{len(report.kept_leased)} being written\n"
+    )
+    for line in report.kept_leased:
+        sys.stdout.write(f"  kept {line}\n")
+    for line in report.stale_leases:
+        err(f"seedvault: warning: stale lease {line} is ignored (see 'seedvault leases')")
+    for key in report.unreadable_leases:
+        err(f"seedvault: warning: lease object {key} cannot be read and protects nothing")
+
+
+@handle_errors
+def leases(
+    ctx: typer.Context,
+    remove_stale: bool = typer.Option(False, "--remove-stale", help="Delete the stale leases (never a live one)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the running operations' leases; a stale one (not refreshed for lease_stale) belongs to a dead process."""
+    from seedvault import leases as lease_mod
+
+    st = state(ctx)
+    repo = st.repository(key=False)
+    listing = lease_mod.read_leases(repo, stale_after=st.settings.lease_stale_after())
+    removed = lease_mod.remove_stale(repo, listing) if remove_stale else []
+    if json_out:
+        print_json(
+            {
+                "live": [lease.as_dict() for lease in listing.live],
+                "stale": [lease.as_dict() for lease in listing.stale],
+                "unreadable": listing.unreadable,
+                "removed": removed,
+            }
+        )
+        return
+    for label, group in (("live", listing.live), ("stale", listing.stale)):
+        for lease in group:
+            names = ", ".join(lease.backup_ids) or "-"
+            refreshed = lease.modified.strftime("%Y-%m-%dT%H:%M:%SZ")
+            sys.stdout.write(f"{label}: {lease.describe()}, since {lease.started}, refreshed {refreshed}: {names}\n")
+    for key in listing.unreadable:
+        sys.stdout.write(f"unreadable: {key}\n")
+    sys.stdout.write(
+        f"{len(listing.live)} live, {len(listing.stale)} stale"
+        + (f", {len(removed)} stale removed" if remove_stale else "")
+        + "\n"
     )
 
 
@@ -424,3 +488,4 @@ def register(app: typer.Typer) -> None:
     app.command()(verify)
     app.command()(delete)
     app.command()(cleanup)
+    app.command()(leases)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from seedvault import leases
 from seedvault.config import Settings
 from seedvault.errors import BackupNotFound, ConfigError, RestoreVerificationFailed, SeedvaultError, TargetError
 from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of, one_line
@@ -54,6 +55,21 @@ def restore_neo4j(
     safety_copy: bool = True,
     until: str | None = None,
     staging: bool = False,
+) -> Neo4jRestoreReport:
+    """Restore one Neo4j backup, holding a lease naming it (and so its chain's parents: delete refuses parents)."""
+    with leases.shared(repo, "restore neo4j", [backup_id]):
+        return _restore_neo4j(repo, settings, backup_id, job, safety_copy=safety_copy, until=until, staging=staging)
+
+
+def _restore_neo4j(
+    repo: Repository,
+    settings: Settings,
+    backup_id: str,
+    job: Neo4jJob,
+    *,
+    safety_copy: bool,
+    until: str | None,
+    staging: bool,
 ) -> Neo4jRestoreReport:
     t0 = time.perf_counter()
     body = repo.manifest(backup_id)

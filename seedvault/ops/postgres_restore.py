@@ -56,7 +56,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from seedvault import faults
+from seedvault import faults, leases
 from seedvault.errors import (
     LockHeld,
     RestoreVerificationFailed,
@@ -588,7 +588,23 @@ def restore_postgres(
     progress: Callable[[int], None] | None = None,
     settings: Any = None,
 ) -> RestoreReport:
-    """Restore one logical backup (see the module docstring for the guarantees around crashes)."""
+    """Restore one logical backup (see the module docstring for the guarantees around crashes).
+
+    Holds a lease naming the backup for the whole restore: nothing deletes it meanwhile (Barman #200).
+    """
+    with leases.shared(repo, "restore postgres", [backup_id]):
+        return _restore_postgres(repo, backup_id, target, opts, progress=progress, settings=settings)
+
+
+def _restore_postgres(
+    repo: Repository,
+    backup_id: str,
+    target: PgTarget,
+    opts: RestoreOptions | None,
+    *,
+    progress: Callable[[int], None] | None,
+    settings: Any,
+) -> RestoreReport:
     opts = opts or RestoreOptions()
     started = time.perf_counter()
     job = _Restore(repo, backup_id, target, opts, progress)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from seedvault import leases
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.repository import Repository
 
@@ -80,8 +81,15 @@ def verify_backup(
     """Every problem of one backup, in its result; raised instead: no such backup (BackupNotFound, exit 12)
     and a master key that cannot be had at all (a missing or unreadable key file: nothing could be checked).
     With ``sample`` the manifest and key are still authenticated, but only the sampled data objects read."""
-    result = VerifyResult(backup_id)
     repo.master  # noqa: B018 - the configured key's problems are the command's, not this backup's
+    with leases.shared(repo, "verify", [backup_id]):
+        return _verify_backup(repo, backup_id, progress=progress, sample=sample)
+
+
+def _verify_backup(
+    repo: Repository, backup_id: str, *, progress: Callable[[int], None] | None, sample: Sample | None
+) -> VerifyResult:
+    result = VerifyResult(backup_id)
     try:
         data_key = repo.data_key(backup_id)
         body = repo.manifest(backup_id, data_key)

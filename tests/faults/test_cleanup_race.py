@@ -1,9 +1,11 @@
-"""`seedvault cleanup` racing a `put` that is still being written (issue 14, item 1).
+"""`seedvault cleanup` racing a `put` that is still being written (issue 14, item 1; pgBackRest #2622).
 
 A cleanup whose grace is shorter than a running backup (``--grace 0``, or a multipart upload that runs
-longer than the grace) removes that backup's objects. The backup must then fail with ObjectVanished
-(exit 17, naming the object and the likely cause) and leave nothing listed: never commit a manifest and
-list a backup whose key or data objects are gone ("has no key object left" on every read).
+longer than the grace) used to remove that backup's objects. Now every writer holds a lease stored before
+its first object, and cleanup lists objects before leases: the running backup is kept (reported as being
+written), commits, and restores byte for byte. Should its objects vanish anyway (a cleanup that judged its
+lease stale: a writer frozen longer than ``lease_stale``), the writer still refuses to commit with
+ObjectVanished (exit 17) and leaves nothing listed.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from seedvault.errors import ObjectNotFound, ObjectVanished, TransientStorageError
+from seedvault.errors import ObjectNotFound, ObjectVanished
 from seedvault.format import layout
 from seedvault.ops.cleanup import cleanup
 from seedvault.storage.s3 import translate_error
@@ -66,21 +68,23 @@ def _race(env: dict[str, str], first: bytes, rest: bytes, written: Callable[[], 
     return proc.returncode, err.decode(), report
 
 
-def _assert_failed_cleanly(rc: int, err: str, env: dict[str, str], good_id: str, *, moto_500: bool = False) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("seedvault: error:"), err
-    if moto_500 and rc == TransientStorageError.exit_code:
-        # moto answers a part of an aborted upload with 500, not NoSuchUpload (404) as S3 and MinIO do
-        assert "backups/" in lines[0], err
-    else:
-        assert rc == VANISHED, err
-        assert "cleanup" in lines[0] and ("backups/" in lines[0] or "keys/" in lines[0]), err
-    assert _listed(env) == [good_id]  # the racing backup is not listed; the complete one is untouched
+def _assert_kept_whole(rc: int, err: str, report: dict, env: dict[str, str], good_id: str, data: bytes) -> None:
+    """The racing put was reported as being written, left alone, committed and reads back byte for byte."""
+    assert rc == 0, err
+    assert report["incomplete_backups"] == [] and report["partial_writes_aborted"] == [], report
+    (held,) = report["kept_leased"]
+    new_id = held.split(":", 1)[0]
+    assert "backup put by" in held and "pid " in held, held
+    assert sorted(_listed(env)) == sorted([good_id, new_id])
+    out = run_cli(["get", new_id], env, check=True).stdout
+    assert out == data
     assert run_cli(["verify", "--all"], env).returncode == 0
+    leases = json.loads(run_cli(["leases", "--json"], env, check=True).stdout)
+    assert leases["live"] == [] and leases["stale"] == []  # released at the commit (and by get)
 
 
 # --- local driver -------------------------------------------------------------------------------------------
-def test_local_cleanup_during_put_fails_the_put_and_lists_nothing(local_repo):
+def test_local_cleanup_during_put_keeps_the_running_backup_whole(local_repo):
     good_id = run_cli(["put", "--label", "good"], local_repo.env, input=b"keep me" * 1000, check=True).stdout
     good_id = good_id.decode().strip()
     before = repo_files(local_repo.root)
@@ -88,10 +92,9 @@ def test_local_cleanup_during_put_fails_the_put_and_lists_nothing(local_repo):
     def key_written() -> bool:
         return any(k.startswith(layout.KEYS) and k not in before for k in repo_files(local_repo.root))
 
-    rc, err, report = _race(local_repo.env, b"a" * (256 << 10), b"b" * (256 << 10), key_written)
-    assert report["incomplete_backups"], report  # cleanup did take the running backup for a leftover
-    _assert_failed_cleanly(rc, err, local_repo.env, good_id)
-    assert repo_files(local_repo.root) == before  # the failed put removed what was left of it
+    first, rest = b"a" * (256 << 10), b"b" * (256 << 10)
+    rc, err, report = _race(local_repo.env, first, rest, key_written)
+    _assert_kept_whole(rc, err, report, local_repo.env, good_id, first + rest)
 
 
 def test_commit_refuses_when_cleanup_removed_the_objects(local_repo):
@@ -99,8 +102,9 @@ def test_commit_refuses_when_cleanup_removed_the_objects(local_repo):
     repo = local_repo.repository()
     writer = repo.begin(kind="stream", labels={"race": "1"})
     writer.write_object("data", io.BytesIO(b"x" * 10000))
-    report = cleanup(repo, grace_seconds=0)
-    assert report.incomplete_backups == [writer.backup_id]
+    assert cleanup(repo, grace_seconds=0).kept_leased[0].startswith(writer.backup_id)  # its lease protects it
+    report = cleanup(repo, grace_seconds=0, now=datetime.now(UTC) + timedelta(hours=1))  # the lease judged stale
+    assert report.incomplete_backups == [writer.backup_id] and report.stale_leases
     with pytest.raises(ObjectVanished, match=r"its object v1/.* is gone before the commit") as info:
         writer.commit()
     assert writer.backup_id in str(info.value) and "concurrent 'seedvault cleanup'" in info.value.one_line()
@@ -166,32 +170,29 @@ def _s3_uploads(moto_server, bucket: str) -> list[str]:
     return [u["Key"] for u in moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
 
 
-def test_s3_cleanup_during_small_put_fails_the_put_and_lists_nothing(s3_env, moto_server, s3_bucket):
-    """Below one part the data object is buffered in memory: cleanup sees (and removes) only the key object."""
+def test_s3_cleanup_during_small_put_keeps_the_running_backup_whole(s3_env, moto_server, s3_bucket):
+    """Below one part the data object is buffered in memory: cleanup sees only the key object, and its lease."""
     good_id = run_cli(["put", "--label", "good"], s3_env, input=b"keep" * 100, check=True).stdout.decode().strip()
     before = sorted(_s3_keys(moto_server, s3_bucket))
 
     def key_written() -> bool:
-        return len(_s3_keys(moto_server, s3_bucket)) > len(before)
+        return len([k for k in _s3_keys(moto_server, s3_bucket) if "/keys/" in k]) > 1
 
-    rc, err, report = _race(s3_env, b"a" * (100 << 10), b"b" * (100 << 10), key_written)
-    assert report["incomplete_backups"], report
-    _assert_failed_cleanly(rc, err, s3_env, good_id)
-    assert sorted(_s3_keys(moto_server, s3_bucket)) == before
+    first, rest = b"a" * (100 << 10), b"b" * (100 << 10)
+    rc, err, report = _race(s3_env, first, rest, key_written)
+    _assert_kept_whole(rc, err, report, s3_env, good_id, first + rest)
+    assert len(_s3_keys(moto_server, s3_bucket)) > len(before)
     assert _s3_uploads(moto_server, s3_bucket) == []
 
 
-def test_s3_cleanup_aborts_a_running_multipart_upload_and_the_put_fails(s3_env, moto_server, s3_bucket):
+def test_s3_cleanup_keeps_a_running_multipart_upload_and_the_put_commits(s3_env, moto_server, s3_bucket):
     good_id = run_cli(["put", "--label", "good"], s3_env, input=b"keep" * 100, check=True).stdout.decode().strip()
-    before = sorted(_s3_keys(moto_server, s3_bucket))
 
     def upload_running() -> bool:
         return bool(_s3_uploads(moto_server, s3_bucket))
 
     rc, err, report = _race(s3_env, BIG, BIG, upload_running)
-    assert report["partial_writes_aborted"], report  # the running upload was taken for a leftover
-    _assert_failed_cleanly(rc, err, s3_env, good_id, moto_500=True)
-    assert sorted(_s3_keys(moto_server, s3_bucket)) == before
+    _assert_kept_whole(rc, err, report, s3_env, good_id, BIG + BIG)
     assert _s3_uploads(moto_server, s3_bucket) == []
 
 
