@@ -111,43 +111,62 @@ def make_plan(
         ancestry = wn.parse_history(store.read_history(tli), tli)
     else:
         ancestry = [wn.HistoryEntry(1, 0, None)]
-    by_tli = {e.tli: e for e in ancestry}
-
-    def fits(body: dict[str, Any]) -> bool:
-        src = body["source"]
-        e = by_tli.get(int(src["timeline"]))
-        if e is None:
-            return False
-        start, stop = wn.parse_lsn(src["start_lsn"]), wn.parse_lsn(src["stop_lsn"])
-        if start < e.begin or (e.end is not None and stop > e.end):
-            return False
-        if target.kind == "lsn" and target.lsn is not None and stop > target.lsn:
-            return False
-        late = target.kind == "time" and target.time is not None and _parse_time(src["stop_time"]) >= target.time
-        return not late
-
     candidates = physical_backups(repo, sid)
-    if backup_id:
-        chosen = [(b, body) for b, body in candidates if b == backup_id]
-        if not chosen:
-            raise BackupNotFound(f"backup {backup_id} is not a physical base backup of system {sid}")
-        if not fits(chosen[0][1]):
-            raise UsageError(f"backup {backup_id} cannot reach the target on timeline {tli}")
-    else:
-        chosen = [c for c in candidates if fits(c[1])]
-        if not chosen:
-            raise BackupNotFound(
-                f"no physical base backup of system {sid} ends before the target on timeline {tli}",
-                hint="'seedvault list' shows the backups; a base backup must finish before the recovery target",
-            )
-    bid, body = chosen[-1]
+    bid, body = choose_backup(candidates, ancestry, target, backup_id=backup_id, what=f"system {sid}")
     src = body["source"]
     seg_size = int(src["wal_segment_size"])
     if timeline is None:
         _refuse_diverged(store, ancestry, history_objs, seg_size)
     plan = Plan(sid, bid, body, tli, ancestry, seg_size=seg_size)
-    _walk(plan, store, target)
+    names = {e.tli: {o.name for o in store.list(e.tli) if o.kind == "segment"} for e in ancestry}
+    plan.segments = walk(bid, src, ancestry, names, target, where=repo.storage.url)
     return plan
+
+
+# --- the pure core: the same code answers a recovery and the retention planner's "is this moment reachable" ---
+def fits(src: dict[str, Any], ancestry: list[wn.HistoryEntry], target: Target) -> bool:
+    """Whether a base backup (its manifest ``source``) can start a recovery to ``target`` along ``ancestry``.
+
+    It must lie wholly on one timeline of the ancestry, before that timeline's switch point, and be
+    consistent (its stop) before the target.
+    """
+    e = next((x for x in ancestry if x.tli == int(src["timeline"])), None)
+    if e is None:
+        return False
+    start, stop = wn.parse_lsn(src["start_lsn"]), wn.parse_lsn(src["stop_lsn"])
+    if start < e.begin or (e.end is not None and stop > e.end):
+        return False
+    if target.kind == "lsn" and target.lsn is not None and stop > target.lsn:
+        return False
+    late = target.kind == "time" and target.time is not None and _parse_time(src["stop_time"]) >= target.time
+    return not late
+
+
+def choose_backup(
+    candidates: list[tuple[str, dict[str, Any]]],
+    ancestry: list[wn.HistoryEntry],
+    target: Target,
+    *,
+    backup_id: str | None = None,
+    what: str = "this system",
+) -> tuple[str, dict[str, Any]]:
+    """The base backup a recovery to ``target`` starts from: ``backup_id``, else the newest that fits."""
+    tli = ancestry[-1].tli
+    if backup_id:
+        chosen = [(b, body) for b, body in candidates if b == backup_id]
+        if not chosen:
+            raise BackupNotFound(f"backup {backup_id} is not a physical base backup of {what}")
+        if not fits(chosen[0][1]["source"], ancestry, target):
+            raise UsageError(f"backup {backup_id} cannot reach the target on timeline {tli}")
+        return chosen[0]
+    chosen = [c for c in sorted(candidates, key=lambda c: c[0]) if fits(c[1]["source"], ancestry, target)]
+    if not chosen:
+        raise BackupNotFound(
+            f"no physical base backup of {what} ends before the target on timeline {tli}",
+            hint="'seedvault list' shows the backups; a base backup must finish before the recovery target "
+            "(older ones may have been pruned: see the retention pitr_window)",
+        )
+    return chosen[-1]
 
 
 def _refuse_diverged(
@@ -183,36 +202,52 @@ def _refuse_diverged(
             )
 
 
-def _walk(plan: Plan, store: WalStore, target: Target) -> None:
-    src = plan.backup["source"]
-    seg = plan.seg_size
+def walk(
+    backup_id: str,
+    src: dict[str, Any],
+    ancestry: list[wn.HistoryEntry],
+    names: dict[int, set[str]],
+    target: Target,
+    *,
+    where: str = "the repository",
+) -> list[str]:
+    """Every segment a recovery from this base backup replays, in order; WalGap at the first one missing.
+
+    ``names``: the archived segment names per timeline of the ancestry. The walk goes from the backup's
+    start to the end of the archive (to the target LSN's segment, or to the backup's stop for ``immediate``);
+    a missing segment before the backup's stop (or the target LSN) is a gap, and so is a missing segment
+    with later WAL archived after it (PostgreSQL would stop at the hole and promote there).
+    """
+    seg = int(src["wal_segment_size"])
     first = wn.segno_of_lsn(wn.parse_lsn(src["start_lsn"]), seg)
     stop_seg = wn.segno_of_lsn(wn.parse_lsn(src["stop_lsn"]), seg)
-    catalog: dict[int, set[str]] = {}
-    for e in plan.ancestry:
-        catalog[e.tli] = {o.name for o in store.list(e.tli) if o.kind == "segment"}
     horizon = wn.segno_of_lsn(target.lsn, seg) if target.kind == "lsn" and target.lsn is not None else None
+    if target.kind == "immediate":
+        horizon = stop_seg  # consistency is all it replays to: WAL after the stop is not needed
+    segments: list[str] = []
     s = first
     while True:
-        tli = wn.timeline_of_segment(plan.ancestry, s, seg)
+        tli = wn.timeline_of_segment(ancestry, s, seg)
         name = wn.segment_name(tli, s, seg)
-        if name not in catalog.get(tli, set()):
+        if name not in names.get(tli, set()):
             if s <= stop_seg or (horizon is not None and s <= horizon):
                 need_to = stop_seg if horizon is None else max(stop_seg, horizon)
                 raise WalGap(
-                    f"WAL segment {name} (timeline {tli}) is missing from {store.repo.storage.url}; recovery from "
-                    f"backup {plan.backup_id} needs every segment from {plan.segments[0] if plan.segments else name} "
-                    f"to {wn.segment_name(wn.timeline_of_segment(plan.ancestry, need_to, seg), need_to, seg)}",
+                    f"WAL segment {name} (timeline {tli}) is missing from {where}; recovery from "
+                    f"backup {backup_id} needs every segment from {segments[0] if segments else name} "
+                    f"to {wn.segment_name(wn.timeline_of_segment(ancestry, need_to, seg), need_to, seg)}",
                 )
-            later = sorted(n for t, names in catalog.items() for n in names if t >= tli and wn.segno_of(n, seg) > s)
+            later = sorted(n for t, ns in names.items() for n in ns if t >= tli and wn.segno_of(n, seg) > s)
             if later:
                 raise WalGap(
-                    f"WAL segment {name} (timeline {tli}) is missing from {store.repo.storage.url}, but later WAL "
+                    f"WAL segment {name} (timeline {tli}) is missing from {where}, but later WAL "
                     f"({later[0]}...) is archived: recovery would stop at the hole",
-                    hint="if the server is still archiving in parallel, retry; else choose --to-lsn before it",
+                    hint="if the server is still archiving in parallel, retry; if it was pruned (outside the "
+                    "retention pitr_window), choose a later target or --immediate; else choose --to-lsn before it",
                 )
             break
-        plan.segments.append(name)
+        segments.append(name)
         if horizon is not None and s >= horizon:
             break
         s += 1
+    return segments
