@@ -15,10 +15,13 @@ import tomllib
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import ConfigError, KeyMissing
+
+if TYPE_CHECKING:
+    from seedvault.retention import Policies
 
 ENV_PREFIX = "SEEDVAULT_"
 
@@ -46,6 +49,9 @@ class Settings:
     cleanup_grace: str = "24h"
     # A lease not refreshed for this long belongs to a process that died (holders refresh every minute).
     lease_stale: str = "15m"
+    # What prune keeps: the TOML table [retention] (sub-tables per kind / label:<name> / <kind>:<name>), or
+    # the same as JSON in SEEDVAULT_RETENTION (the Prefect blocks pass it so). See seedvault.retention.
+    retention: dict[str, Any] | str | None = None
     # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
     wal_state_dir: str | None = None
     # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.
@@ -60,6 +66,22 @@ class Settings:
             raise ConfigError(f"wal_daemon must be 'off' or 'auto', not {self.wal_daemon!r}")
         if parse_duration(self.lease_stale) < 300:
             raise ConfigError(f"lease_stale must be at least 5m (holders refresh every minute), not {self.lease_stale}")
+
+    def retention_policies(self) -> Policies:
+        """The retention policies (ConfigError naming the bad key or value)."""
+        from seedvault.retention import policies_from
+
+        table = self.retention
+        if isinstance(table, str):
+            import json
+
+            try:
+                table = json.loads(table)
+            except ValueError:
+                raise ConfigError("SEEDVAULT_RETENTION is not valid JSON (an object of retention settings)") from None
+            if not isinstance(table, dict):
+                raise ConfigError("SEEDVAULT_RETENTION must be a JSON object of retention settings")
+        return policies_from(table)
 
     def lease_stale_after(self) -> timedelta:
         return timedelta(seconds=parse_duration(self.lease_stale))
@@ -97,6 +119,10 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = _FIELDS[name].type
     if value is None:
         return None
+    if isinstance(value, dict):  # a TOML table ([retention])
+        if "dict" not in str(kind):
+            raise ConfigError(f"{origin}: {name} must be a single value, not a table")
+        return value
     if "int" in str(kind) and not isinstance(value, int):
         try:
             return int(str(value).strip())

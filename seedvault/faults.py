@@ -2,7 +2,8 @@
 
 A backup passes through phases (key object written, data streaming, multipart part uploaded, manifest
 being written...). :func:`reached` records the phase in the file named by ``SEEDVAULT_FAULT_TRACE`` and,
-when ``SEEDVAULT_FAULT_KILL_AT`` names that phase, kills the process with SIGKILL at exactly that point.
+when ``SEEDVAULT_FAULT_KILL_AT`` names that phase (or ``<phase>:<n>``, its n-th time), kills the process with
+SIGKILL at exactly that point.
 That is how the crash tests prove that a backup killed in any phase is never listed as complete and that
 ``cleanup`` restores the repository. Both variables are unset in production, where this costs one dict
 lookup per call.
@@ -30,3 +31,10 @@ def reached(phase: str) -> None:
             os.fsync(fh.fileno())
     if kill_at == phase:
         os.kill(os.getpid(), signal.SIGKILL)
+    if kill_at and kill_at.startswith(phase + ":"):  # "<phase>:<n>": the n-th time this process reaches it
+        _COUNTS[phase] = _COUNTS.get(phase, 0) + 1
+        if str(_COUNTS[phase]) == kill_at[len(phase) + 1 :]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_COUNTS: dict[str, int] = {}

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from seedvault.errors import SeedvaultError
+from seedvault.errors import LockHeld, SeedvaultError
 from seedvault.format import layout
 from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.repository import Repository
@@ -65,6 +65,7 @@ class Lease:
     started: str
     modified: datetime
     stale_reason: str = ""  # why it is stale ("" while live)
+    exclusive: bool = False  # prune's: the backups it names are about to be deleted
 
     def describe(self) -> str:
         who = f"{self.operation} by {self.user} on {self.host} (pid {self.pid}, lease {self.lease_id})"
@@ -80,6 +81,7 @@ class Lease:
             "backup_ids": list(self.backup_ids),
             "started": self.started,
             "refreshed": self.modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "mode": "exclusive" if self.exclusive else "shared",
             **({"stale_reason": self.stale_reason} if self.stale_reason else {}),
         }
 
@@ -90,19 +92,40 @@ class LeaseListing:
     stale: list[Lease] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # lease keys that could not be parsed
 
-    def held_ids(self) -> dict[str, Lease]:
-        """Backup id -> the live lease that names it."""
-        return {bid: lease for lease in self.live for bid in lease.backup_ids}
+    def held_ids(self, *, besides: str | None = None) -> dict[str, Lease]:
+        """Backup id -> the live shared lease that names it (``besides``: a lease id to leave out)."""
+        return {
+            bid: lease
+            for lease in self.live
+            if not lease.exclusive and lease.lease_id != besides
+            for bid in lease.backup_ids
+        }
+
+    def intents(self, *, besides: str | None = None) -> dict[str, Lease]:
+        """Backup id -> the live exclusive lease (a prune) that is about to delete it."""
+        return {
+            bid: lease
+            for lease in self.live
+            if lease.exclusive and lease.lease_id != besides
+            for bid in lease.backup_ids
+        }
 
 
 class HeldLease:
     """A lease this process holds: stored at once, refreshed in the background, deleted by :meth:`release`."""
 
     def __init__(
-        self, repo: Repository, operation: str, backup_ids: Iterable[str] = (), *, refresh: timedelta = REFRESH
+        self,
+        repo: Repository,
+        operation: str,
+        backup_ids: Iterable[str] = (),
+        *,
+        refresh: timedelta = REFRESH,
+        exclusive: bool = False,
     ) -> None:
         self.repo = repo
         self.operation = operation
+        self.exclusive = exclusive
         self.backup_ids = list(backup_ids)
         self.lease_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}-{secrets.token_hex(4)}"
         self.key = lease_path(self.lease_id)
@@ -126,6 +149,7 @@ class HeldLease:
             "user": _user(),
             "backup_ids": self.backup_ids,
             "started": self.started,
+            "mode": "exclusive" if self.exclusive else "shared",
             "refreshed": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
         return json.dumps(body, sort_keys=True, indent=2).encode() + b"\n"
@@ -136,9 +160,26 @@ class HeldLease:
                 self.repo.storage.put_bytes(self.key, self._body(), overwrite=True)
 
     def add(self, backup_id: str) -> None:
-        """Name one more backup (stored at once, before the caller touches it)."""
+        """Name one more backup (stored at once, before the caller touches it); LockHeld if a prune is deleting it."""
         self.backup_ids.append(backup_id)
         self.refresh()
+        if not self.exclusive:
+            self.check_no_intent()
+
+    def check_no_intent(self) -> None:
+        """Refuse (LockHeld) when a running prune is about to delete a backup this lease names.
+
+        Called after the lease is stored: a prune stores its intent first and then reads the shared leases,
+        so either it sees this lease and keeps the backup, or this check sees its intent.
+        """
+        intents = read_leases(self.repo).intents(besides=self.lease_id)
+        clash = sorted(set(self.backup_ids) & set(intents))
+        if clash:
+            self.release()
+            raise LockHeld(
+                f"backup {clash[0]} is being deleted by {intents[clash[0]].describe()}",
+                hint="it is outside the retention policy; choose another backup, or pin it and retry after the prune",
+            )
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -190,13 +231,16 @@ def shared(
     A writer (``reader=False``) cannot run without one anyway.
     """
     try:
-        return HeldLease(repo, operation, backup_ids)
+        held = HeldLease(repo, operation, backup_ids)
     except SeedvaultError as exc:
         if not reader:
             raise
         log.warning("no lease for %s (%s): nothing stops a concurrent delete of what it reads", operation,
                     exc.one_line())  # fmt: skip
         return _NoLease()
+    if reader and held.backup_ids:
+        held.check_no_intent()
+    return held
 
 
 def read_leases(repo: Repository, *, stale_after: timedelta | None = None, now: datetime | None = None) -> LeaseListing:
@@ -266,6 +310,7 @@ def _parse(data: bytes, key: str, modified: datetime) -> Lease:
         backup_ids=ids,
         started=str(body.text("started", max_len=64)),
         modified=modified,
+        exclusive=body.raw("mode", optional=True) == "exclusive",
     )
 
 

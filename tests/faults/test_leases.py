@@ -150,6 +150,7 @@ def test_no_secret_in_a_lease(local_repo):
         stored = repo.storage.get_bytes(held.key)
     assert set(json.loads(stored)) == {
         "format", "version", "lease_id", "operation", "host", "pid", "user", "backup_ids", "started", "refreshed",
+        "mode",
     }  # fmt: skip
     key_file = env_key(local_repo.env)
     assert key_file.strip() and key_file.strip() not in stored
