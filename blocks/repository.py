@@ -9,13 +9,17 @@ S3 parts are retried individually by that client (botocore's retry policy, tunab
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import ConfigDict, Field, model_validator
 
 from seedvault.config import Settings
 from seedvault.crypto.keys import KeySource
+from seedvault.errors import ConfigError
 from seedvault.repository import Repository
+from seedvault.retention import policies_from
 from seedvault.storage.base import Storage
 from seedvault.storage.open import open_storage
 
@@ -46,11 +50,25 @@ class SeedvaultRepository(Block):
     )
     zstd_threads: int = Field(default=0, description="0: compress in the stage's own thread (fastest here)")
     chunk_size: int = Field(default=1 * MiB, ge=4096, description="Encrypted chunk size in bytes.")
+    retention: dict[str, Any] | None = Field(
+        default=None,
+        description="What prune keeps, as the settings' [retention] table: keep_within (default 30d), keep_last/"
+        "daily/weekly/monthly/yearly, min_verified (default 1), pitr_window; sub-tables per kind, 'label:<name>' "
+        "or '<kind>:<name>'. Empty: the defaults.",
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> SeedvaultRepository:
         if (self.local_path is None) == (self.s3_bucket is None):
             raise ValueError("set exactly one of local_path or s3_bucket")
+        return self
+
+    @model_validator(mode="after")
+    def _valid_retention(self) -> SeedvaultRepository:
+        try:
+            policies_from(self.retention)
+        except ConfigError as exc:
+            raise ValueError(exc.one_line()) from None
         return self
 
     @property
@@ -74,6 +92,7 @@ class SeedvaultRepository(Block):
             zstd_level=self.zstd_level,
             zstd_threads=self.zstd_threads,
             chunk_size=self.chunk_size,
+            retention=self.retention,
         )
 
     def storage(self, *, create: bool = False) -> Storage:

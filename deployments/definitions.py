@@ -11,7 +11,16 @@ backup-neo4j/nightly                 ``30 2 * * *``        Neo4j full: offline d
                                                            an online FULL; verified
 backup-neo4j/every-15-minutes        ``5-59/15 * * * *``   Enterprise, on request only: online AUTO (a DIFF
                                                            of the night's chain); verified
+prune/daily                          ``30 3 * * *``        retention policy of the repository block
+verify-repository/weekly-sample      ``0 5 * * 0``         a rotating 25 % of all data objects (every object
+                                                           read within 4 weeks), every manifest
+verify-repository/monthly-all        ``0 5 2 * *``         every byte of every backup
+verify-repository/daily-wal          ``0 6 * * *``         every archived WAL segment from the oldest base
+                                                           backup's start (with WAL archiving only)
 ===================================  ====================  ================================================
+
+Every backup flow also ends with a prune, once its own verify passed; ``prune/daily`` covers days whose
+backups failed (nothing else would apply the policy then) and is where a dry run is read in the UI.
 
 Why PostgreSQL has no 15-minute "incremental" (the old scripts took one): the server archives its WAL
 continuously instead. ``archive_command = 'seedvault wal-push %p'`` pushes every completed 16 MiB segment
@@ -53,6 +62,8 @@ from flows.backup_postgres import backup_postgres_flow
 from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
 from flows.dr_drill import dr_drill_flow
+from flows.prune import prune_flow
+from flows.verify_repository import verify_repository_flow
 
 TIMEZONE = "UTC"
 NIGHTLY_BACKUP = "nightly"
@@ -67,6 +78,15 @@ NEO4J_NIGHTLY = "nightly"
 NEO4J_NIGHTLY_CRON = "30 2 * * *"
 NEO4J_INCREMENTAL = "every-15-minutes"
 NEO4J_INCREMENTAL_CRON = "5-59/15 * * * *"  # every 15 minutes, never at 02:30 with the nightly FULL
+DAILY_PRUNE = "daily"
+DAILY_PRUNE_CRON = "30 3 * * *"
+WEEKLY_SAMPLE = "weekly-sample"
+WEEKLY_SAMPLE_CRON = "0 5 * * 0"
+SAMPLE_PERCENT = 25
+MONTHLY_ALL = "monthly-all"
+MONTHLY_ALL_CRON = "0 5 2 * *"  # the 2nd: never with the drill (the 1st, 04:00)
+DAILY_WAL = "daily-wal"
+DAILY_WAL_CRON = "0 6 * * *"
 TAGS = ["seedvault"]
 
 
@@ -110,7 +130,35 @@ def build(
     out = _postgres(common, target, database, drill_target, base_target, wal) if target is not None else []
     if neo4j_target is not None:
         out += _neo4j(common, neo4j_target, neo4j_database, neo4j_incremental)
-    return out
+    return out + _maintenance(common, wal=wal and target is not None)
+
+
+def _maintenance(common: dict[str, Any], *, wal: bool) -> list[RunnerDeployment]:
+    """Retention and scheduled verification of the repository (whatever it holds)."""
+    prune = prune_flow.to_deployment(
+        name=DAILY_PRUNE,
+        schedules=[Cron(DAILY_PRUNE_CRON, timezone=TIMEZONE)],
+        parameters={**common},
+        tags=[*TAGS, "prune"],
+        description="Daily: apply the repository block's retention policy; the plan is the artifact.",
+    )
+    scopes = [
+        (WEEKLY_SAMPLE, WEEKLY_SAMPLE_CRON, {"scope": "sample", "percent": SAMPLE_PERCENT}, "a rotating 25 % slice"),
+        (MONTHLY_ALL, MONTHLY_ALL_CRON, {"scope": "all"}, "every byte of every backup"),
+    ]
+    if wal:
+        scopes.append((DAILY_WAL, DAILY_WAL_CRON, {"scope": "wal"}, "every archived WAL segment"))
+    verifies = [
+        verify_repository_flow.to_deployment(
+            name=name,
+            schedules=[Cron(cron, timezone=TIMEZONE)],
+            parameters={**common, **params},
+            tags=[*TAGS, "verify"],
+            description=f"Verify {what}; fails (and notifies) naming every bad backup or segment.",
+        )
+        for name, cron, params, what in scopes
+    ]
+    return [prune, *verifies]
 
 
 def _postgres(

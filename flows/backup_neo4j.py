@@ -28,6 +28,7 @@ from flows.failures import notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.neo4j import backup_neo4j_task, neo4j_preflight
 from tasks.reports import publish_neo4j_backup_artifact, publish_neo4j_failure_artifact
+from tasks.retention import prune_after_backup
 from tasks.verify import verify_backup_task
 
 
@@ -42,6 +43,7 @@ def backup_neo4j_flow(
     label: str | None = None,
     staging: bool = False,
     verify: bool = True,
+    prune: bool = True,
     retries: int = 1,
     retry_delay_seconds: float = 60,
     notify_block: str | None = None,
@@ -58,6 +60,7 @@ def backup_neo4j_flow(
         label: backup name label (default: ``neo4j-<database>``).
         staging: dump into a staging file on the Neo4j side even where neo4j-admin streams (5.x).
         verify: read the whole backup back after writing it.
+        prune: after the verify passed, apply the repository block's retention policy (``prune`` flow).
         retries: how often a failed backup is taken again from scratch (neo4j-admin or storage failing);
             for a dump each attempt is another downtime window. Never for configuration errors, nor when
             the database could not be started again.
@@ -89,6 +92,8 @@ def backup_neo4j_flow(
         publish_neo4j_failure_artifact("backup", target, name, failure.message)
         raise failure from None
     publish_neo4j_backup_artifact(summary, repo_block.url, target, blk.display(name))
+    if prune and verify:  # last, and only after this backup passed verification
+        summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     counts = summary.get("counts")
     get_run_logger().info(
         "backup %s of neo4j %s (%s): %d bytes raw -> %d stored, %s, %s",

@@ -32,6 +32,7 @@ from seedvault.ops.postgres_backup import backup_postgres
 from seedvault.sources.postgres.logical import LogicalOptions
 from tasks.postgres import preflight
 from tasks.reports import backup_summary, publish_backup_artifact, publish_failure_artifact
+from tasks.retention import prune_after_backup
 from tasks.stream import STAGES, run_object_as_tasks
 from tasks.verify import verify_backup_task
 
@@ -79,6 +80,7 @@ def backup_postgres_flow(
     with_globals: bool = True,
     estimate_above: int | None = None,
     verify: bool = True,
+    prune: bool = True,
     retries: int = 2,
     retry_delay_seconds: float = 30,
     notify_block: str | None = None,
@@ -95,6 +97,7 @@ def backup_postgres_flow(
         with_globals: also store roles and tablespaces (pg_dumpall --globals-only).
         estimate_above: record planner estimates instead of exact counts above this many rows.
         verify: read the whole backup back after writing it.
+        prune: after the verify passed, apply the repository block's retention policy (``prune`` flow).
         retries: how often a transient failure is retried: the preflight (database or storage not
             reachable) and the whole stream (restarted from scratch with a new dump).
         retry_delay_seconds: pause before each such retry.
@@ -125,6 +128,8 @@ def backup_postgres_flow(
         publish_failure_artifact("backup", pg.dbname, failure.message)
         raise failure from None
     publish_backup_artifact(summary, repo_block.url)
+    if prune and verify:  # last, and only after this backup passed verification
+        summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     get_run_logger().info(
         "backup %s of %s: %d tables, %d rows, %d bytes raw -> %d stored (attempt %d)",
         summary["id"],

@@ -25,6 +25,7 @@ from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.reports import publish_base_backup_artifact, publish_server_failure_artifact
+from tasks.retention import prune_after_backup
 from tasks.verify import verify_backup_task
 from tasks.wal import base_backup_task
 
@@ -38,6 +39,7 @@ def backup_postgres_base_flow(
     checkpoint: str = "fast",
     wal_wait: float = 600.0,
     verify: bool = True,
+    prune: bool = True,
     retries: int = 1,
     retry_delay_seconds: float = 60,
     notify_block: str | None = None,
@@ -53,6 +55,7 @@ def backup_postgres_base_flow(
         checkpoint: ``fast`` (start at once, an immediate checkpoint) or ``spread`` (gentler, slower start).
         wal_wait: seconds pg_basebackup may wait for the backup's last WAL segment to be archived.
         verify: read the whole backup back after writing it.
+        prune: after the verify passed, apply the repository block's retention policy (``prune`` flow).
         retries: how often a transient failure (server or storage unreachable) restarts the backup.
         retry_delay_seconds: pause before each such retry.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
@@ -73,6 +76,8 @@ def backup_postgres_base_flow(
         publish_server_failure_artifact("base-backup", target, pg.display(), failure.message)
         raise failure from None
     publish_base_backup_artifact(summary, repo_block.url, target, pg.display())
+    if prune and verify:  # last, and only after this backup passed verification
+        summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     get_run_logger().info(
         "base backup %s of system %s (timeline %s, %s..%s): %d bytes raw -> %d stored",
         summary["id"],

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from seedvault import process
+from seedvault import leases, process
 from seedvault.errors import (
     ConfigError,
     DatabaseUnreachable,
@@ -236,6 +236,33 @@ def restore_pitr(
     data = Path(data_dir).absolute()
     _empty_target_dir(data)
     plan = make_plan(repo, target, backup_id=backup_id, system_id=system_id, timeline=timeline)
+    # Held until the copy is recovered: prune keeps this base backup and the WAL it needs. Planned again once
+    # the lease is stored, so nothing a prune deleted just before it can be missing from the plan.
+    with leases.shared(repo, "restore postgres-pitr", [plan.backup_id]):
+        plan = make_plan(repo, target, backup_id=plan.backup_id, system_id=plan.system_id, timeline=timeline)
+        return _restore_pitr(
+            repo, plan, target, data, t0, port=port, run_as=run_as, restore_command=restore_command,
+            archive_mode=archive_mode, stop_after=stop_after, keep_failed=keep_failed, timeout=timeout,
+            read_ahead=read_ahead,
+        )  # fmt: skip
+
+
+def _restore_pitr(
+    repo: Repository,
+    plan: Plan,
+    target: Target,
+    data: Path,
+    t0: float,
+    *,
+    port: int | None,
+    run_as: str | None,
+    restore_command: str | None,
+    archive_mode: str,
+    stop_after: bool,
+    keep_failed: bool,
+    timeout: float,
+    read_ahead: int,
+) -> PitrReport:
     src = plan.backup["source"]
     binaries = find_server_binaries(int(src["pg_major"]))
     existed = data.exists()

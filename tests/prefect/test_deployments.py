@@ -21,9 +21,20 @@ def _cron(deployment) -> tuple[str, str]:
 
 
 def test_build_gives_the_four_schedules_with_block_names_only():
-    backup, drill, base, freshness = definitions.build(
+    backup, drill, base, freshness, *maintenance = definitions.build(
         "repo", "key", "pg", database="shop", notify_block="custom-webhook/ops"
     )
+    assert [(d.flow_name, d.name, _cron(d)[0]) for d in maintenance] == [
+        ("prune", "daily", "30 3 * * *"),
+        ("verify-repository", "weekly-sample", "0 5 * * 0"),
+        ("verify-repository", "monthly-all", "0 5 2 * *"),
+        ("verify-repository", "daily-wal", "0 6 * * *"),
+    ]
+    prune, sample, every_byte, wal = maintenance
+    repo_only = {"repository": "repo", "key": "key", "notify_block": "custom-webhook/ops"}
+    assert prune.parameters == repo_only
+    assert sample.parameters == {**repo_only, "scope": "sample", "percent": 25}
+    assert every_byte.parameters == {**repo_only, "scope": "all"} and wal.parameters == {**repo_only, "scope": "wal"}
     assert (backup.flow_name, backup.name) == ("backup-postgres", "nightly")
     assert _cron(backup) == ("0 2 * * *", "UTC")
     assert (drill.flow_name, drill.name) == ("dr-drill", "monthly")
@@ -48,15 +59,24 @@ def test_build_gives_the_four_schedules_with_block_names_only():
 
 
 def test_build_with_a_replication_target_or_without_wal():
-    *_, base, freshness = definitions.build("repo", "key", "pg", base_target="pg-replication")
+    _, _, base, freshness, *_ = definitions.build("repo", "key", "pg", base_target="pg-replication")
     assert base.parameters["target"] == freshness.parameters["target"] == "pg-replication"
-    assert [d.flow_name for d in definitions.build("repo", "key", "pg", wal=False)] == ["backup-postgres", "dr-drill"]
+    without = [(d.flow_name, d.name) for d in definitions.build("repo", "key", "pg", wal=False)]
+    assert without == [
+        ("backup-postgres", "nightly"),
+        ("dr-drill", "monthly"),
+        ("prune", "daily"),
+        ("verify-repository", "weekly-sample"),
+        ("verify-repository", "monthly-all"),
+    ]
 
 
 def test_build_adds_the_neo4j_nightly_dump_and_only_on_request_the_15_minute_online_backup():
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    *pg, nightly = definitions.build("repo", "key", "pg", neo4j_target="graph", notify_block="custom-webhook/ops")
+    *pg, nightly, _, _, _, _ = definitions.build(
+        "repo", "key", "pg", neo4j_target="graph", notify_block="custom-webhook/ops"
+    )
     assert [d.flow_name for d in pg] == ["backup-postgres", "dr-drill", "backup-postgres-base", "check-wal-freshness"]
     assert (nightly.flow_name, nightly.name) == ("backup-neo4j", "nightly")
     assert _cron(nightly) == ("30 2 * * *", "UTC")
@@ -64,8 +84,9 @@ def test_build_adds_the_neo4j_nightly_dump_and_only_on_request_the_15_minute_onl
     assert nightly.parameters == {**common, "database": None, "verify": True, "mode": "dump", "backup_type": "FULL"}
 
     # Enterprise: the nightly is an online FULL (a new chain each night), the 15-minute one an online AUTO.
-    nightly, every = definitions.build("repo", "key", None, neo4j_target="graph", neo4j_database="movies",
-                                       neo4j_incremental=True)  # fmt: skip
+    nightly, every, *maintenance = definitions.build("repo", "key", None, neo4j_target="graph",
+                                                     neo4j_database="movies", neo4j_incremental=True)  # fmt: skip
+    assert [d.name for d in maintenance] == ["daily", "weekly-sample", "monthly-all"]  # no WAL without PostgreSQL
     assert nightly.parameters["mode"] == "online" and nightly.parameters["backup_type"] == "FULL"
     assert (every.flow_name, every.name) == ("backup-neo4j", "every-15-minutes")
     assert _cron(every) == ("5-59/15 * * * *", "UTC")
@@ -92,7 +113,7 @@ def test_register_only_creates_the_deployments_on_the_server(prefect_harness):
 
     args = ["--repository", "r", "--key", "k", "--target", "t", "--drill-target", "dr"]
     ids = serve_main([*args, "--neo4j-target", "g", "--neo4j-incremental", "--register-only"])
-    assert len(ids) == 6
+    assert len(ids) == 10
     with get_client(sync_client=True) as client:
         backup = client.read_deployment_by_name("backup-postgres/nightly")
         drill = client.read_deployment_by_name("dr-drill/monthly")
@@ -139,13 +160,26 @@ def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
         ("backup-neo4j", definitions.NEO4J_NIGHTLY): (definitions.NEO4J_NIGHTLY_CRON, True),
         # Enterprise only: registered paused, to be resumed where online backups exist.
         ("backup-neo4j", definitions.NEO4J_INCREMENTAL): (definitions.NEO4J_INCREMENTAL_CRON, False),
+        ("prune", definitions.DAILY_PRUNE): (definitions.DAILY_PRUNE_CRON, True),
+        ("verify-repository", definitions.WEEKLY_SAMPLE): (definitions.WEEKLY_SAMPLE_CRON, True),
+        ("verify-repository", definitions.MONTHLY_ALL): (definitions.MONTHLY_ALL_CRON, True),
+        ("verify-repository", definitions.DAILY_WAL): (definitions.DAILY_WAL_CRON, True),
     }
     assert set(by_name) == set(expected) and len(spec["deployments"]) == len(expected)
     for name, (cron, active) in expected.items():
         d = by_name[name]
         assert d["schedules"] == [{"cron": cron, "timezone": "UTC", "active": active}]
-        assert set(d["parameters"]) >= {"repository", "key", "target"}
+        assert set(d["parameters"]) >= (
+            {"repository", "key"} if name[0] in ("prune", "verify-repository") else {"repository", "key", "target"}
+        )
     assert by_name[("backup-neo4j", "nightly")]["parameters"]["mode"] == "dump"
     every = by_name[("backup-neo4j", "every-15-minutes")]
     assert every["parameters"]["mode"] == "online" and every["parameters"]["backup_type"] == "AUTO"
     assert every["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+def test_prefect_yaml_scopes_of_the_verification_deployments():
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    params = {d["name"]: d["parameters"] for d in spec["deployments"] if "verify_repository" in d["entrypoint"]}
+    assert params["weekly-sample"]["scope"] == "sample" and params["weekly-sample"]["percent"] == 25
+    assert params["monthly-all"]["scope"] == "all" and params["daily-wal"]["scope"] == "wal"

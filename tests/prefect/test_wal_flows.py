@@ -65,7 +65,8 @@ def test_base_backup_flow_completes_and_publishes_artifact(wal_blocks, wal_env: 
     assert summary["system_id"] == system_id and summary["timeline"] == 1 and summary["attempt"] == 1
     assert summary["start_wal"] <= summary["stop_wal"] and summary["verify"]["bytes"] == summary["raw_size"]
     run_id = state.state_details.flow_run_id
-    assert {t.name.rsplit("-", 1)[0] for t in task_runs(run_id, expect=2)} == {"backup-postgres-base", "verify-backup"}
+    names = {t.name.rsplit("-", 1)[0] for t in task_runs(run_id, expect=3)}
+    assert names == {"backup-postgres-base", "verify-backup", "prune"}  # prune last, after the verify
 
     rows, artifact = latest_table(f"seedvault-base-backup-{TARGET}")
     fields = as_fields(rows)

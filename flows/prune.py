@@ -1,0 +1,35 @@
+"""``prune``: apply the repository block's retention policy, with the plan as an artifact.
+
+Each backup flow already ends with a prune (after its verify passed); this flow is the same task on its own,
+for a daily run and for operators (``dry_run=True`` shows the plan in the UI without deleting anything).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.utilities.annotations import quote
+
+from blocks import SeedvaultEncryptionKey, SeedvaultRepository
+from flows.failures import notify_failure, operator_error
+from seedvault.errors import SeedvaultError
+from tasks.retention import prune_task
+
+
+@flow(name="prune", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+def prune_flow(repository: str, key: str, dry_run: bool = False, notify_block: str | None = None) -> dict[str, Any]:
+    """Delete what the retention policy (the repository block's ``retention``) no longer keeps.
+
+    Args:
+        repository: name of a saved ``SeedvaultRepository`` block (its ``retention`` is the policy).
+        key: name of a saved ``SeedvaultEncryptionKey`` block.
+        dry_run: only publish the plan; delete nothing.
+        notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
+    """
+    repo_block = SeedvaultRepository.load(repository)
+    try:
+        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+        return prune_task(quote(repo), quote(repo_block.settings()), repo_block.url, dry_run=dry_run)
+    except SeedvaultError as exc:
+        raise operator_error(exc) from None
