@@ -122,9 +122,7 @@ def usage(repo: Repository, prices: Mapping[str, float] | None = None) -> UsageR
     authenticate = repo.key_source is not None
     objects = list(repo.storage.list(""))
     manifests = sorted(
-        bid
-        for bid in {layout.backup_id_of(o.key) for o in objects if o.key.endswith("/" + layout.MANIFEST)}
-        if bid is not None and any(o.key == layout.manifest_key(bid) for o in objects)
+        {bid for o in objects if (bid := layout.backup_id_of(o.key)) and o.key == layout.manifest_key(bid)}
     )
     bodies = backup_bodies(repo, manifests, authenticate=authenticate)
     report = UsageReport(repo.storage.url, authenticated=authenticate, prices=merged)

@@ -43,6 +43,14 @@ Why it is built this way:
   multipart upload is created with ``ChecksumAlgorithm=CRC32`` and every part's CRC32 is passed to
   ``CompleteMultipartUpload``, as ``s3transfer`` does. Endpoints that reject checksums can be served by
   setting ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` (the standard botocore setting).
+* **Storage classes and Object Lock.** A writer's :class:`~seedvault.storage.base.WriteOptions` set the
+  object's ``StorageClass`` (else ``storage_class``, the driver default) and an Object Lock retention
+  (``ObjectLockMode``/``ObjectLockRetainUntilDate`` on ``PutObject`` and ``CreateMultipartUpload``). The first
+  locked write of a storage object checks once that the bucket has Object Lock enabled (a clear ConfigError
+  otherwise). S3 requires Content-MD5 or a checksum on such PUTs: botocore's CRC32 when request checksums are
+  on, else the writer adds Content-MD5 (single PUT and every part). After a locked multipart upload one HEAD
+  confirms the retention (and ``PutObjectRetention`` sets it where an endpoint ignored it). ``list`` carries
+  each object's class from ListObjectsV2; ``retention`` reads the lock headers of one HEAD.
 * **Addressing.** With an ``endpoint_url`` (MinIO and friends) path-style addressing is used unless
   ``addressing_style`` says otherwise; against AWS botocore's default (virtual-hosted) applies.
 """

@@ -55,6 +55,10 @@ def test_usage_on_a_local_repository_counts_every_object_once(local_repo: LocalR
     assert report["other"]["objects"] == len([k for k in files if layout.backup_id_of(k) is None])
     assert report["storage_classes"]["(none)"]["unpriced_bytes"] == report["total"]["bytes"]  # file://: no cost
     assert report["authenticated"] is True and report["estimate"] is True
+    keyless = {k: v for k, v in local_repo.env.items() if k != "SEEDVAULT_KEY_FILE"}
+    plain = _usage(keyless)  # without a key: the manifests as stored, said so
+    assert plain["authenticated"] is False and plain["kinds"] == kinds and plain["labels"] == labels
+    assert "unauthenticated manifests" in invoke(["usage"], keyless).stdout.decode()
     text = invoke(["usage"], local_repo.env)
     out = text.stdout.decode()
     assert text.exit_code == 0 and "no storage classes, so no cost estimate" in out and "orders" in out
