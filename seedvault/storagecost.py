@@ -218,3 +218,26 @@ def manifest_fields(options: WriteOptions) -> dict[str, Any]:
     """What a backup's manifest body gains from its write options: ``object_lock`` when locked, else nothing."""
     record = lock_record(options.lock)
     return {"object_lock": record} if record else {}
+
+
+def refuse_locked_delete(stored_manifest: bytes, backup_id: str, now: datetime | None = None) -> None:
+    """``seedvault delete`` of a backup its manifest records as locked: a clear UsageError instead of a no-op.
+
+    Why: on a lock-enabled (so versioned) bucket a delete by key succeeds but only adds delete markers; the
+    locked versions stay, billed, until their retention ends. The backup would vanish from ``list`` and free
+    nothing. A manifest that cannot be parsed does not stop the delete (a damaged backup must stay deletable).
+    """
+    from seedvault.errors import SeedvaultError, UsageError
+    from seedvault.format import manifest as mf
+
+    try:
+        retention = manifest_lock(mf.parse(stored_manifest, backup_id)[0])
+    except (SeedvaultError, ValueError, KeyError):
+        return
+    if retention is not None and locked(retention, now):
+        mode, until = retention
+        raise UsageError(
+            f"backup {backup_id} is under S3 Object Lock ({mode.lower()}) until {until:%Y-%m-%dT%H:%M:%SZ}; deleting"
+            " it now would only hide it behind delete markers and free nothing",
+            hint="delete it after that date (prune skips it until then too)",
+        )

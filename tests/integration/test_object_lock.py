@@ -9,6 +9,7 @@ shows both: the request carried the lock, and the object ends up locked).
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,11 +23,13 @@ from botocore.exceptions import ClientError
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import ConfigError
 from seedvault.format import layout
+from seedvault.ops.transfer import DATA_OBJECT
 from seedvault.repository import Repository
 from seedvault.storage.base import ObjectLock, WriteOptions
 from seedvault.storage.s3 import S3Storage
 from seedvault.storagecost import WritePolicy, manifest_lock
 from seedvault.wal.store import WalStore
+from tests.cli_runner import invoke
 from tests.fixtures.repo import new_key_file
 from tests.fixtures.s3 import TEST_PART_SIZE, MotoServer
 from tests.helpers import base_env, run_cli
@@ -206,3 +209,28 @@ def test_local_repository_refuses_a_lock_and_ignores_a_class(tmp_path: Path) -> 
     lock = ObjectLock("COMPLIANCE", datetime.now(UTC) + timedelta(days=1))
     with pytest.raises(ConfigError, match="cannot lock objects"):
         storage.open_write("v1/b", options=WriteOptions(None, lock))
+
+
+def test_cli_backup_under_lock_and_delete_refused(moto_server: MotoServer, lock_bucket: str, tmp_path: Path) -> None:
+    """Through the CLI: settings in the environment, the manifest records the lock, `delete` refuses clearly."""
+    env = base_env(
+        SEEDVAULT_REPOSITORY=f"s3://{lock_bucket}/repo",
+        SEEDVAULT_S3_ENDPOINT=moto_server.endpoint_url,
+        SEEDVAULT_KEY_FILE=str(new_key_file(tmp_path)),
+        SEEDVAULT_OBJECT_LOCK="compliance",
+        SEEDVAULT_OBJECT_LOCK_DAYS="2",
+        SEEDVAULT_STORAGE_CLASS="label:orders=STANDARD_IA",
+    )
+    put = invoke(["put", "--label", "orders"], env, input=b"precious" * 100)
+    assert put.exit_code == 0, put.stderr
+    bid = put.stdout.decode().strip()
+    shown = invoke(["show", "--json", bid], env)
+    assert shown.exit_code == 0, shown.stderr
+    lock = json.loads(shown.stdout)["object_lock"]
+    assert lock["mode"] == "COMPLIANCE"
+    assert head(moto_server, lock_bucket, layout.data_key(bid, DATA_OBJECT))["StorageClass"] == "STANDARD_IA"
+    refused = invoke(["delete", "--yes", bid], env)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert f"backup {bid} is under S3 Object Lock (compliance) until {lock['retain_until']}" in refused.stderr
+    listed = invoke(["list", "--json"], env)
+    assert bid in listed.stdout.decode()
