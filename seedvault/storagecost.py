@@ -241,3 +241,17 @@ def refuse_locked_delete(stored_manifest: bytes, backup_id: str, now: datetime |
             " it now would only hide it behind delete markers and free nothing",
             hint="delete it after that date (prune skips it until then too)",
         )
+
+
+def lock_policy_conflict(lock_mode: str, lock_days: int, keep_within: timedelta) -> str | None:
+    """What prune should report when the lock outlasts the retention policy (None when it does not).
+
+    Locked backups cannot be deleted before their date, so with ``object_lock_days`` above ``keep_within``
+    the repository keeps (and bills) every backup for the lock period, whatever the policy says.
+    """
+    if lock_mode == "off" or timedelta(days=lock_days) <= keep_within:
+        return None
+    return (
+        f"object_lock_days ({lock_days}) is longer than keep_within ({keep_within.days} days): every backup stays"
+        f" locked, and stored, for {lock_days} days"
+    )

@@ -50,3 +50,11 @@ def test_manifest_records_the_lock_and_checks_its_shape(local_repo: LocalRepo) -
         body["object_lock"] = bad
         with pytest.raises(AuthenticationFailed, match="object_lock"):
             mf.parse(mf.seal(body, key), body["id"])
+
+
+def test_lock_longer_than_the_policy_is_reported() -> None:
+    from seedvault.storagecost import lock_policy_conflict
+
+    assert lock_policy_conflict("off", 90, timedelta(days=30)) is None
+    assert lock_policy_conflict("governance", 30, timedelta(days=30)) is None
+    assert "longer than keep_within (30 days)" in str(lock_policy_conflict("compliance", 90, timedelta(days=30)))
