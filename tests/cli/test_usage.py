@@ -59,6 +59,11 @@ def test_usage_on_a_local_repository_counts_every_object_once(local_repo: LocalR
     plain = _usage(keyless)  # without a key: the manifests as stored, said so
     assert plain["authenticated"] is False and plain["kinds"] == kinds and plain["labels"] == labels
     assert "unauthenticated manifests" in invoke(["usage"], keyless).stdout.decode()
+    manifest = local_repo.root / layout.manifest_key(c)
+    manifest.write_bytes(manifest.read_bytes().replace(b"monthly", b"MONTHLY"))  # fails authentication
+    damaged = _usage(local_repo.env)
+    assert damaged["unreadable_backups"]["objects"] == 3 and "monthly" not in damaged["labels"]
+    assert len(damaged["problems"]) == 1 and c in damaged["problems"][0]
     text = invoke(["usage"], local_repo.env)
     out = text.stdout.decode()
     assert text.exit_code == 0 and "no storage classes, so no cost estimate" in out and "orders" in out
