@@ -42,6 +42,14 @@ class SeedvaultRepository(Block):
     s3_part_size: int = Field(default=16 * MiB, ge=5 * MiB, description="Multipart part size in bytes.")
     s3_max_concurrency: int = Field(default=4, ge=1, description="Parts uploaded in parallel per object.")
     s3_storage_class: str | None = None
+    storage_class: dict[str, str] = Field(
+        default_factory=dict,
+        description="Storage class overrides: keys 'wal', a backup kind or 'label:<name>' (seedvault.storagecost).",
+    )
+    object_lock: str = Field(
+        default="off", description="S3 Object Lock on immutable objects: off, governance, compliance"
+    )
+    object_lock_days: int = Field(default=30, ge=1, le=36500, description="Retention of each locked object in days.")
     s3_sse: str | None = Field(default=None, description="AES256 or aws:kms")
     s3_sse_kms_key_id: str | None = None
     compression: str = Field(default="zstd", description="zstd or none")
@@ -84,6 +92,9 @@ class SeedvaultRepository(Block):
         return Settings(
             repository=self.url,
             s3_storage_class=self.s3_storage_class,
+            storage_class=dict(self.storage_class),
+            object_lock=self.object_lock,
+            object_lock_days=self.object_lock_days,
             s3_sse=self.s3_sse,
             s3_sse_kms_key_id=self.s3_sse_kms_key_id,
             s3_part_size=self.s3_part_size,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,8 +60,18 @@ class Settings:
     # starts its async process), which exits after wal_daemon_idle seconds without requests. "off": never.
     wal_daemon: str = "off"
     wal_daemon_idle: int = 600
+    # Storage cost (seedvault.storagecost): class overrides per kind, "label:<name>" and "wal"; S3 Object Lock
+    # on immutable objects; prices per storage class (USD per GB-month) for `seedvault usage` estimates.
+    # In the environment a table is "key=value,key=value" (SEEDVAULT_STORAGE_CLASS, SEEDVAULT_PRICES).
+    storage_class: dict[str, str] = field(default_factory=dict)
+    object_lock: str = "off"
+    object_lock_days: int = 30
+    prices: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from seedvault.storagecost import check_settings
+
+        check_settings(self)
         if self.wal_daemon not in ("off", "auto"):
             raise ConfigError(f"wal_daemon must be 'off' or 'auto', not {self.wal_daemon!r}")
         if parse_duration(self.lease_stale) < 300:
@@ -119,10 +129,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = _FIELDS[name].type
     if value is None:
         return None
-    if isinstance(value, dict):  # a TOML table ([retention])
+    if isinstance(value, dict):  # a TOML table ([retention], [storage_class], [prices])
         if "dict" not in str(kind):
             raise ConfigError(f"{origin}: {name} must be a single value, not a table")
-        return value
+        return dict(value)
+    if str(kind).startswith("dict") and "| str" not in str(kind):  # "key=value,..." from the environment
+        from seedvault.storagecost import parse_pairs
+
+        return parse_pairs(str(value), origin)
     if "int" in str(kind) and not isinstance(value, int):
         try:
             return int(str(value).strip())

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 import seedvault
-from seedvault import faults, leases
+from seedvault import faults, leases, storagecost
 from seedvault.crypto.keys import new_data_key
 from seedvault.errors import (
     FormatError,
@@ -174,7 +174,8 @@ class ObjectPlan:
         """Sink stage: SHA-256 over the stored bytes, write to storage, commit only after a clean end."""
         t = self.stats.times
         sha = hashlib.sha256()
-        sink = self.backup.repo.storage.open_write(layout.data_key(self.backup.backup_id, self.name))
+        key = layout.data_key(self.backup.backup_id, self.name)
+        sink = self.backup.repo.storage.open_write(key, options=self.backup.write_options)
         announced = False
         try:
             with _stage(inp, None):
@@ -285,6 +286,8 @@ class BackupWriter:
         compressor(compression, level=level, threads=threads)  # validate settings before touching storage
         self.backup_id = layout.new_backup_id()
         self.started = _now()
+        # Storage class and Object Lock of the data objects and the manifest (not the key objects: deletable).
+        self.write_options = storagecost.policy_of(repo.storage).backup(kind, self.labels, datetime.now(UTC))
         self.objects: list[ObjectStats] = []
         self.committed = False
         self.body: dict | None = None
@@ -363,6 +366,7 @@ class BackupWriter:
             "raw_size": sum(o.raw_size for o in self.objects),
             "compressed_size": sum(o.compressed_size for o in self.objects),
             "stored_size": sum(o.stored_size for o in self.objects),
+            **storagecost.manifest_fields(self.write_options),
         }
 
     def commit(self) -> dict:
@@ -373,7 +377,7 @@ class BackupWriter:
         self._confirm_objects()
         body = self.manifest_body()
         data = mf.seal(body, self.data_key)
-        writer = self.repo.storage.open_write(layout.manifest_key(self.backup_id))
+        writer = self.repo.storage.open_write(layout.manifest_key(self.backup_id), options=self.write_options)
         try:
             half = len(data) // 2
             writer.write(data[:half])

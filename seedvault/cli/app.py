@@ -11,7 +11,8 @@ Configuration (options override environment, which overrides the TOML file named
                              (also s3_region, s3_storage_class, s3_sse, s3_sse_kms_key_id,
                              s3_part_size, compression, zstd_level, zstd_threads, chunk_size,
                              cleanup_grace, s3_credentials_file, wal_state_dir,
-                             wal_socket)
+                             wal_socket, object_lock, object_lock_days and the
+                             tables storage_class and prices: see 'seedvault usage')
 S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 shared config files, instance roles). Keys and passwords are never accepted as command-line values.
 """
@@ -23,7 +24,17 @@ import sys
 import typer
 
 from seedvault import __version__
-from seedvault.cli import check_cmds, key_cmds, legacy_cmds, neo4j_cmds, pg_cmds, prune_cmds, repo_cmds, wal_cmds
+from seedvault.cli import (
+    check_cmds,
+    cost_cmds,
+    key_cmds,
+    legacy_cmds,
+    neo4j_cmds,
+    pg_cmds,
+    prune_cmds,
+    repo_cmds,
+    wal_cmds,
+)
 from seedvault.cli.runtime import state
 
 app = typer.Typer(
@@ -73,6 +84,7 @@ assert neo4j_cmds  # registers backup/restore neo4j on pg_cmds' sub-apps
 repo_cmds.register(app)
 prune_cmds.register(app)
 wal_cmds.register(app)
+cost_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres, postgres-base, neo4j).")

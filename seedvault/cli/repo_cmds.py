@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from seedvault import process
+from seedvault import process, storagecost
 from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
 from seedvault.errors import BackupNotFound, LockHeld, SourceError, ToolMissing, UsageError, VerificationFailed
@@ -388,7 +388,7 @@ def delete(
 ) -> None:
     """Delete one backup: its manifest first, then its data and key objects."""
     repo = state(ctx).repository(key=False)
-    repo._require_manifest(backup_id)
+    storagecost.refuse_locked_delete(repo._require_manifest(backup_id), backup_id)
     children = [e.backup_id for e in repo.entries(authenticate=False) if (e.body or {}).get("parent") == backup_id]
     if children:
         raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")

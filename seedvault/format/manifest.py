@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import unicodedata
+from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
@@ -83,6 +84,8 @@ def parse(data: bytes, backup_id: str) -> tuple[dict, str]:
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+LOCK_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 MIN_CHUNK, MAX_CHUNK = 1024, 16 * 1024 * 1024
 
 
@@ -121,6 +124,14 @@ def _check_body(body: Fields) -> None:
         obj.text("sha256", pattern=HEX64)
     for size in ("raw_size", "compressed_size", "stored_size"):
         body.int(size)
+    lock = body.obj("object_lock", optional=True, nullable=True)  # optional (FORMAT.md section 5)
+    if lock is not None:
+        lock.text("mode", choices=LOCK_MODES)
+        until = lock.text("retain_until", pattern=LOCK_TIME)
+        try:
+            datetime.strptime(str(until), "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            raise lock.fail("field 'object_lock.retain_until' is not a valid time") from None
 
 
 def open_(data: bytes, data_key: bytes, backup_id: str) -> dict:

@@ -12,6 +12,10 @@ Their contract (checked for every driver by ``tests/contract/test_storage.py``):
   in-progress names; with ``start_after`` only keys greater than it (S3's ``StartAfter``: an index that knows
   the newest key it has seen lists only what came since, one request instead of a page per 1,000 objects).
 * ``delete(keys)`` ignores keys that are already gone.
+* ``open_write(key, options=WriteOptions(...))`` may ask for a storage class and an Object Lock retention
+  (:class:`WriteOptions`); drivers without either ignore the class and refuse a lock (never a silent
+  unlocked write); ``retention(key)`` says which lock an object carries. ``list`` reports each object's
+  storage class where the driver has one (S3's ListObjectsV2 does, at no extra request).
 * ``list_partial()`` shows what interrupted writers left behind (temporary files, unfinished multipart
   uploads) with their start time, so ``cleanup`` can remove those older than a grace period;
   ``partial_activity()`` says when one was last written to (a multipart upload still receiving parts).
@@ -26,9 +30,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from seedvault.errors import StorageError
+
+if TYPE_CHECKING:
+    from seedvault.storagecost import WritePolicy
 
 _URL_HEAD = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*:?/+")
 
@@ -64,6 +71,23 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime
+    storage_class: str | None = None  # S3's StorageClass from the listing; None where storage has none
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """An S3 Object Lock retention: ``mode`` is ``GOVERNANCE`` or ``COMPLIANCE``, ``retain_until`` tz-aware UTC."""
+
+    mode: str
+    retain_until: datetime
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How one object is stored: its storage class (None: the driver's default) and an optional lock."""
+
+    storage_class: str | None = None
+    lock: ObjectLock | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +137,12 @@ class Storage(ABC):
     url: str
     capabilities: Capabilities
 
+    # Set by open_storage from the settings (seedvault.storagecost.WritePolicy); the writers of backups and WAL
+    # ask it which WriteOptions an object gets. The driver itself never reads it.
+    write_policy: WritePolicy | None = None
+
     @abstractmethod
-    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter: ...
+    def open_write(self, key: str, *, overwrite: bool = False, options: WriteOptions | None = None) -> ObjectWriter: ...
 
     @abstractmethod
     def open_read(self, key: str) -> BinaryIO: ...
@@ -146,8 +174,18 @@ class Storage(ABC):
         """Fail fast with a clear error when the storage is unreachable or unusable."""
         list(self.list("seedvault-probe-nothing-here/"))
 
-    def put_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> ObjectInfo:
-        writer = self.open_write(key, overwrite=overwrite)
+    def retention(self, key: str) -> tuple[str, datetime] | None:
+        """The Object Lock (mode, retain-until) ``key`` carries, or None (drivers without Object Lock: always).
+
+        For objects no manifest describes (WAL): prune asks before deleting one.
+        """
+        self.head(key)  # a missing object is ObjectNotFound, as on S3
+        return None
+
+    def put_bytes(
+        self, key: str, data: bytes, *, overwrite: bool = False, options: WriteOptions | None = None
+    ) -> ObjectInfo:
+        writer = self.open_write(key, overwrite=overwrite, options=options)
         try:
             writer.write(data)
         except BaseException:

@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from seedvault.errors import ObjectExists, ObjectNotFound, PermissionDenied, StorageError, StorageUnreachable
+from seedvault.errors import (
+    ConfigError,
+    ObjectExists,
+    ObjectNotFound,
+    PermissionDenied,
+    StorageError,
+    StorageUnreachable,
+)
 from seedvault.storage.base import (
     TEMP_MARKER,
     Capabilities,
@@ -28,6 +35,7 @@ from seedvault.storage.base import (
     ObjectWriter,
     PartialWrite,
     Storage,
+    WriteOptions,
     validate_key,
 )
 
@@ -153,7 +161,13 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
+    def open_write(self, key: str, *, overwrite: bool = False, options: WriteOptions | None = None) -> ObjectWriter:
+        """Storage classes mean nothing here (ignored); a lock is refused rather than silently not applied."""
+        if options is not None and options.lock is not None:
+            raise ConfigError(
+                f"object_lock is {options.lock.mode.lower()}, but {self.url} cannot lock objects",
+                hint='Object Lock needs an S3 bucket created with it; set object_lock = "off" for file:// repositories',
+            )
         return _LocalWriter(self, key, overwrite)
 
     def open_read(self, key: str) -> BinaryIO:

@@ -14,6 +14,15 @@ _MISTYPED_SCHEME = re.compile(r"\A(?:s3|file|https?)//", re.IGNORECASE)
 
 
 def open_storage(settings: Settings, *, create: bool = False, client=None) -> Storage:
+    """The driver for ``settings.repository``, carrying the settings' write policy (seedvault.storagecost)."""
+    from seedvault.storagecost import WritePolicy
+
+    storage = _open(settings, create=create, client=client)
+    storage.write_policy = WritePolicy.from_settings(settings)
+    return storage
+
+
+def _open(settings: Settings, *, create: bool, client) -> Storage:
     url = settings.repository
     if not url:
         raise ConfigError(

@@ -43,12 +43,21 @@ Why it is built this way:
   multipart upload is created with ``ChecksumAlgorithm=CRC32`` and every part's CRC32 is passed to
   ``CompleteMultipartUpload``, as ``s3transfer`` does. Endpoints that reject checksums can be served by
   setting ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` (the standard botocore setting).
+* **Storage classes and Object Lock.** A writer's :class:`~seedvault.storage.base.WriteOptions` set the
+  object's ``StorageClass`` (else ``storage_class``, the driver default) and an Object Lock retention
+  (``ObjectLockMode``/``ObjectLockRetainUntilDate`` on ``PutObject`` and ``CreateMultipartUpload``). The first
+  locked write of a storage object checks once that the bucket has Object Lock enabled (a clear ConfigError
+  otherwise). S3 requires Content-MD5 or a checksum on such PUTs: botocore's CRC32 when request checksums are
+  on, else the writer adds Content-MD5 (single PUT and every part). After a locked multipart upload one HEAD
+  confirms the retention (and ``PutObjectRetention`` sets it where an endpoint ignored it). ``list`` carries
+  each object's class from ListObjectsV2; ``retention`` reads the lock headers of one HEAD.
 * **Addressing.** With an ``endpoint_url`` (MinIO and friends) path-style addressing is used unless
   ``addressing_style`` says otherwise; against AWS botocore's default (virtual-hosted) applies.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import io
@@ -97,9 +106,11 @@ from seedvault.storage.base import (
     ObjectWriter,
     PartialWrite,
     Storage,
+    WriteOptions,
     redact_url,
     validate_key,
 )
+from seedvault.storagecost import check_storage_class
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3 minimum for every part but the last
@@ -199,6 +210,10 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _content_md5(data: bytes | bytearray) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
 def _error_code(exc: ClientError) -> tuple[str, int]:
     err = exc.response.get("Error") or {}
     status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
@@ -272,12 +287,20 @@ def translate_error(exc: BaseException, *, bucket: str, key: str | None, endpoin
 
 
 class _S3Writer(ObjectWriter):
-    def __init__(self, storage: S3Storage, key: str, overwrite: bool) -> None:
+    def __init__(self, storage: S3Storage, key: str, overwrite: bool, options: WriteOptions | None = None) -> None:
         self.key = key
         self.bytes_written = 0
         self._s = storage
         self._full = storage._full_key(key)
         self._overwrite = overwrite
+        self._args: dict[str, Any] = dict(storage._write_args)  # StorageClass, SSE, Object Lock
+        self._lock = options.lock if options is not None else None
+        if options is not None and options.storage_class:
+            self._args["StorageClass"] = options.storage_class
+        if self._lock is not None:
+            storage.require_object_lock()
+            self._args["ObjectLockMode"] = self._lock.mode
+            self._args["ObjectLockRetainUntilDate"] = self._lock.retain_until
         self._buf = bytearray()
         self._upload_id: str | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -341,7 +364,7 @@ class _S3Writer(ObjectWriter):
         raise self._s._translate(exc, self.key) from exc
 
     def _start_multipart(self) -> None:
-        kwargs: dict[str, Any] = {"Bucket": self._s.bucket, "Key": self._full, **self._s._write_args}
+        kwargs: dict[str, Any] = {"Bucket": self._s.bucket, "Key": self._full, **self._args}
         if self._s._part_checksums():
             kwargs["ChecksumAlgorithm"] = "CRC32"
         resp = self._s._client.create_multipart_upload(**kwargs)
@@ -380,6 +403,8 @@ class _S3Writer(ObjectWriter):
         checksums = self._s._part_checksums()
         if checksums:
             kwargs["ChecksumAlgorithm"] = "CRC32"
+        elif self._lock is not None:
+            kwargs["ContentMD5"] = _content_md5(body)  # a locked object's parts need one or a checksum
         resp = self._s._client.upload_part(**kwargs)
         part = {"PartNumber": number, "ETag": resp["ETag"]}
         if checksums and resp.get("ChecksumCRC32"):
@@ -466,8 +491,12 @@ class _S3Writer(ObjectWriter):
             "Bucket": self._s.bucket,
             "Key": self._full,
             "Body": self._buf,
-            **self._s._write_args,
+            **self._args,
         }
+        if self._lock is not None and not self._s._part_checksums():
+            # S3 refuses a PUT with a retention unless it carries Content-MD5 or a checksum header; botocore adds
+            # the CRC32 header only when request checksums are on (the default "when_supported").
+            kwargs["ContentMD5"] = _content_md5(self._buf)
         self._conditional_call(self._s._client.put_object, kwargs)
 
     def _complete(self) -> None:
@@ -480,6 +509,27 @@ class _S3Writer(ObjectWriter):
         }
         self._conditional_call(self._s._client.complete_multipart_upload, kwargs)
         self._upload_id = None  # completed: nothing left to abort
+        if self._lock is not None:
+            self._confirm_lock()
+
+    def _confirm_lock(self) -> None:
+        """After a multipart upload: does the object carry the retention asked for on CreateMultipartUpload?
+
+        Why: an endpoint may accept the lock headers there and not apply them (moto 5 does so); an unlocked
+        object recorded as locked is a silent failure. One HEAD per multipart object; if the retention is
+        missing or shorter, PutObjectRetention sets it (allowed: it only extends).
+        """
+        assert self._lock is not None
+        resp = self._s._client.head_object(Bucket=self._s.bucket, Key=self._full)
+        until = resp.get("ObjectLockRetainUntilDate")
+        mode = resp.get("ObjectLockMode")
+        if mode == self._lock.mode and until is not None and _utc(until) >= self._lock.retain_until:
+            return
+        self._s._client.put_object_retention(
+            Bucket=self._s.bucket,
+            Key=self._full,
+            Retention={"Mode": self._lock.mode, "RetainUntilDate": self._lock.retain_until},
+        )
 
     def _shutdown(self) -> None:
         if self._executor is not None:
@@ -657,10 +707,11 @@ class S3Storage(Storage):
         self.max_concurrency = max_concurrency
         self.capabilities = Capabilities(atomic_no_overwrite=True, range_reads=True, multipart=True)
         self._conditional_writes = True
+        self._object_lock_checked = False
         self._lock = threading.Lock()
         self._write_args: dict[str, str] = {}
         if storage_class:
-            self._write_args["StorageClass"] = storage_class
+            self._write_args["StorageClass"] = check_storage_class(storage_class, "s3_storage_class")
         if sse:
             self._write_args["ServerSideEncryption"] = sse
         if sse_kms_key_id:
@@ -712,8 +763,49 @@ class S3Storage(Storage):
         return self._key_prefix + prefix
 
     # -- Storage ---------------------------------------------------------------------------------------
-    def open_write(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
-        return _S3Writer(self, key, overwrite)
+    def open_write(self, key: str, *, overwrite: bool = False, options: WriteOptions | None = None) -> ObjectWriter:
+        return _S3Writer(self, key, overwrite, options)
+
+    def require_object_lock(self) -> None:
+        """Refuse locked writes to a bucket without Object Lock (one GetObjectLockConfiguration per storage object).
+
+        Why up front: S3 answers such a PUT with a generic InvalidRequest, which cannot be told apart from
+        other mistakes without reading the server's message (which seedvault never shows).
+        """
+        if self._object_lock_checked:
+            return
+        try:
+            resp = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc)[0] == "ObjectLockConfigurationNotFoundError":
+                raise self._no_object_lock() from None
+            raise self._translate(exc, None) from exc
+        except Exception as exc:
+            raise self._translate(exc, None) from exc
+        if (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") != "Enabled":
+            raise self._no_object_lock()
+        self._object_lock_checked = True
+
+    def _no_object_lock(self) -> ConfigError:
+        return ConfigError(
+            f"bucket {self.bucket} has no Object Lock enabled, so object_lock cannot be applied",
+            hint="use a bucket created with Object Lock (it cannot be added later on every endpoint), "
+            'or set object_lock = "off"',
+        )
+
+    def retention(self, key: str) -> tuple[str, datetime] | None:
+        """The object's Object Lock from one HEAD (x-amz-object-lock-mode / -retain-until-date), or None.
+
+        HEAD rather than GetObjectRetention: the same answer (S3 shows the headers to callers allowed
+        s3:GetObjectRetention), no error on buckets without Object Lock, and moto implements it.
+        """
+        full = self._full_key(key)
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        mode, until = resp.get("ObjectLockMode"), resp.get("ObjectLockRetainUntilDate")
+        return (str(mode), _utc(until)) if mode and until is not None else None
 
     def open_read(self, key: str) -> BinaryIO:
         """The object's body, read to its full size (see :func:`_object_size`), resumed where it breaks."""
@@ -735,7 +827,8 @@ class S3Storage(Storage):
             resp = self._client.head_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             raise self._translate(exc, key) from exc
-        return ObjectInfo(key, int(resp["ContentLength"]), _utc(resp["LastModified"]))
+        storage_class = resp.get("StorageClass", "STANDARD")  # HEAD names the class only when it is not STANDARD
+        return ObjectInfo(key, int(resp["ContentLength"]), _utc(resp["LastModified"]), storage_class)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         full_prefix = self._list_prefix(prefix)
@@ -752,7 +845,8 @@ class S3Storage(Storage):
                         continue  # "folder" markers made by consoles
                     if start_after and name <= start_after:
                         continue  # directory buckets ignore StartAfter
-                    rows.append(ObjectInfo(name, int(item["Size"]), _utc(item["LastModified"])))
+                    info = ObjectInfo(name, int(item["Size"]), _utc(item["LastModified"]), item.get("StorageClass"))
+                    rows.append(info)
         except Exception as exc:
             raise self._translate(exc, None) from exc
         rows.sort(key=lambda info: info.key)  # S3 sorts by UTF-8 bytes, but directory buckets do not

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import seedvault
-from seedvault import faults
+from seedvault import faults, storagecost
 from seedvault.crypto.keys import constant_time_equal, new_data_key
 from seedvault.errors import (
     AuthenticationFailed,
@@ -267,7 +267,8 @@ class WalStore:
                 "tool": f"seedvault {seedvault.__version__}",
             }
             fh.seek(0)
-            writer = self.repo.storage.open_write(key)
+            # Class and Object Lock from the settings' storage_class.wal / object_lock (seedvault.storagecost).
+            writer = self.repo.storage.open_write(key, options=storagecost.policy_of(self.repo.storage).wal())
             try:
                 stored = record.write_record(
                     writer,
