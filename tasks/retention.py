@@ -19,6 +19,7 @@ from seedvault.errors import UsageError, VerificationFailed
 from seedvault.ops import prune as prune_op
 from seedvault.ops.verify import Sample, VerifyResult, verify_all, verify_latest
 from seedvault.repository import Repository
+from seedvault.storagecost import lock_policy_conflict
 from tasks.reports import artifact_key
 
 SCOPES = ("sample", "all", "latest", "wal")
@@ -33,6 +34,9 @@ def prune_task(repo: Repository, settings: Settings, repository_url: str, dry_ru
         execute=not dry_run,
         state=prune_op.audit_state(repo),
         lease_stale=settings.lease_stale_after(),
+        lock_conflict=lock_policy_conflict(
+            settings.object_lock, settings.object_lock_days, settings.retention_policies().default.keep_within
+        ),
     )
     publish_prune_artifact(report, repository_url)
     deleting = [d.name for d in report.plan.backups if not d.keep]

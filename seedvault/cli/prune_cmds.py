@@ -8,6 +8,7 @@ import typer
 
 from seedvault.cli.runtime import handle_errors, print_json, state
 from seedvault.ops import prune as prune_op
+from seedvault.storagecost import lock_policy_conflict
 
 
 def _human(n: int) -> str:
@@ -43,6 +44,9 @@ def prune(
         execute=yes,
         state=prune_op.audit_state(repo),
         lease_stale=st.settings.lease_stale_after(),
+        lock_conflict=lock_policy_conflict(
+            st.settings.object_lock, st.settings.object_lock_days, policies.default.keep_within
+        ),
     )
     if json_out:
         print_json(report.as_dict())

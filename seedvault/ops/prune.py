@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from seedvault import faults, leases
+from seedvault import faults, leases, storagecost
 from seedvault import retention as rt
 from seedvault.errors import SeedvaultError
 from seedvault.format import layout
@@ -118,8 +118,7 @@ def gather(repo: Repository, state: MutableState) -> Inputs:
 def _item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
     src = body.get("source") or {}
     physical = body.get("kind") == rt.PHYSICAL
-    lock = body.get("object_lock") or {}
-    until = lock.get("retain_until") if isinstance(lock, dict) else None
+    lock = storagecost.manifest_lock(body)
     return rt.BackupItem(
         backup_id=backup_id,
         kind=str(body.get("kind")),
@@ -127,7 +126,7 @@ def _item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
         time=_parse_time(str(body.get("finished") or body.get("started"))),
         parent=body.get("parent"),
         pinned=state.pins.get(backup_id),
-        locked_until=_parse_time(until) if isinstance(until, str) else None,
+        locked_until=lock[1] if lock else None,
         verified=backup_id in state.verified,
         system_id=str(src.get("system_id")) if physical and src.get("system_id") is not None else None,
         source=src if physical else None,
@@ -142,6 +141,7 @@ def prune(
     now: datetime | None = None,
     state: MutableState | None = None,
     lease_stale: timedelta | None = None,
+    lock_conflict: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PruneReport:
     """Plan, and with ``execute`` delete what the plan deletes (see the module docstring for the order)."""
@@ -156,7 +156,11 @@ def prune(
         )
     inputs = gather(repo, state)
     first = rt.plan(inputs.backups, inputs.wal, policies, now, histories=inputs.histories)
+    if _wal_locks(repo, inputs, first.deletions()[1], now):  # WAL files still under Object Lock stay
+        first = rt.plan(inputs.backups, inputs.wal, policies, now, histories=inputs.histories)
     report = PruneReport(first, unreadable=inputs.unreadable)
+    if lock_conflict:
+        first.warnings.append(lock_conflict)
     doomed, doomed_wal = first.deletions()
     if not execute or (not doomed and not doomed_wal):
         return report
@@ -175,6 +179,24 @@ def prune(
         report.executed = True
         _delete(repo, report, doomed, doomed_wal, inputs, progress)
     return report
+
+
+def _wal_locks(repo: Repository, inputs: Inputs, doomed_wal: list[rt.WalItem], now: datetime) -> bool:
+    """Ask the storage for the Object Lock of each WAL file the plan deletes (no manifest records it)."""
+    if not doomed_wal:
+        return False
+    changed = False
+    by_key = {w.key: i for i, w in enumerate(inputs.wal)}
+    for w in doomed_wal:
+        try:
+            retention = repo.storage.retention(w.key)
+        except SeedvaultError:  # gone meanwhile: nothing to keep
+            continue
+        if storagecost.locked(retention, now):
+            assert retention is not None
+            inputs.wal[by_key[w.key]] = replace(w, locked_until=retention[1])
+            changed = True
+    return changed
 
 
 def _delete(

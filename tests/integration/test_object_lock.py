@@ -234,3 +234,32 @@ def test_cli_backup_under_lock_and_delete_refused(moto_server: MotoServer, lock_
     assert f"backup {bid} is under S3 Object Lock (compliance) until {lock['retain_until']}" in refused.stderr
     listed = invoke(["list", "--json"], env)
     assert bid in listed.stdout.decode()
+
+
+def test_prune_skips_backups_under_object_lock_and_says_so(
+    moto_server: MotoServer, lock_bucket: str, tmp_path: Path
+) -> None:
+    """Issue 14 acceptance: prune keeps what a lock still protects, names the date, and reports the conflict."""
+    from seedvault import retention as rt
+    from seedvault.ops.prune import prune
+    from seedvault.storagecost import lock_policy_conflict
+
+    repo = repository(storage_on(moto_server, lock_bucket, GOVERNANCE), tmp_path)
+    bodies = [backup(repo, f"day {i}".encode() * 100) for i in range(3)]
+    policy = rt.Policy(keep_within=timedelta(0), keep_last=1, min_verified=0)
+    conflict = lock_policy_conflict("governance", 30, policy.keep_within)
+    report = prune(repo, rt.Policies(policy), execute=True, lock_conflict=conflict)
+    assert report.deleted_backups == []
+    decided = {d.name: d for d in report.plan.backups}
+    for body in bodies[:2]:
+        until = manifest_lock(body)[1].strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[index]
+        assert decided[body["id"]].keep and decided[body["id"]].reasons == [f"Object Lock until {until}"]
+        assert any(
+            w.startswith(f"backup {body['id']} is outside the policy but under Object Lock until")
+            for w in report.plan.warnings
+        )
+    assert conflict in report.plan.warnings
+    assert [e.backup_id for e in repo.entries()] == [b["id"] for b in bodies]  # all still listed and readable
+    # Thirty-one days on, the locks have run out: the two older backups go.
+    later = prune(repo, rt.Policies(policy), execute=True, now=datetime.now(UTC) + timedelta(days=31))
+    assert later.deleted_backups == [b["id"] for b in bodies[:2]]
