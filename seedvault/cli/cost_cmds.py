@@ -7,24 +7,15 @@ import sys
 
 import typer
 
-from seedvault.cli.runtime import handle_errors, print_json, state
+from seedvault.cli.runtime import handle_errors, human_bytes, print_json, state
 from seedvault.errors import UsageError
 from seedvault.ops.lifecycle import lifecycle_rules
 from seedvault.ops.usage import NO_CLASS, Tally, usage
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
-
-
 def _row(name: str, tally: Tally, priced: bool) -> str:
     cost = f"{tally.usd_month:10.4f}" if priced else f"{'-':>10}"
-    return f"  {name:<32} {tally.objects:>8} {_human(tally.bytes):>10} {cost}\n"
+    return f"  {name:<32} {tally.objects:>8} {human_bytes(tally.bytes):>10} {cost}\n"
 
 
 @handle_errors
@@ -48,7 +39,7 @@ def usage_cmd(ctx: typer.Context, json_out: bool = typer.Option(False, "--json",
     total = report.total
     cost = f"estimated {total.usd_month:.4f} USD/month" if priced else "no storage classes, so no cost estimate"
     out = sys.stdout
-    out.write(f"repository {report.repository}: {total.objects} objects, {_human(total.bytes)}, {cost}\n")
+    out.write(f"repository {report.repository}: {total.objects} objects, {human_bytes(total.bytes)}, {cost}\n")
     out.write(f"  {'':<32} {'objects':>8} {'bytes':>10} {'USD/month':>10}\n")
     rest = {
         "incomplete backups (cleanup)": report.incomplete,

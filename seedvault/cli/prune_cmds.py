@@ -6,18 +6,9 @@ import sys
 
 import typer
 
-from seedvault.cli.runtime import handle_errors, print_json, state
+from seedvault.cli.runtime import handle_errors, human_bytes, print_json, state
 from seedvault.ops import prune as prune_op
 from seedvault.storagecost import lock_policy_conflict
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 @handle_errors
@@ -74,7 +65,7 @@ def prune(
     if report.executed:
         out(
             f"deleted {len(report.deleted_backups)} backups and {report.deleted_wal} WAL files, "
-            f"freed {_human(report.bytes_freed)}; kept {len(report.plan.backups) - len(report.deleted_backups)} "
+            f"freed {human_bytes(report.bytes_freed)}; kept {len(report.plan.backups) - len(report.deleted_backups)} "
             f"backups and {len(wal_keep)} WAL files\n"
         )
     elif deleting or wal_del:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from seedvault import process, storagecost
-from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
+from seedvault.cli.runtime import err, handle_errors, human_bytes, print_json, progress_bar, state
 from seedvault.config import parse_duration
 from seedvault.errors import BackupNotFound, LockHeld, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
@@ -19,17 +19,6 @@ from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_lates
 
 if TYPE_CHECKING:
     from seedvault.repository import Repository
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 @handle_errors
@@ -189,8 +178,8 @@ def list_(
             r["kind"] or "?",
             (r["labels"] or {}).get("name", ""),
             r["finished"] or "",
-            _human(r["raw_size"]),
-            _human(r["stored_size"]),
+            human_bytes(r["raw_size"]),
+            human_bytes(r["stored_size"]),
             status,
         )
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
@@ -216,14 +205,14 @@ def show(
         f"started     {body['started']}",
         f"finished    {body['finished']}",
         f"parent      {body['parent'] or '-'}",
-        f"sizes       raw {_human(body['raw_size'])}, compressed {_human(body['compressed_size'])}, "
-        f"stored {_human(body['stored_size'])}",
+        f"sizes       raw {human_bytes(body['raw_size'])}, compressed {human_bytes(body['compressed_size'])}, "
+        f"stored {human_bytes(body['stored_size'])}",
         f"cipher      {body['cipher']}, chunk {body['chunk_size']} B, compression {body['compression']['name']}",
         f"key         {body['key']['kind']} key {body['key']['key_id']}; wrapped for {', '.join(body['key_objects'])}",
     ]
     for o in body["objects"]:
         lines.append(
-            f"object      {o['name']}: {_human(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
+            f"object      {o['name']}: {human_bytes(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
         )
     lines += _source_lines(body.get("source"))
     sys.stdout.write("\n".join(lines) + "\n")
@@ -235,7 +224,7 @@ def _source_lines(source: object) -> list[str]:
         return []
     lines = [
         f"server      PostgreSQL {source['server_version']}, database {source.get('database', '?')}"
-        f" ({_human(int(source.get('database_size', 0)))})",
+        f" ({human_bytes(int(source.get('database_size', 0)))})",
         f"extensions  {', '.join(f'{k} {v}' for k, v in (source.get('extensions') or {}).items()) or '-'}",
     ]
     timescale = source.get("timescaledb") or {}
@@ -339,16 +328,17 @@ def verify(
     else:
         for r in results:
             sys.stdout.write(
-                f"{r.backup_id}: {'ok' if r.ok else 'FAILED'} ({r.objects} objects, {_human(r.raw_bytes)})\n"
+                f"{r.backup_id}: {'ok' if r.ok else 'FAILED'} ({r.objects} objects, {human_bytes(r.raw_bytes)})\n"
             )
         if plan is not None:
             sys.stdout.write(
                 f"sample {plan.percent}%: slice {plan.group} of {plan.groups} read, {objects} objects "
-                f"({_human(read)}), {sum(r.skipped for r in results)} left for other slices\n"
+                f"({human_bytes(read)}), {sum(r.skipped for r in results)} left for other slices\n"
             )
         if len(results) != 1 or plan is not None or latest:
             sys.stdout.write(
-                f"total: {len(results) - len(bad)} of {len(results)} backups ok, {objects} objects, {_human(read)}\n"
+                f"total: {len(results) - len(bad)} of {len(results)} backups ok, {objects} objects, "
+                f"{human_bytes(read)}\n"
             )
     if bad:
         named = "; ".join(f"{r.backup_id}: {r.problems[0]}" for r in bad)
@@ -368,7 +358,7 @@ def _verify_wal(ctx: typer.Context, system_id: str | None, json_out: bool) -> No
             span = f"{r.first} .. {r.last}" if r.first else "nothing"
             tl = ", ".join(str(t) for t in r.timelines) or "-"
             sys.stdout.write(
-                f"system {r.system_id}: {'ok' if r.ok else 'FAILED'} ({r.files} files, {_human(r.raw_bytes)}; "
+                f"system {r.system_id}: {'ok' if r.ok else 'FAILED'} ({r.files} files, {human_bytes(r.raw_bytes)}; "
                 f"{span}; timelines {tl}; from base backup {r.base_backup or '-'})\n"
             )
             for p in r.problems:
