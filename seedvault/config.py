@@ -46,6 +46,9 @@ class Settings:
     cleanup_grace: str = "24h"
     # A lease not refreshed for this long belongs to a process that died (holders refresh every minute).
     lease_stale: str = "15m"
+    # The catalog's local cache of authenticated manifest bodies (seedvault.catalog); "off" disables it.
+    # Default: $XDG_CACHE_HOME/seedvault/catalog (or ~/.cache/seedvault/catalog).
+    catalog_cache: str | None = None
     # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
     wal_state_dir: str | None = None
     # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.

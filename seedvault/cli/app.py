@@ -23,7 +23,7 @@ import sys
 import typer
 
 from seedvault import __version__
-from seedvault.cli import check_cmds, key_cmds, legacy_cmds, neo4j_cmds, pg_cmds, repo_cmds, wal_cmds
+from seedvault.cli import catalog_cmds, check_cmds, key_cmds, legacy_cmds, neo4j_cmds, pg_cmds, repo_cmds, wal_cmds
 from seedvault.cli.runtime import state
 
 app = typer.Typer(
@@ -78,6 +78,7 @@ app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postg
 app.add_typer(
     pg_cmds.restore_app, name="restore", help="Restore a database from a backup (postgres, postgres-pitr, neo4j)."
 )
+app.add_typer(catalog_cmds.app, name="catalog", help="The catalog of backups: status, rebuild.")
 app.add_typer(check_cmds.app, name="check", help="Health checks for monitoring (wal-freshness).")
 
 
