@@ -67,6 +67,7 @@ from seedvault.errors import (
 )
 from seedvault.format import layout
 from seedvault.format import manifest as mf
+from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.repository import BackupEntry, Repository
 
 log = logging.getLogger(__name__)
@@ -436,6 +437,18 @@ class _Cache:
         if self.dir is not None and not (self.dir / "bodies" / f"{backup_id}.json").exists():
             self._write(self.dir / "bodies" / f"{backup_id}.json", mf.canonical(body))
 
+    def secret_object(self, key_id: str) -> bytes | None:
+        if self.dir is None or not layout.KEY_ID_RE.fullmatch(key_id):
+            return None
+        try:
+            return (self.dir / f"repokey-{key_id}.json").read_bytes()
+        except OSError:
+            return None
+
+    def put_secret_object(self, key_id: str, data: bytes) -> None:
+        if self.dir is not None and layout.KEY_ID_RE.fullmatch(key_id):
+            self._write(self.dir / f"repokey-{key_id}.json", data)
+
     def state(self) -> dict | None:
         if self.dir is None:
             return None
@@ -515,10 +528,17 @@ class Catalog:
             if entry.body is None:
                 skipped.append(entry)
             elif match is None or match(entry.body):
-                if entry.verified and not self._confirm(entry.backup_id):
+                if not entry.verified or self.stats.fallback:  # read from the manifests just now (or no key)
+                    return entry, skipped
+                try:  # the answer is read from its manifest and key object, as without the catalog
+                    body = self.repo.manifest(entry.backup_id)
+                except BackupNotFound:  # deleted without a tombstone (by hand, or by an older seedvault)
                     self._note_gone(entry.backup_id)
                     continue
-                return entry, skipped
+                except SeedvaultError as exc:  # damaged after its commit: skipped and named, as newest() does
+                    skipped.append(BackupEntry(entry.backup_id, None, problem=exc.one_line()))
+                    continue
+                return BackupEntry(entry.backup_id, body, verified=True), skipped
         return None, skipped
 
     def latest_per(self, key: Callable[[dict], Any]) -> tuple[dict[Any, BackupEntry], list[BackupEntry]]:
@@ -533,18 +553,8 @@ class Catalog:
         return newest, unreadable
 
     def body(self, backup_id: str) -> dict:
-        """One backup's authenticated manifest body: from the cache (plus one HEAD) or from its manifest."""
-        if not layout.is_backup_id(backup_id):
-            raise BackupNotFound(f"{backup_id!r} is not a backup id", hint="'seedvault list' shows backup ids")
+        """One backup's manifest body, read and authenticated (``show``: damage must show), then cached."""
         cache = self._open_cache()
-        cached = cache.body(backup_id) if cache else None
-        if cached is not None:
-            if self._confirm(backup_id):
-                return cached
-            raise BackupNotFound(
-                f"backup {backup_id} not found (or not complete) in {self.repo.storage.url}",
-                hint="'seedvault list' shows the complete backups",
-            )
         body = self.repo.manifest(backup_id)
         if cache:
             cache.put_body(backup_id, body)
@@ -621,8 +631,10 @@ class Catalog:
         repo.config()
         repo.master  # noqa: B018 - resolved (or refused) once, before anything is listed, as entries() does
         listing = _list_index(repo)
+        cache = self._open_cache()
         key: bytes | None = None
         try:
+            _load_secret(repo, cache)
             key = _catalog_key(repo, create=False)
         except KeyMissing:
             if listing.loose or listing.segments:
@@ -630,7 +642,6 @@ class Catalog:
         except (WrongKey, AuthenticationFailed, UnsupportedVersion, FormatError) as exc:
             _warn(f"the catalog cannot be used ({exc.one_line()}); reading the manifests")
             return self._fallback(exc.one_line())
-        cache = self._open_cache()
         state = (cache.state() if cache else None) or {}
         if key is None:
             state = {}
@@ -832,6 +843,35 @@ class _Reader:
                 "updated": _stamp(),
             }
         self.cache.save(state)
+
+
+def _load_secret(repo: Repository, cache: _Cache | None) -> None:
+    """Put the repository secret on ``repo`` (seedvault.repokey's cache), from the local cache when it can.
+
+    The cache keeps the secret's *wrapped* object (not secret: it is stored in the repository as is) and
+    unwraps it here with the master key, bound to this repository's id: a warm read spends no request on it.
+    The secret never changes for a repository; a retired key's copy still opens to the same secret.
+    """
+    if getattr(repo, "_repository_secret", None) is not None:
+        return
+    master = repo.master
+    cached = cache.secret_object(master.key_id) if cache else None
+    data = cached
+    if data is None:
+        try:
+            data = repo.storage.get_bytes(repokey.secret_path(master.key_id))
+        except ObjectNotFound:
+            repokey.secret(repo)  # raises what is wrong (WrongKey, KeyMissing) or finds one after all
+            return
+    fail = corrupted("repository secret object", AuthenticationFailed)
+    record = Fields(load_json(data, fail), fail)
+    if record.raw("format", optional=True) != repokey.FORMAT or record.raw("version", optional=True) != 1:
+        raise UnsupportedVersion(
+            "the repository secret object has an unknown format or version", hint="upgrade seedvault"
+        )
+    repo._repository_secret = master.unwrap(record.data, repokey.scope(repo))  # type: ignore[attr-defined]
+    if cache and cached is None:
+        cache.put_secret_object(master.key_id, data)
 
 
 def record_entry(repo: Repository, body: dict) -> None:

@@ -121,13 +121,19 @@ def list_(
     kind: str = typer.Option(None, "--kind", help="Only this kind (put, postgres-logical, ...)."),
     label: str = typer.Option(None, "--label", help="Only backups with this name label."),
     latest: bool = typer.Option(False, "--latest", help="Print only the id of the newest matching good backup."),
+    index: bool = typer.Option(
+        False, "--index", help="Answer from the catalog alone (fast; damage after a commit is not seen)."
+    ),
 ) -> None:
     """List complete backups, oldest first (manifests authenticated with the configured key).
 
     A backup whose manifest or key object cannot be read is listed too, with the reason as its status (its
     kind and labels are unknown, so it is shown whatever --kind/--label say); the listing goes on and exits 0,
     with a warning on stderr: 'verify --all' is the check that fails. --latest picks the newest good backup
-    and names on stderr the unreadable newer ones it skipped.
+    and names on stderr the unreadable newer ones it skipped; it asks the catalog (seedvault.catalog: a few
+    requests, whatever the number of backups) and reads only the answer's manifest and key object. Without
+    --latest every manifest and key object is read (the inventory that shows damage); --index lists from the
+    catalog instead, each body authenticated by the index, nothing else re-read.
     """
     from seedvault.catalog import Catalog
 
@@ -149,7 +155,8 @@ def list_(
         sys.stdout.write(entry.backup_id + "\n")
         return
     rows = []
-    for entry in catalog.entries():
+    listed = catalog.entries() if index else repo.entries(authenticate=not no_verify)
+    for entry in listed:
         if entry.body is not None and not matches(entry.body):
             continue
         b = entry.body or {}
