@@ -499,9 +499,12 @@ class Holders:
 class Catalog:
     """Every query over backups. One instance reads the index once; make a new one to see later changes."""
 
-    def __init__(self, repo: Repository, *, authenticate: bool = True, cache: str | Path | None = None) -> None:
+    def __init__(
+        self, repo: Repository, *, authenticate: bool = True, cache: str | Path | None = None, repair: bool = True
+    ) -> None:
         self.repo = repo
         self.authenticate = authenticate
+        self.repair = repair  # index what is found missing, compact when writers did not (needs the key)
         self._cache_override = str(cache) if cache is not None else getattr(repo, "catalog_cache", None)
         self._entries: list[BackupEntry] | None = None
         self._cache: _Cache | None = None
@@ -801,7 +804,7 @@ class _Reader:
 
     def _maintain(self, found: dict[str, dict], ghosts: set[str]) -> None:
         """Repair what this read noticed (entries missing, ghosts) and compact when writers did not."""
-        if self.key is None and not found:
+        if not self.owner.repair or (self.key is None and not found):
             return
         if self.stats.untrusted:
             return  # never build on a tampered index: 'catalog rebuild' re-derives it from the manifests
@@ -886,7 +889,7 @@ def record_entry(repo: Repository, body: dict) -> None:
 def status(repo: Repository) -> dict:
     """Counts for ``seedvault catalog status``: one cold read plus a LIST of the manifests (the truth)."""
     listing = _list_index(repo)
-    catalog = Catalog(repo, cache="off")
+    catalog = Catalog(repo, cache="off", repair=False)
     entries = catalog.entries()
     manifests = set(repo.backup_ids())
     listed = {e.backup_id for e in entries}

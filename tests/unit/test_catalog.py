@@ -241,3 +241,21 @@ def test_catalog_cli(local_repo: LocalRepo) -> None:
     assert shown["id"] == ids[0]
     missing = run_cli(["show", "20200101T000000Z-abc123"], env)
     assert missing.returncode == 12
+
+
+def test_writer_killed_between_manifest_and_entry(local_repo: LocalRepo, tmp_path: Path) -> None:
+    """kill -9 right after the commit marker: the backup is complete, unindexed, and still the latest."""
+    env = {**local_repo.env, "SEEDVAULT_CATALOG_CACHE": str(tmp_path / "cache")}
+    first = run_cli(["put", "--label", "t"], env, input=b"one", check=True).stdout.decode().strip()
+    assert run_cli(["list", "--latest"], env, check=True).stdout.decode().strip() == first  # warm from here
+    killed = run_cli(["put", "--label", "t"], {**env, "SEEDVAULT_FAULT_KILL_AT": "catalog-entry"}, input=b"two")
+    assert killed.returncode == -9
+    repo = local_repo.repository()
+    (second,) = [b for b in repo.backup_ids() if b != first]
+    assert not any(second in n for n in catalog._list_index(repo).adds)
+    status = json.loads(run_cli(["catalog", "status", "--json"], env, check=True).stdout)
+    assert status["missing_from_index"] == [second]
+    again = json.loads(run_cli(["catalog", "status", "--json"], env, check=True).stdout)
+    assert again["missing_from_index"] == [second], "status only reports, it does not repair"
+    assert run_cli(["list", "--latest"], env, check=True).stdout.decode().strip() == second
+    assert json.loads(run_cli(["catalog", "status", "--json"], env, check=True).stdout)["missing_from_index"] == []
