@@ -780,7 +780,7 @@ class _Reader:
         entries = self._entries(live)
         found = (found | set(new_found)) - ids
         self._maintain(new_found, self.ghosts)
-        self._save(loose, gone, found, in_flight)
+        self._save(loose, gone & (ids | found), found, in_flight)  # what the index still names
         return entries
 
     def _entries(self, live: set[str]) -> list[BackupEntry]:

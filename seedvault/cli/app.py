@@ -11,7 +11,7 @@ Configuration (options override environment, which overrides the TOML file named
                              (also s3_region, s3_storage_class, s3_sse, s3_sse_kms_key_id,
                              s3_part_size, compression, zstd_level, zstd_threads, chunk_size,
                              cleanup_grace, s3_credentials_file, wal_state_dir,
-                             wal_socket)
+                             wal_socket, catalog_cache)
 S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 shared config files, instance roles). Keys and passwords are never accepted as command-line values.
 """
