@@ -9,6 +9,9 @@ loopback port, then counts the HTTP requests each lookup of the newest ``t`` bac
 * the catalog cold: an empty local cache;
 * the catalog warm: the same cache after ``--added`` (default 5) new backups; and with nothing added.
 
+The backups get the ids of a ``--cadence-minutes`` (default 15) schedule ending now, as a 30-day repository
+holds them (ids are start times; the bench itself writes them within minutes).
+
 It prints the table against the goals (issue 14.2: warm <= 5 + 1 per added backup; cold <= N/100 + 5) and
 exits non-zero if a goal is missed or an answer differs from today's. The creation time is printed too.
 
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +46,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backups", type=int, default=3000)
     ap.add_argument("--added", type=int, default=5)
+    ap.add_argument("--cadence-minutes", type=float, default=15, help="spacing of the backup ids (0: real time)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -80,6 +85,22 @@ def main() -> int:
             return Repository(storage, KeySource("raw", origin="bench key", path=key_file)), counter
 
         writer, _ = fresh()
+        # Backup ids are start times: a 30-day repository at the Neo4j cadence has one id per 15 minutes. The
+        # bench writes N backups in minutes, so it gives them the ids of that cadence, the newest one now (a
+        # warm reader lists v1/keys/ only after its horizon, an hour before its last read: with every id in
+        # the last hour, as a plain run would make them, it would list them all).
+        from seedvault.format import layout
+
+        real_new_id = layout.new_backup_id
+        clock = {"next": datetime.now(UTC) - timedelta(minutes=args.cadence_minutes * args.backups)}
+
+        def cadence_id(now: datetime | None = None) -> str:
+            when = min(clock["next"], datetime.now(UTC))
+            clock["next"] += timedelta(minutes=args.cadence_minutes)
+            return real_new_id(when)
+
+        if args.cadence_minutes > 0:
+            layout.new_backup_id = cadence_id
 
         def add(n: int, start: int) -> list[str]:
             ids = []
