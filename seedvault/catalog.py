@@ -568,7 +568,7 @@ class Catalog:
         return [e.backup_id for e in self.entries() if (e.body or {}).get("parent") == backup_id]
 
     def chain(self, backup_id: str) -> list[tuple[str, dict]]:
-        """``backup_id`` and its parents, FULL first; BackupNotFound when a parent is missing."""
+        """``backup_id`` and its parents, FULL first; BackupNotFound when a parent is missing (each one HEADed)."""
         known = {e.backup_id: e.body for e in self.entries() if e.body is not None}
         if backup_id not in known:
             raise BackupNotFound(f"backup {backup_id} not found (or not readable) in {self.repo.storage.url}")
@@ -578,6 +578,9 @@ class Catalog:
             if parent not in known or any(parent == b for b, _ in chain):
                 raise BackupNotFound(f"backup {chain[-1][0]} extends {parent}, which is missing: the chain is broken")
             chain.append((parent, known[parent]))
+        for (bid, _), child in zip(chain[1:], chain, strict=False):  # one HEAD each: a restore needs them all
+            if not self._confirm(bid):
+                raise BackupNotFound(f"backup {child[0]} extends {bid}, which is missing: the chain is broken")
         return list(reversed(chain))
 
     def holders(self, backup_id: str, *, stale_after: timedelta | None = None) -> Holders:

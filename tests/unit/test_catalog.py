@@ -259,3 +259,25 @@ def test_writer_killed_between_manifest_and_entry(local_repo: LocalRepo, tmp_pat
     assert again["missing_from_index"] == [second], "status only reports, it does not repair"
     assert run_cli(["list", "--latest"], env, check=True).stdout.decode().strip() == second
     assert json.loads(run_cli(["catalog", "status", "--json"], env, check=True).stdout)["missing_from_index"] == []
+
+
+def test_chains_children_and_holders(local_repo: LocalRepo, tmp_path: Path) -> None:
+    from seedvault import leases
+
+    repo = local_repo.repository()
+    ids: list[str] = []
+    for parent in (None, 0, 1):
+        with repo.begin(kind="put", labels={"name": "c"}, parent=None if parent is None else ids[parent]) as w:
+            w.write_object("data", io.BytesIO(b"x"))
+        ids.append(w.backup_id)
+    cat = catalog.Catalog(local_repo.repository(), cache=tmp_path / "c")
+    assert [b for b, _ in cat.chain(ids[2])] == ids
+    assert cat.children(ids[0]) == [ids[1]] and cat.children(ids[2]) == []
+    assert cat.holders(ids[2]).held is False
+    with leases.shared(repo, "restore test", [ids[2]]):
+        held = catalog.Catalog(local_repo.repository(), cache=tmp_path / "c").holders(ids[2])
+        assert held.held and "restore test" in held.leases[0] and held.children == []
+    assert cat.holders(ids[0]).children == [ids[1]]
+    repo.storage.delete([layout.manifest_key(ids[1])])
+    with pytest.raises(catalog.BackupNotFound, match="the chain is broken"):
+        catalog.Catalog(local_repo.repository(), cache="off").chain(ids[2])
