@@ -245,13 +245,16 @@ def record(repo: Repository, body: dict) -> bool:
     faults.reached("catalog-entry")
     try:
         record_entry(repo, body)
-        faults.reached("catalog-entry-written")
-        listing = _list_index(repo)
-        if listing.loose >= COMPACT_AT:
-            compact(repo, listing=listing)
     except SeedvaultError as exc:
         _warn(f"backup {body['id']} is committed but not indexed ({exc.one_line()}); readers still find it")
         return False
+    faults.reached("catalog-entry-written")
+    try:
+        listing = _list_index(repo)
+        if listing.loose >= COMPACT_AT:
+            compact(repo, listing=listing)
+    except SeedvaultError as exc:  # e.g. a generation that does not authenticate: 'catalog rebuild' replaces it
+        _warn(f"the catalog was not compacted ({exc.one_line()}); run 'seedvault catalog rebuild' if this repeats")
     return True
 
 

@@ -182,7 +182,9 @@ def test_entry_naming_another_backup_is_not_trusted(local_repo: LocalRepo, tmp_p
     assert view == _truth(repo) and any("names another backup" in u for u in cat.stats.untrusted)
 
 
-def test_tampered_segment_falls_back_to_the_manifests(local_repo: LocalRepo, tmp_path: Path) -> None:
+def test_tampered_segment_falls_back_to_the_manifests(
+    local_repo: LocalRepo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     repo = local_repo.repository()
     for _ in range(catalog.COMPACT_AT):
         _put(repo)
@@ -193,6 +195,11 @@ def test_tampered_segment_falls_back_to_the_manifests(local_repo: LocalRepo, tmp
     assert view == _truth(repo) and cat.stats.untrusted
     assert len(cat.stats.from_manifests) == catalog.COMPACT_AT
     assert catalog.status(local_repo.repository())["untrusted"]
+    catalog._warned.clear()
+    with caplog.at_level(logging.WARNING):  # writers cannot compact on it, but still commit and append
+        more = [_put(repo) for _ in range(catalog.COMPACT_AT)]
+    assert "was not compacted" in caplog.text and set(more) <= set(repo.backup_ids())
+    assert catalog._list_index(repo).loose == catalog.COMPACT_AT
     catalog.rebuild(local_repo.repository())
     catalog._warned.clear()
     view, cat = _view(local_repo.repository(), tmp_path / "c2")
