@@ -25,12 +25,13 @@ the ids listed under ``v1/keys/`` include every complete backup. A cold reader l
 per 1,000 backups); a warm one lists only those after its horizon, the older of "an hour before its last
 read" and the oldest backup it saw in flight (a long backup started earlier commits later: it stays below
 the horizon until it is resolved). An id there that is not indexed costs one GET of its manifest (a 404
-while it is still being written). Before "latest" is answered, that backup's manifest is confirmed with one
-HEAD (a backup deleted by hand or by an older version left no tombstone).
+while it is still being written). The answer to "latest" is read from its manifest and key object, as without
+the catalog: a backup deleted by hand or by an older version (no tombstone) or damaged since its commit is
+skipped, never returned.
 
-Requests, on a repository of N backups: cold = 5 + ceil(N/1000) + generations + loose objects (< 10 after a
-writer compacts); warm = 4 (+1 for the repository secret when anything new must be authenticated) + one per
-new entry. Without a key (``list --no-verify``), or when the repository secret cannot be had, the catalog
+Requests for "latest", on a repository of N backups: cold = 5 + ceil(N/1000) + generations (1) + loose objects
+(< 10 after a writer compacts); warm = 5 + one per new entry (the wrapped repository secret is cached too).
+Without a key (``list --no-verify``), or when the repository secret cannot be had, the catalog
 falls back to reading the manifests, as before.
 """
 
