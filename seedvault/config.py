@@ -52,6 +52,9 @@ class Settings:
     # What prune keeps: the TOML table [retention] (sub-tables per kind / label:<name> / <kind>:<name>), or
     # the same as JSON in SEEDVAULT_RETENTION (the Prefect blocks pass it so). See seedvault.retention.
     retention: dict[str, Any] | str | None = None
+    # The catalog's local cache of authenticated manifest bodies (seedvault.catalog); "off" disables it.
+    # Default: $XDG_CACHE_HOME/seedvault/catalog (or ~/.cache/seedvault/catalog).
+    catalog_cache: str | None = None
     # wal-push caches its current (wrapped) WAL epoch key here, saving a request per segment.
     wal_state_dir: str | None = None
     # The unix socket of `seedvault wal-daemon`; wal-push/wal-fetch hand their file to it when it runs.

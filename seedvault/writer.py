@@ -392,9 +392,16 @@ class BackupWriter:
                         exc.one_line())  # fmt: skip
         self.committed = True
         self.body = body
+        self._index(body)
         self._lease.release()
         faults.reached("committed")
         return body
+
+    def _index(self, body: dict) -> None:
+        """Append the catalog entry (seedvault.catalog), still under the lease; never fails the committed backup."""
+        from seedvault import catalog
+
+        catalog.record(self.repo, body)
 
     def _confirm_objects(self) -> None:
         """Before the commit: are the key object and every data object still stored, at the sizes written?

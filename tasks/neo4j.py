@@ -134,7 +134,9 @@ def latest_neo4j_backup(repo: Repository, database: str) -> str:
             and not str(body["labels"].get("name", "")).startswith(SAFETY_LABEL)
         )
 
-    entry, skipped = repo.newest(of_database)
+    from seedvault.catalog import Catalog
+
+    entry, skipped = Catalog(repo).latest(of_database)
     for bad in skipped:
         get_run_logger().warning("skipped backup %s, which cannot be read: %s", bad.backup_id, bad.problem)
     if entry is None:

@@ -80,7 +80,9 @@ def latest_backup(repo: Repository, database: str) -> str:
         named = body["labels"].get("database") or body["source"].get("database")
         return body.get("kind") == KIND and named == database
 
-    entry, skipped = repo.newest(of_database)
+    from seedvault.catalog import Catalog
+
+    entry, skipped = Catalog(repo).latest(of_database)
     for bad in skipped:
         get_run_logger().warning("skipped backup %s, which cannot be read: %s", bad.backup_id, bad.problem)
     if entry is None:

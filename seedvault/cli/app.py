@@ -11,8 +11,9 @@ Configuration (options override environment, which overrides the TOML file named
                              (also s3_region, s3_storage_class, s3_sse, s3_sse_kms_key_id,
                              s3_part_size, compression, zstd_level, zstd_threads, chunk_size,
                              cleanup_grace, s3_credentials_file, wal_state_dir,
-                             wal_socket, object_lock, object_lock_days and the
-                             tables storage_class and prices: see 'seedvault usage')
+                             wal_socket, catalog_cache, object_lock, object_lock_days and the
+                             tables storage_class and prices: see 'seedvault usage'; retention: see
+                             'seedvault prune --help')
 S3 credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 shared config files, instance roles). Keys and passwords are never accepted as command-line values.
 """
@@ -25,6 +26,7 @@ import typer
 
 from seedvault import __version__
 from seedvault.cli import (
+    catalog_cmds,
     check_cmds,
     cost_cmds,
     key_cmds,
@@ -91,6 +93,7 @@ app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postg
 app.add_typer(
     pg_cmds.restore_app, name="restore", help="Restore a database from a backup (postgres, postgres-pitr, neo4j)."
 )
+app.add_typer(catalog_cmds.app, name="catalog", help="The catalog of backups: status, rebuild.")
 app.add_typer(check_cmds.app, name="check", help="Health checks for monitoring (wal-freshness).")
 
 

@@ -110,21 +110,30 @@ def list_(
     kind: str = typer.Option(None, "--kind", help="Only this kind (put, postgres-logical, ...)."),
     label: str = typer.Option(None, "--label", help="Only backups with this name label."),
     latest: bool = typer.Option(False, "--latest", help="Print only the id of the newest matching good backup."),
+    index: bool = typer.Option(
+        False, "--index", help="Answer from the catalog alone (fast; damage after a commit is not seen)."
+    ),
 ) -> None:
     """List complete backups, oldest first (manifests authenticated with the configured key).
 
     A backup whose manifest or key object cannot be read is listed too, with the reason as its status (its
     kind and labels are unknown, so it is shown whatever --kind/--label say); the listing goes on and exits 0,
     with a warning on stderr: 'verify --all' is the check that fails. --latest picks the newest good backup
-    and names on stderr the unreadable newer ones it skipped.
+    and names on stderr the unreadable newer ones it skipped; it asks the catalog (seedvault.catalog: a few
+    requests, whatever the number of backups) and reads only the answer's manifest and key object. Without
+    --latest every manifest and key object is read (the inventory that shows damage); --index lists from the
+    catalog instead, each body authenticated by the index, nothing else re-read.
     """
+    from seedvault.catalog import Catalog
+
     repo = state(ctx).repository(key=not no_verify)
+    catalog = Catalog(repo, authenticate=not no_verify)
 
     def matches(body: dict) -> bool:
         return (not kind or body.get("kind") == kind) and (not label or body["labels"].get("name") == label)
 
     if latest:
-        entry, skipped = repo.newest(matches, authenticate=not no_verify)
+        entry, skipped = catalog.latest(matches)
         for bad in skipped:
             err(f"seedvault: warning: skipped backup {bad.backup_id}, which cannot be read: {bad.problem}")
         if entry is None:
@@ -135,7 +144,8 @@ def list_(
         sys.stdout.write(entry.backup_id + "\n")
         return
     rows = []
-    for entry in repo.entries(authenticate=not no_verify):
+    listed = catalog.entries() if index else repo.entries(authenticate=not no_verify)
+    for entry in listed:
         if entry.body is not None and not matches(entry.body):
             continue
         b = entry.body or {}
@@ -191,9 +201,11 @@ def show(
     backup_id: str = typer.Argument(...),
     json_out: bool = typer.Option(False, "--json", help="The authenticated manifest as JSON."),
 ) -> None:
-    """Show one backup's authenticated manifest."""
+    """Show one backup's authenticated manifest (from the catalog's cache when it holds it)."""
+    from seedvault.catalog import Catalog
+
     repo = state(ctx).repository()
-    body = repo.manifest(backup_id)
+    body = Catalog(repo).body(backup_id)
     body = {**body, "key_objects": repo.key_ids(backup_id)}
     if json_out:
         print_json(body)
@@ -377,9 +389,11 @@ def delete(
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Delete one backup: its manifest first, then its data and key objects."""
+    from seedvault.catalog import Catalog
+
     repo = state(ctx).repository(key=False)
     storagecost.refuse_locked_delete(repo._require_manifest(backup_id), backup_id)
-    children = [e.backup_id for e in repo.entries(authenticate=False) if (e.body or {}).get("parent") == backup_id]
+    children = Catalog(repo, authenticate=repo.key_source is not None).children(backup_id)
     if children:
         raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
     _refuse_if_leased(repo, backup_id, state(ctx).settings.lease_stale_after())
@@ -387,8 +401,23 @@ def delete(
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without --yes when not on a terminal")
         typer.confirm(f"delete backup {backup_id}?", abort=True)
+    _forget(repo, backup_id)
     repo.delete_backup(backup_id)
     sys.stdout.write(f"deleted {backup_id}\n")
+
+
+def _forget(repo: Repository, backup_id: str) -> None:
+    """The catalog's tombstone, before the manifest goes (without a key: a warning, readers still notice)."""
+    from seedvault import catalog
+    from seedvault.errors import SeedvaultError
+
+    if repo.key_source is None:
+        err(f"seedvault: warning: no key configured: the catalog keeps {backup_id} until a reader notices it is gone")
+        return
+    try:
+        catalog.forget(repo, [backup_id])
+    except SeedvaultError as exc:
+        err(f"seedvault: warning: no catalog tombstone for {backup_id} ({exc.one_line()}); readers notice it is gone")
 
 
 def _refuse_if_leased(repo: Repository, backup_id: str, stale_after: timedelta) -> None:
@@ -415,6 +444,8 @@ def cleanup(
     repo = st.repository(key=False)
     seconds = parse_duration(grace or st.settings.cleanup_grace)
     report = cleanup_op(repo, grace_seconds=seconds, dry_run=dry_run, lease_stale=st.settings.lease_stale_after())
+    if not dry_run:
+        _repair_catalog(repo)
     if json_out:
         print_json(report.as_dict())
         return
@@ -430,6 +461,23 @@ def cleanup(
         err(f"seedvault: warning: stale lease {line} is ignored (see 'seedvault leases')")
     for key in report.unreadable_leases:
         err(f"seedvault: warning: lease object {key} cannot be read and protects nothing")
+
+
+def _repair_catalog(repo: Repository) -> None:
+    """After a cleanup: a cold catalog read, which indexes what it finds missing (needs the key)."""
+    from seedvault.catalog import Catalog
+    from seedvault.errors import SeedvaultError
+
+    if repo.key_source is None:
+        return
+    try:
+        catalog = Catalog(repo, cache="off")
+        catalog.entries()
+    except SeedvaultError as exc:
+        err(f"seedvault: warning: the catalog was not checked ({exc.one_line()}); run 'seedvault catalog rebuild'")
+        return
+    if catalog.stats.repaired:
+        sys.stdout.write(f"catalog: indexed {len(catalog.stats.from_manifests)} backups that had no entry\n")
 
 
 @handle_errors

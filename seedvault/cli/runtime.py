@@ -48,6 +48,7 @@ class AppState:
             settings = self.settings
             storage = open_storage(settings, create=create)
             self._repo = Repository(storage, settings.key_source(required=key))
+            self._repo.catalog_cache = settings.catalog_cache  # type: ignore[attr-defined]  # seedvault.catalog
         return self._repo
 
 

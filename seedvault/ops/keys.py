@@ -2,7 +2,8 @@
 
 A repository holds two kinds of wrapped key, and both are handled alike: each backup's data key
 (``v1/keys/<backup id>/<key id>.json``, FORMAT.md 6) and each archived-WAL epoch key
-(``v1/wal/<system id>/keys/<epoch>/<key id>.json``, FORMAT.md 8.2), for every system id in the repository.
+(``v1/wal/<system id>/keys/<epoch>/<key id>.json``, FORMAT.md 8.2), for every system id in the repository;
+the repository secret (``v1/repokey/<key id>.json``, seedvault.repokey) is re-wrapped and retired the same way.
 
 ``rotate``: unwrap each with the current master key, wrap it under the new one as one more key object
 (no overwrite, so a re-run keeps what an earlier run wrote and adds only what is missing), and read that
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from seedvault import repokey
 from seedvault.crypto.keys import MasterKey, constant_time_equal
 from seedvault.errors import ObjectExists, SeedvaultError, UsageError, VerificationFailed, WrongKey
 from seedvault.format import layout
@@ -42,6 +44,9 @@ class KeyReport:
     wal_done: list[str] = field(default_factory=list)
     wal_skipped: list[str] = field(default_factory=list)
     wal_failed: dict[str, str] = field(default_factory=dict)
+    # The repository secret (seedvault.repokey; the catalog's and audit log's MAC keys): "done", "skipped" or
+    # "" (the repository has none yet); a failure is in ``failed`` under "repository-secret".
+    repository_secret: str = ""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,26 +63,35 @@ class _Wrapped:
     key_ids: frozenset[str]
     system_id: str | None = None
     epoch: str | None = None
+    secret: bool = False  # the repository secret (seedvault.repokey), wrapped like a data key
 
     @property
     def is_wal(self) -> bool:
         return self.system_id is not None
 
     def what(self) -> str:
+        if self.secret:
+            return "the repository secret"
         return f"WAL epoch {self.epoch} of system {self.system_id}" if self.is_wal else f"backup {self.name}"
 
     def path(self, key_id: str) -> str:
+        if self.secret:
+            return repokey.secret_path(key_id)
         if self.system_id is not None and self.epoch is not None:
             return epochs.epoch_key_path(self.system_id, self.epoch, key_id)
         return layout.key_object(self.name, key_id)
 
     def open(self, repo: Repository, master: MasterKey) -> bytes:
+        if self.secret:
+            return repokey.read_secret(repo, master)
         if self.system_id is not None and self.epoch is not None:
             return epochs.read_epoch_key(repo, self.system_id, self.epoch, master)
         return repo.data_key(self.name, master)
 
     def store(self, repo: Repository, key: bytes, master: MasterKey) -> None:
-        if self.system_id is not None and self.epoch is not None:
+        if self.secret:
+            repokey.write_secret(repo, key, master)
+        elif self.system_id is not None and self.epoch is not None:
             epochs.write_epoch_key(repo, self.system_id, self.epoch, key, master)
         else:
             repo.write_key_object(self.name, key, master)
@@ -90,6 +104,12 @@ def _backups(repo: Repository) -> list[_Wrapped]:
         if bid:
             wraps.setdefault(bid, set()).add(info.key.rsplit("/", 1)[-1].removesuffix(".json"))
     return [_Wrapped(bid, frozenset(ids)) for bid, ids in sorted(wraps.items())]
+
+
+def _secret(repo: Repository) -> list[_Wrapped]:
+    """The repository secret, if the repository has one (its first audit event or catalog entry made it)."""
+    ids = repokey.wrapped_for(repo)
+    return [_Wrapped("repository-secret", frozenset(ids), secret=True)] if ids else []
 
 
 def _wal_epochs(repo: Repository, sids: list[str]) -> list[_Wrapped]:
@@ -121,8 +141,12 @@ def _record(report: KeyReport, item: _Wrapped, outcome: str | None, error: str |
         if item.is_wal
         else (report.done, report.skipped, report.failed)
     )
+    if item.secret:
+        report.repository_secret = "" if error is not None else "done" if outcome == "done" else "skipped"
     if error is not None:
         failed[item.name] = error
+    elif item.secret:
+        return
     elif outcome == "done":
         done.append(item.name)
     else:
@@ -153,7 +177,7 @@ def rotate(repo: Repository, new: MasterKey) -> KeyReport:
         return outcome
 
     report = KeyReport()
-    for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)), rewrap):
+    for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)) + _secret(repo), rewrap):
         _record(report, item, outcome, error)
     return report
 
@@ -166,7 +190,7 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
     if not layout.KEY_ID_RE.match(key_id):
         raise UsageError(f"{key_id!r} is not a key id (k- followed by 16 hex digits)")
     sids = system_ids(repo)
-    items = _backups(repo) + _wal_epochs(repo, sids)
+    items = _backups(repo) + _wal_epochs(repo, sids) + _secret(repo)
     affected = [i for i in items if key_id in i.key_ids]
     report = KeyReport()
     for item in items:
@@ -189,7 +213,7 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
         _record(report, item, "done", None)
 
     # A writer still running with the retired key may have wrapped something for it since the listing.
-    late = [i for i in _backups(repo) + _wal_epochs(repo, sids) if key_id in i.key_ids]
+    late = [i for i in _backups(repo) + _wal_epochs(repo, sids) + _secret(repo) if key_id in i.key_ids]
     if late:
         more = f" and {len(late) - 1} more" if len(late) > 1 else ""
         raise VerificationFailed(
@@ -204,12 +228,15 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
 
 def _refusal(key_id: str, current_id: str, refused: KeyReport) -> VerificationFailed:
     parts = []
-    if refused.failed:
-        parts.append(f"{_count(len(refused.failed), 'backup')} (first {next(iter(refused.failed))})")
+    backups = [name for name in refused.failed if name != "repository-secret"]
+    if backups:
+        parts.append(f"{_count(len(backups), 'backup')} (first {backups[0]})")
     if refused.wal_failed:
         first = next(iter(refused.wal_failed))
         _, sid, epoch = first.split("/")
         parts.append(f"{_count(len(refused.wal_failed), 'WAL epoch')} (first {epoch} of system {sid})")
+    if "repository-secret" in refused.failed:
+        parts.append("the repository secret")
     name, why = refused.all_failed()[0]
     return VerificationFailed(
         f"refusing to retire {key_id}: {' and '.join(parts)} cannot be opened with the configured key "

@@ -155,30 +155,30 @@ def chain_of(
     ``where`` (the server: backup address or command prefix) keeps two servers' ``neo4j`` databases in one
     repository from being taken for one chain.
     """
-    online = {}
-    for entry in repo.entries():
-        b = entry.body
-        if not b or b.get("kind") != KIND:
-            continue
+    from seedvault.catalog import Catalog
+
+    catalog = Catalog(repo)
+
+    def online(b: dict) -> bool:
         src = b["source"]
-        if (
-            src.get("mode") == "online"
+        return (
+            b.get("kind") == KIND
+            and src.get("mode") == "online"
             and src["database"] == database
             and (where is None or src.get("server") == where)
-        ):
-            online[entry.backup_id] = b
-    if not online:
+        )
+
+    ids = [bid for bid, _ in catalog.bodies(online)]
+    if not ids:
         return []
-    last = upto or max(online)
-    if last not in online:
+    last = upto or max(ids)
+    if last not in ids:
         raise BackupNotFound(f"backup {last} is not an online Neo4j backup of {database}")
-    chain = [(last, online[last])]
-    while chain[-1][1].get("parent"):
-        parent = chain[-1][1]["parent"]
-        if parent not in online:
-            raise BackupNotFound(f"backup {chain[-1][0]} extends {parent}, which is missing: the chain is broken")
-        chain.append((parent, online[parent]))
-    return list(reversed(chain))
+    chain = catalog.chain(last)
+    if not all(online(b) for _, b in chain):
+        broken = next(bid for bid, b in chain if not online(b))
+        raise BackupNotFound(f"backup {broken} in the chain of {last} is not an online backup of {database}")
+    return chain
 
 
 def backup_neo4j(

@@ -2,18 +2,20 @@
 
 Order, and why:
 
-1. Gather: every complete backup's authenticated manifest, every system's WAL listing and parsed timeline
-   histories, the pins and verification results of the audit log. A backup whose manifest cannot be read
-   is never deleted by prune (it is reported: ``verify``/``delete`` are the tools for it).
+1. Gather: every complete backup's authenticated manifest body (from the catalog's index), every system's
+   WAL listing and parsed timeline histories, the pins and verification results of the audit log. A backup
+   whose manifest cannot be read is never deleted by prune (it is reported: ``verify``/``delete`` are the
+   tools for it).
 2. Plan. Without ``execute`` (the CLI's default; ``--yes`` executes) that is all: the plan is the output.
 3. Store an **exclusive lease** naming every backup the plan deletes (the intent), then read the shared
    leases: a backup a running restore, verify or PITR names is kept ("in use by ..."), and the plan is made
    again with those kept (so the WAL they need stays too). A reader that starts later stores its lease and
    then sees the intent (seedvault.leases), so it refuses instead of reading a backup being deleted.
-4. Record the intent in the audit log (when there is one), delete every planned **manifest first** (each
-   backup stops being listed before any of its data goes), then each backup's data and key objects, then
-   the WAL files oldest first. A crash at any point leaves nothing listed that is half gone; ``cleanup``
-   removes what a killed prune left (its lease turns stale) and a re-run of prune finishes the plan.
+4. Record the intent in the audit log, write the catalog's tombstone for them, delete every planned
+   **manifest first** (each backup stops being listed before any of its data goes), then each backup's data
+   and key objects, then the WAL files oldest first. A crash at any point leaves nothing listed that is half
+   gone; ``cleanup`` removes what a killed prune left (its lease turns stale) and a re-run of prune finishes
+   the plan.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from seedvault import faults, leases, storagecost
+from seedvault import catalog, faults, leases, storagecost
 from seedvault import retention as rt
+from seedvault.catalog import Catalog
 from seedvault.errors import SeedvaultError
 from seedvault.format import layout
 from seedvault.repository import Repository
@@ -93,7 +96,7 @@ def gather(repo: Repository, state: MutableState) -> Inputs:
     """Everything the planner decides on, read from the repository (authenticated where it matters)."""
     backups: list[rt.BackupItem] = []
     unreadable: list[str] = []
-    for entry in repo.entries():
+    for entry in Catalog(repo).entries():  # the index: no manifest and key object read per backup
         body = entry.body
         if body is None:
             unreadable.append(f"{entry.backup_id}: {entry.problem}")
@@ -211,6 +214,8 @@ def _delete(
     sizes: dict[str, int] = {}
     for b in doomed:  # the sizes freed, from one listing each, before anything goes
         sizes[b.backup_id] = sum(o.size for o in storage.list(layout.backup_prefix(b.backup_id)))
+    catalog.forget(repo, [b.backup_id for b in doomed])  # tombstones before any manifest goes (FORMAT 7.2)
+    faults.reached("prune-forgotten")
     for b in doomed:  # manifests first: no backup is listed once any of its objects may be gone
         storage.delete([layout.manifest_key(b.backup_id)])
         faults.reached("prune-manifest-deleted")

@@ -123,14 +123,10 @@ def verify_all(
 def latest_ids(repo: Repository) -> tuple[list[str], list[str]]:
     """The newest readable backup of each (kind, name label) pair, oldest first; and the unreadable backups
     (their kind and label are unknown, so they cannot be placed in a pair)."""
-    newest: dict[tuple[str | None, str | None], str] = {}
-    unreadable = []
-    for entry in repo.entries():
-        if entry.body is None:
-            unreadable.append(entry.backup_id)
-            continue
-        newest[(entry.body.get("kind"), entry.body.get("labels", {}).get("name"))] = entry.backup_id  # oldest first
-    return sorted(newest.values()), unreadable
+    from seedvault.catalog import Catalog
+
+    newest, unreadable = Catalog(repo).latest_per(lambda b: (b.get("kind"), b.get("labels", {}).get("name")))
+    return sorted(e.backup_id for e in newest.values()), [e.backup_id for e in unreadable]
 
 
 def verify_latest(

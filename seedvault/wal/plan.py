@@ -64,15 +64,10 @@ def _parse_time(text: str) -> datetime:
 
 
 def physical_backups(repo: Repository, system_id: str | None) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for entry in repo.entries():
-        body = entry.body
-        if body is None or body.get("kind") != PHYSICAL:
-            continue
-        if system_id and body["source"].get("system_id") != system_id:
-            continue
-        out.append((entry.backup_id, body))
-    return sorted(out, key=lambda x: x[0])
+    """Base backups (of ``system_id``), oldest first, as the catalog knows them."""
+    from seedvault.catalog import Catalog
+
+    return Catalog(repo).physical_backups(system_id, PHYSICAL)
 
 
 def resolve_system_id(repo: Repository, backup_id: str | None, system_id: str | None) -> str:

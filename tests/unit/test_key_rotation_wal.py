@@ -109,7 +109,7 @@ def test_rotate_covers_wal_and_retire_waits_for_it(tmp_path: Path, epoch_per_pus
     after = _tree(repo_a)
     assert {k: v for k, v in after.items() if k not in before} == _of_key(after, b)
     assert all(after[k] == v for k, v in before.items())
-    assert len(_of_key(after, b)) == 6
+    assert len(_of_key(after, b)) == 7 and report.repository_secret == "done"  # and the repository secret
     for scope in wal_epochs:
         _, sid, epoch = scope.split("/")
         rec = json.loads(after[epochs.epoch_key_path(sid, epoch, b)])
@@ -145,9 +145,10 @@ def test_rotate_covers_wal_and_retire_waits_for_it(tmp_path: Path, epoch_per_pus
     retired = key_ops.retire(repo_b, a)
     assert retired.done == [bid] and sorted(retired.wal_done) == sorted(wal_epochs + [late_epoch])
     final = _tree(repo_a)
-    assert not _of_key(final, a) and len(_of_key(final, b)) == 7
-    assert {k: v for k, v in final.items() if "/keys/" not in k} == {
-        k: v for k, v in after.items() if "/keys/" not in k
+    # 7 key objects and the repository secret (the backup's catalog entry made it), re-wrapped like them.
+    assert not _of_key(final, a) and len(_of_key(final, b)) == 8 and retired.repository_secret == "done"
+    assert {k: v for k, v in final.items() if "/keys/" not in k and "/repokey/" not in k} == {
+        k: v for k, v in after.items() if "/keys/" not in k and "/repokey/" not in k
     }
     only_b = _with_key(repo_a, key_b)
     _fetch_all(only_b, files, tmp_path)
