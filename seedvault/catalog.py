@@ -338,9 +338,10 @@ def compact(
             absorbed.append(name)
     except ObjectNotFound:
         return None  # folded by another compactor between our listing and our read
-    backups.update(extra or {})
+    forgotten -= set(extra or {})  # found again with their manifests: a delete that never happened
     for bid in forgotten:
         backups.pop(bid, None)
+    backups.update(extra or {})
     new = _write_segment(repo, key, gen + 1, backups, absorbed, forgotten)
     old = [name for g, group in listing.segments.items() if g <= gen for name in group]
     repo.storage.delete(_key(name) for name in absorbed + old)
@@ -504,9 +505,18 @@ class Catalog:
     """Every query over backups. One instance reads the index once; make a new one to see later changes."""
 
     def __init__(
-        self, repo: Repository, *, authenticate: bool = True, cache: str | Path | None = None, repair: bool = True
+        self,
+        repo: Repository,
+        *,
+        authenticate: bool = True,
+        cache: str | Path | None = None,
+        repair: bool = True,
+        full: bool = False,
     ) -> None:
         self.repo = repo
+        # A deleter (prune) wants the exact set: every key object listed, as a cold read does, so that a backup
+        # a killed delete forgot but did not remove is seen again (see _Reader.run).
+        self.full = full
         self.authenticate = authenticate
         self.repair = repair  # index what is found missing, compact when writers did not (needs the key)
         self._cache_override = str(cache) if cache is not None else getattr(repo, "catalog_cache", None)
@@ -670,7 +680,7 @@ class _Reader:
         self.state = state
         self.bodies: dict[str, dict] = {}
         self.problems: dict[str, str] = dict(state.get("problems", {}))
-        self.full_listing = not state
+        self.full_listing = not state or owner.full
         self.recheck: set[str] = set()  # ids whose index entry is untrusted: their manifests decide
         self.ghosts: set[str] = set()  # indexed, but the manifest is gone (deleted without a tombstone)
 
@@ -758,15 +768,19 @@ class _Reader:
                     self.ghosts.add(bid)
             live -= gone
             self.problems = {b: p for b, p in self.problems.items() if b in keyed}
+        # Forgotten (a tombstone) but still keyed: a delete that was killed before it removed the manifest, or one
+        # still running. Its manifest decides: present, the backup exists (and is indexed again); absent, gone.
+        back = (gone & keyed) if self.full_listing else set()
         in_flight: list[str] = []
         new_found: dict[str, dict] = {}
-        for bid in sorted((keyed | self.recheck) - live - gone):
+        for bid in sorted((keyed | self.recheck) - live - (gone - back)):
             if bid in self.problems and not self.full_listing:
                 continue
             try:
                 data = repo.storage.get_bytes(layout.manifest_key(bid))
             except ObjectNotFound:
-                in_flight.append(bid)
+                if bid not in back:  # a forgotten one without its manifest is simply gone
+                    in_flight.append(bid)
                 continue
             try:
                 mf.parse(data, bid)
@@ -780,6 +794,7 @@ class _Reader:
             self.problems.pop(bid, None)
             new_found[bid] = body
             self.bodies[bid] = body
+            gone.discard(bid)
         live |= set(new_found)
         self.stats.from_manifests = sorted(new_found)
         self.stats.in_flight = in_flight

@@ -1,11 +1,14 @@
 """Shared fixtures: real components only (moto server over HTTP, real PostgreSQL, Prefect harness)."""
 
 import os
+import tempfile
 
 # Offline, quiet Prefect and no analytics anywhere in the test run (see shared/PREFECT-NOTES.md).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# The catalog's and the audit log's local caches go to a scratch directory, not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="seedvault-test-cache-")
 
 pytest_plugins = [
     "tests.fixtures.s3",

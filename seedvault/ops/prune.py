@@ -96,7 +96,7 @@ def gather(repo: Repository, state: MutableState) -> Inputs:
     """Everything the planner decides on, read from the repository (authenticated where it matters)."""
     backups: list[rt.BackupItem] = []
     unreadable: list[str] = []
-    for entry in Catalog(repo).entries():  # the index: no manifest and key object read per backup
+    for entry in Catalog(repo, full=True).entries():  # the index, with every key object listed: exact
         body = entry.body
         if body is None:
             unreadable.append(f"{entry.backup_id}: {entry.problem}")

@@ -43,7 +43,9 @@ def template(tmp_path_factory) -> LocalRepo:
 def repo(template, tmp_path) -> LocalRepo:
     root = tmp_path / "repo"
     shutil.copytree(template.root, root)
-    env = dict(template.env, SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_RETENTION=KEEP_ONE)
+    # Copies share the template's repository id: each gets its own catalog cache.
+    env = dict(template.env, SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_RETENTION=KEEP_ONE,
+               SEEDVAULT_CATALOG_CACHE=str(tmp_path / "catalog-cache"))  # fmt: skip
     return LocalRepo(root, template.key_file, env)
 
 
@@ -72,7 +74,9 @@ def test_yes_deletes_manifests_then_data_and_a_second_run_deletes_nothing(repo, 
     assert report["executed"] and report["deleted_backups"] == ids[:-1] and report["bytes_freed"] == stored
     assert _ids(repo.env) == ids[-1:]
     phases = [p for p in trace.read_text().split() if p.startswith("prune-")]
-    assert phases == ["prune-intent-stored"] + ["prune-manifest-deleted"] * 5 + ["prune-backup-deleted"] * 5
+    assert phases == (
+        ["prune-intent-stored", "prune-forgotten"] + ["prune-manifest-deleted"] * 5 + ["prune-backup-deleted"] * 5
+    )
     left = {layout.backup_id_of(k) for k in repo_files(repo.root)} - {None}
     assert left == {ids[-1]}, "every deleted backup's data and key objects are gone"
     assert not list(repo.repository().storage.list(layout.LEASES)), "prune's lease is released"
@@ -82,7 +86,7 @@ def test_yes_deletes_manifests_then_data_and_a_second_run_deletes_nothing(repo, 
 
 
 KILL_POINTS = (
-    ["prune-intent-stored"]
+    ["prune-intent-stored", "prune-forgotten"]
     + [f"prune-manifest-deleted:{n}" for n in range(1, 6)]
     + [f"prune-backup-deleted:{n}" for n in range(1, 6)]
 )
