@@ -23,7 +23,7 @@ import sys
 import typer
 
 from seedvault import __version__
-from seedvault.cli import check_cmds, key_cmds, legacy_cmds, neo4j_cmds, pg_cmds, repo_cmds, wal_cmds
+from seedvault.cli import audit_cmds, check_cmds, key_cmds, legacy_cmds, neo4j_cmds, pg_cmds, repo_cmds, wal_cmds
 from seedvault.cli.runtime import state
 
 app = typer.Typer(
@@ -72,6 +72,7 @@ def root(
 assert neo4j_cmds  # registers backup/restore neo4j on pg_cmds' sub-apps
 repo_cmds.register(app)
 wal_cmds.register(app)
+audit_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres, postgres-base, neo4j).")

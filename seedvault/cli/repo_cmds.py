@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,12 +11,13 @@ import typer
 from seedvault import process
 from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
-from seedvault.errors import BackupNotFound, LockHeld, SourceError, ToolMissing, UsageError, VerificationFailed
+from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_latest
 
 if TYPE_CHECKING:
+    from seedvault.audit import AuditState
     from seedvault.repository import Repository
 
 
@@ -163,6 +163,9 @@ def list_(
                 "problem": entry.problem,
             }
         )
+    audited = _audit_state(repo) if not no_verify else None
+    for r in rows:
+        r.update(audited.of(r["id"]) if audited is not None else {})
     damaged = [r["id"] for r in rows if r["problem"]]
     if damaged:
         more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
@@ -180,7 +183,7 @@ def list_(
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("id", "kind", "label", "finished", "raw", "stored", "status"):
+    for col in ("id", "kind", "label", "finished", "raw", "stored", "status", "verified", "restore-tested", "pin"):
         table.add_column(col, no_wrap=col in ("id", "finished"))
     for r in rows:
         status = r["problem"] or ("ok" if r["authenticated"] else "unverified")
@@ -192,6 +195,7 @@ def list_(
             _human(r["raw_size"]),
             _human(r["stored_size"]),
             status,
+            *_audit_columns(r),
         )
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -206,6 +210,8 @@ def show(
     repo = state(ctx).repository()
     body = repo.manifest(backup_id)
     body = {**body, "key_objects": repo.key_ids(backup_id)}
+    audited = _audit_state(repo)
+    body.update(audited.of(backup_id) if audited is not None else {})
     if json_out:
         print_json(body)
         return
@@ -226,7 +232,38 @@ def show(
             f"object      {o['name']}: {_human(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
         )
     lines += _source_lines(body.get("source"))
+    if audited is not None:
+        verified, tested, pinned = _audit_columns(body)
+        lines += [f"verified    {verified}", f"restore-tested {tested}", f"pin         {pinned}"]
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _audit_state(repo: Repository) -> AuditState | None:
+    """The audit log's state for list/show; a broken chain or an unreadable log is a warning, not a failure."""
+    from seedvault import audit
+
+    found, why = audit.state_or_empty(repo)
+    if why is not None:
+        if "no repository secret yet" not in why:
+            err(f"seedvault: warning: the audit log cannot be read ({why}); last verified and pins not shown")
+        return None
+    if found.problems:
+        err(
+            f"seedvault: warning: the audit log is not intact ({len(found.problems)} problem(s), first: "
+            f"{found.problems[0]}); shown from its authentic events only: run 'seedvault audit'"
+        )
+    return found
+
+
+def _audit_columns(row: dict) -> tuple[str, str, str]:
+    """verified, restore-tested, pin: "2026-12-01T10:00:00Z ok" / "... FAILED" / "-"."""
+
+    def outcome(value: dict | None) -> str:
+        return f"{value['time']} {'ok' if value['ok'] else 'FAILED'}" if value else "-"
+
+    pin = row.get("pin")
+    pinned = f"{pin['by']}: {pin['reason']}" + (f" (until {pin['until']})" if pin["until"] else "") if pin else "-"
+    return outcome(row.get("last_verified")), outcome(row.get("last_restore_tested")), pinned
 
 
 def _source_lines(source: object) -> list[str]:
@@ -386,31 +423,20 @@ def delete(
     backup_id: str = typer.Argument(...),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete one backup: its manifest first, then its data and key objects."""
+    """Delete one backup: its manifest first, then its data and key objects (audited).
+
+    Refused for the parent of another backup, a backup a running operation holds a lease on, and a pinned one.
+    """
+    from seedvault.ops.delete import check_deletable, delete_backup
+
     repo = state(ctx).repository(key=False)
-    repo._require_manifest(backup_id)
-    children = [e.backup_id for e in repo.entries(authenticate=False) if (e.body or {}).get("parent") == backup_id]
-    if children:
-        raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
-    _refuse_if_leased(repo, backup_id, state(ctx).settings.lease_stale_after())
+    check_deletable(repo, backup_id, lease_stale=state(ctx).settings.lease_stale_after())
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without --yes when not on a terminal")
         typer.confirm(f"delete backup {backup_id}?", abort=True)
-    repo.delete_backup(backup_id)
+    delete_backup(repo, backup_id)
     sys.stdout.write(f"deleted {backup_id}\n")
-
-
-def _refuse_if_leased(repo: Repository, backup_id: str, stale_after: timedelta) -> None:
-    """A backup that a running operation (a restore, a get, a verify) names in its lease is not deleted."""
-    from seedvault import leases as lease_mod
-
-    holder = lease_mod.read_leases(repo, stale_after=stale_after).held_ids().get(backup_id)
-    if holder is not None:
-        raise LockHeld(
-            f"backup {backup_id} is in use by {holder.describe()}; not deleted",
-            hint="wait for it to finish; 'seedvault leases' shows who holds what",
-        )
 
 
 @handle_errors

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from seedvault import audit, repokey
 from seedvault.crypto.keys import MasterKey, constant_time_equal
 from seedvault.errors import ObjectExists, SeedvaultError, UsageError, VerificationFailed, WrongKey
 from seedvault.format import layout
@@ -42,12 +43,26 @@ class KeyReport:
     wal_done: list[str] = field(default_factory=list)
     wal_skipped: list[str] = field(default_factory=list)
     wal_failed: dict[str, str] = field(default_factory=dict)
+    repository_secret: str = "none"  # done | skipped | none (the repository has no secret yet) | failed: <why>
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def all_failed(self) -> list[tuple[str, str]]:
-        return list(self.failed.items()) + list(self.wal_failed.items())
+        secret = self.repository_secret
+        extra = [("repository secret", secret.removeprefix("failed: "))] if secret.startswith("failed") else []
+        return list(self.failed.items()) + list(self.wal_failed.items()) + extra
+
+    def counts(self) -> dict[str, object]:
+        """What the audit event records."""
+        return {
+            "backups": len(self.done),
+            "backups_skipped": len(self.skipped),
+            "backups_failed": len(self.failed),
+            "wal_epochs": len(self.wal_done),
+            "wal_epochs_failed": len(self.wal_failed),
+            "repository_secret": self.repository_secret.split(":", 1)[0],
+        }
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,34 @@ def rotate(repo: Repository, new: MasterKey) -> KeyReport:
     report = KeyReport()
     for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)), rewrap):
         _record(report, item, outcome, error)
+    try:
+        report.repository_secret = _rotate_secret(repo, old, new)
+    except SeedvaultError as exc:
+        report.repository_secret = f"failed: {exc.one_line()}"
+    audit.record(repo, "key-rotate", result="failed" if report.all_failed() else "ok",
+                 details={"old_key_id": old.key_id, "new_key_id": new.key_id, **report.counts()})  # fmt: skip
     return report
+
+
+def _rotate_secret(repo: Repository, old: MasterKey, new: MasterKey) -> str:
+    """The repository secret (audit log, catalog) wrapped under ``new`` too, read back and compared."""
+    wrapped = repokey.wrapped_for(repo)
+    if not wrapped:
+        return "none"
+    if old.key_id not in wrapped:
+        if new.key_id in wrapped:
+            repokey.read_secret(repo, new)
+            return "skipped"
+        raise WrongKey(f"the repository secret is not wrapped for the current key {old.key_id}")
+    secret = repokey.read_secret(repo, old)
+    outcome = "done"
+    try:
+        repokey.write_secret(repo, secret, new)
+    except ObjectExists:
+        outcome = "skipped"
+    if not constant_time_equal(repokey.read_secret(repo, new), secret):
+        raise VerificationFailed("the new repository secret object does not open to the same secret")
+    return outcome
 
 
 def retire(repo: Repository, key_id: str) -> KeyReport:
@@ -181,12 +223,22 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
     for item, _, error in _each(affected, readable):
         if error is not None:
             _record(refused, item, None, error)
+    secret_affected = key_id in repokey.wrapped_for(repo)
+    if secret_affected:
+        try:
+            repokey.read_secret(repo, current)  # the audit log and catalog stay readable without it
+        except SeedvaultError as exc:
+            refused.repository_secret = f"failed: {exc.one_line()}"
     if refused.all_failed():
+        audit.record(repo, "key-retire", result="refused", details={"key_id": key_id, **refused.counts()})
         raise _refusal(key_id, current.key_id, refused)
 
-    repo.storage.delete([i.path(key_id) for i in affected])  # every replacement was verified above
+    doomed = [i.path(key_id) for i in affected] + ([repokey.secret_path(key_id)] if secret_affected else [])
+    repo.storage.delete(doomed)  # every replacement was verified above
     for item in affected:
         _record(report, item, "done", None)
+    report.repository_secret = "done" if secret_affected else "skipped"
+    audit.record(repo, "key-retire", details={"key_id": key_id, "current_key_id": current.key_id, **report.counts()})
 
     # A writer still running with the retired key may have wrapped something for it since the listing.
     late = [i for i in _backups(repo) + _wal_epochs(repo, sids) if key_id in i.key_ids]
@@ -210,6 +262,8 @@ def _refusal(key_id: str, current_id: str, refused: KeyReport) -> VerificationFa
         first = next(iter(refused.wal_failed))
         _, sid, epoch = first.split("/")
         parts.append(f"{_count(len(refused.wal_failed), 'WAL epoch')} (first {epoch} of system {sid})")
+    if refused.repository_secret.startswith("failed"):
+        parts.append("the repository secret")
     name, why = refused.all_failed()[0]
     return VerificationFailed(
         f"refusing to retire {key_id}: {' and '.join(parts)} cannot be opened with the configured key "
