@@ -27,6 +27,7 @@ import fcntl
 import getpass
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -97,11 +98,9 @@ def who() -> dict[str, Any]:
     """OS user, host, pid, and whether a Prefect flow run did it (prefect is never imported for this)."""
     out: dict[str, Any] = {"user": _user(), "host": socket.gethostname(), "pid": os.getpid(), "via": "cli"}
     run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
-    if not run_id and "prefect" in sys.modules:
+    if not run_id and "prefect" in sys.modules:  # a flow run in this process: ask it (prefect is loaded)
         with contextlib.suppress(Exception):
-            from prefect.runtime import flow_run
-
-            run_id = flow_run.id
+            run_id = importlib.import_module("prefect.runtime.flow_run").id
     if run_id:
         out.update(via="prefect", flow_run_id=str(run_id))
     return out
@@ -362,32 +361,56 @@ def _check_event(data: bytes, seq: int, key: bytes) -> tuple[Event | None, str, 
     return event, prev, None
 
 
-def verify_chain(repo: Repository, since: datetime | None = None) -> AuditReport:
+def verify_chain(repo: Repository, since: datetime | None = None, *, full: bool = True) -> AuditReport:
     """Read and check every event (format, MAC, seq contiguity, prev hash, time order, the remembered tail).
 
-    ``since`` only limits which events the report lists; the whole chain is always checked.
+    ``since`` only limits which events the report lists; the whole chain is always checked. ``full=False``
+    (what :func:`state` uses) takes the events this host already verified from its cache (events are
+    immutable) and reads only the newest of them again and what came after it: one LIST and one GET plus one
+    per new event, instead of one per event. Only ``full`` (``seedvault audit``) sees an old event edited or
+    removed after this host cached it; the incremental state is computed from the authentic copies.
     """
     report = AuditReport()
+    cache = _EventCache(repo.config()["id"])
+    cached = [] if full else cache.read()
+    stored: dict[int, bytes | None] = dict(enumerate(cached, start=1))
+    if cached and _digest(_get(repo, len(cached))) != _digest(cached[-1]):
+        return verify_chain(repo, since)  # the cached tail changed or is gone: read everything, name it
     seqs: dict[int, str] = {}
-    for info in repo.storage.list(EVENTS):
+    for info in repo.storage.list(EVENTS, start_after=event_key(len(cached)) if cached else None):
         seq = _seq_of(info.key)
         if seq is None:
             report.problems.append(f"{info.key}: not an audit event name")
         else:
             seqs[seq] = info.key
-    if not seqs:
+    if not seqs and not stored:
         _check_seen(repo, report, {})
         return report
     key = repokey.subkey(repo, "audit")
-
-    def fetch(seq: int) -> tuple[int, bytes | None]:
-        try:
-            return seq, repo.storage.get_bytes(seqs[seq])
-        except ObjectNotFound:
-            return seq, None
-
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="seedvault-audit") as pool:
-        stored = dict(pool.map(fetch, sorted(seqs)))
+        stored.update(zip(sorted(seqs), pool.map(lambda seq: _get(repo, seq), sorted(seqs)), strict=True))
+    digests = _check_all(report, stored, key, since)
+    _check_seen(repo, report, digests)
+    if not report.ok and not full:
+        return verify_chain(repo, since)  # name the problems from the storage's bytes, not the cache's
+    if report.ok:
+        cache.store(stored)
+    return report
+
+
+def _get(repo: Repository, seq: int) -> bytes | None:
+    try:
+        return repo.storage.get_bytes(event_key(seq))
+    except ObjectNotFound:
+        return None
+
+
+def _digest(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def _check_all(report: AuditReport, stored: dict[int, bytes | None], key: bytes, since: datetime | None) -> dict:
+    """Check events 1..max(stored) in order into ``report``; returns seq -> SHA-256 of the stored bytes."""
     report.last_seq = max(stored)
     digests: dict[int, str] = {}
     previous: Event | None = None
@@ -413,8 +436,43 @@ def verify_chain(repo: Repository, since: datetime | None = None) -> AuditReport
         previous = event
         if since is None or parse_time(event.time) >= since:
             report.events.append(event)
-    _check_seen(repo, report, digests)
-    return report
+    return digests
+
+
+class _EventCache:
+    """``<cache>/seedvault/audit/<repository id>.events``: the stored bytes of events 1..K this host verified,
+    one per line (canonical JSON has no line break). Best effort, like :class:`_Seen`."""
+
+    def __init__(self, repo_id: str) -> None:
+        self.path = _cache_dir() / f"{repo_id}.events"
+
+    def read(self) -> list[bytes]:
+        try:
+            return self.path.read_bytes().splitlines()
+        except OSError:
+            return []
+
+    def store(self, stored: dict[int, bytes | None]) -> None:
+        """Remember the verified events 1..max(stored): appended when the file holds a prefix, else rewritten."""
+        events = [stored.get(s) for s in range(1, max(stored, default=0) + 1)]
+        if not events or any(d is None or b"\n" in d for d in events):
+            return
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(self.path.parent / ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = self.read()
+                if len(current) >= len(events):
+                    return
+                prefix = current == events[: len(current)]
+                target = self.path if prefix else self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if prefix else os.O_TRUNC)
+                with os.fdopen(os.open(target, flags, 0o600), "ab") as fh:
+                    fh.write(b"".join(d + b"\n" for d in events[len(current) if prefix else 0 :] if d is not None))
+                if not prefix:
+                    os.replace(target, self.path)
+        except OSError:
+            pass
 
 
 def _check_seen(repo: Repository, report: AuditReport, digests: dict[int, str]) -> None:
@@ -512,9 +570,15 @@ VERIFY_OPERATIONS = ("verify",)
 RESTORE_TEST_OPERATIONS = ("restore-test",)
 
 
-def state(repo: Repository, *, now: datetime | None = None, report: AuditReport | None = None) -> AuditState:
-    """Pins (those not expired at ``now``), last verification and last restore test per backup."""
-    report = report or verify_chain(repo)
+def state(
+    repo: Repository, *, now: datetime | None = None, report: AuditReport | None = None, full: bool = True
+) -> AuditState:
+    """Pins (those not expired at ``now``), last verification and last restore test per backup.
+
+    ``full`` (the default, for a deleter): every event read and checked. ``full=False`` (list, show): the
+    events this host verified before come from its cache, only new ones are read (see :func:`verify_chain`).
+    """
+    report = report or verify_chain(repo, full=full)
     now = now or datetime.now(UTC)
     out = AuditState(problems=list(report.problems), last_seq=report.last_seq)
     for ev in report.events:
@@ -543,9 +607,9 @@ def state(repo: Repository, *, now: datetime | None = None, report: AuditReport 
     return out
 
 
-def state_or_empty(repo: Repository) -> tuple[AuditState, str | None]:
+def state_or_empty(repo: Repository, *, full: bool = True) -> tuple[AuditState, str | None]:
     """:func:`state`, or an empty one and why (no key, no repository secret yet, unreadable log)."""
     try:
-        return state(repo), None
+        return state(repo, full=full), None
     except SeedvaultError as exc:
         return AuditState(), exc.one_line()

@@ -242,7 +242,7 @@ def _audit_state(repo: Repository) -> AuditState | None:
     """The audit log's state for list/show; a broken chain or an unreadable log is a warning, not a failure."""
     from seedvault import audit
 
-    found, why = audit.state_or_empty(repo)
+    found, why = audit.state_or_empty(repo, full=False)  # new events only: list/show stay cheap
     if why is not None:
         if "no repository secret yet" not in why:
             err(f"seedvault: warning: the audit log cannot be read ({why}); last verified and pins not shown")

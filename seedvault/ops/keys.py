@@ -171,6 +171,7 @@ def rotate(repo: Repository, new: MasterKey) -> KeyReport:
     for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)), rewrap):
         _record(report, item, outcome, error)
     try:
+        repokey.secret(repo, create=True)  # made now, if missing, so that it is rotated with the rest
         report.repository_secret = _rotate_secret(repo, old, new)
     except SeedvaultError as exc:
         report.repository_secret = f"failed: {exc.one_line()}"
@@ -230,7 +231,8 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
         except SeedvaultError as exc:
             refused.repository_secret = f"failed: {exc.one_line()}"
     if refused.all_failed():
-        audit.record(repo, "key-retire", result="refused", details={"key_id": key_id, **refused.counts()})
+        if not refused.repository_secret.startswith("failed"):  # else the audit key itself is out of reach
+            audit.record(repo, "key-retire", result="refused", details={"key_id": key_id, **refused.counts()})
         raise _refusal(key_id, current.key_id, refused)
 
     doomed = [i.path(key_id) for i in affected] + ([repokey.secret_path(key_id)] if secret_affected else [])

@@ -412,3 +412,35 @@ def test_the_chain_key_is_the_repository_s_own(local_repo, env, tmp_path):
     for p in sorted((local_repo.root / audit.EVENTS).iterdir()):
         (target / p.name).write_bytes(p.read_bytes())
     assert "seq 1: failed authentication" in _broken(other.env)
+
+
+def test_list_and_show_read_only_the_events_new_since_this_host_verified(local_repo, env, five):
+    """Events are immutable: what a host verified is cached; list/show (state, full=False) read the cached
+    tail again and what came after it; a full check (``audit``, and the default state a deleter uses) reads all."""
+    from seedvault.storage.local import LocalStorage
+
+    reads: list[str] = []
+
+    class Counting(LocalStorage):
+        def open_read(self, key):  # noqa: ANN001, ANN201
+            if key.startswith(audit.EVENTS):
+                reads.append(key)
+            return super().open_read(key)
+
+    repo = local_repo.repository()
+    repo.storage = Counting(local_repo.root)
+    run_cli(["verify", five[0]], env, check=True)  # seq 6, not yet in the cache
+    assert audit.state(repo, full=False).last_seq == 6
+    assert reads == [audit.event_key(5), audit.event_key(6)]
+    reads.clear()
+    assert audit.state(repo, full=False).last_verified[five[0]].seq == 6 and reads == [audit.event_key(6)]
+    reads.clear()
+    assert audit.state(repo).ok and len(reads) == 6
+    # An old event edited after this host cached it: the cheap state keeps the authentic copy, a full check names it.
+    _rewrite(local_repo, 5, lambda e: e.update(operation="unpin"), key=None)
+    cheap = audit.state(repo, full=False)
+    assert cheap.ok and five[0] in cheap.pins
+    assert not audit.state(repo).ok and "seq 5: failed authentication" in _broken(env)
+    # The cached tail itself changed: the cheap state reads everything and names it too.
+    _rewrite(local_repo, 6, lambda e: e.update(result="failed"), key=None)
+    assert any("seq 6: failed authentication" in p for p in audit.state(repo, full=False).problems)
