@@ -154,7 +154,7 @@ def append(
     key = repokey.subkey(repo, "audit", create=True)
     seen = Seen(repo.config()["id"])
     who_ = who()
-    ids = [b for b in backup_ids if b]
+    ids = [b for b in backup_ids if layout.is_backup_id(b)]  # never free text typed as an id
     seq, prev = _tail(repo, seen)
     for _attempt in range(APPEND_RETRIES):
         body = {

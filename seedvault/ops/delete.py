@@ -6,11 +6,14 @@ operation names in its lease, one pinned in the audit log. The deletion is audit
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from seedvault import audit, leases
 from seedvault.errors import LockHeld, UsageError
 from seedvault.repository import Repository
+
+log = logging.getLogger(__name__)
 
 
 def check_deletable(repo: Repository, backup_id: str, *, lease_stale: timedelta = leases.DEFAULT_STALE) -> None:
@@ -27,6 +30,9 @@ def check_deletable(repo: Repository, backup_id: str, *, lease_stale: timedelta 
         )
     if repo.key_source is not None:  # without a key the log cannot be authenticated: nothing to trust
         state, _ = audit.state_or_empty(repo)
+        if state.problems:
+            log.warning("seedvault: warning: the audit log is not intact (%s); pins were read from its authentic "
+                        "events only: run 'seedvault audit'", state.problems[0])  # fmt: skip
         pinned = state.pins.get(backup_id)
         if pinned is not None:
             until = f" until {pinned.until:%Y-%m-%d %H:%M}Z" if pinned.until else ""
