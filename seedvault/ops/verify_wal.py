@@ -81,6 +81,7 @@ def verify_wal(
     if not sids:
         report = WalVerifyReport(system_id="-")
         report.problems.append(WalProblem("-", 0, f"no WAL is archived in {repo.storage.url}"))
+        audit.record(repo, "verify-wal", result="failed", details={"error": report.problems[0].problem})
         return [report]
     reports = []
     for sid in sids:

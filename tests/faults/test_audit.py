@@ -444,3 +444,23 @@ def test_list_and_show_read_only_the_events_new_since_this_host_verified(local_r
     # The cached tail itself changed: the cheap state reads everything and names it too.
     _rewrite(local_repo, 6, lambda e: e.update(result="failed"), key=None)
     assert any("seq 6: failed authentication" in p for p in audit.state(repo, full=False).problems)
+
+
+def test_verify_wal_appends_one_event_per_system(tmp_path):
+    from seedvault.ops.verify_wal import verify_wal
+    from seedvault.wal.store import WalStore
+    from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
+
+    repo = make_wal_repo(tmp_path)
+    assert not verify_wal(repo)[0].ok  # nothing archived yet: a failed run, recorded too
+    for sid in (SYSID, SYSID + 1):
+        d = tmp_path / f"wal-{sid}"
+        d.mkdir()
+        for segno in (1, 2):
+            WalStore(repo, sid).push(write_seg(d, 1, segno, sysid=sid))
+    reports = verify_wal(repo)
+    assert [r.ok for r in reports] == [True, True]
+    events = audit.verify_chain(repo).events
+    assert [(e.operation, e.result) for e in events] == [("verify-wal", "failed")] + [("verify-wal", "ok")] * 2
+    assert sorted(e.details["system_id"] for e in events[1:]) == sorted({str(SYSID), str(SYSID + 1)})
+    assert all(e.details["files"] == 2 and e.details["problems"] == 0 for e in events[1:])
