@@ -464,3 +464,27 @@ def test_verify_wal_appends_one_event_per_system(tmp_path):
     assert [(e.operation, e.result) for e in events] == [("verify-wal", "failed")] + [("verify-wal", "ok")] * 2
     assert sorted(e.details["system_id"] for e in events[1:]) == sorted({str(SYSID), str(SYSID + 1)})
     assert all(e.details["files"] == 2 and e.details["problems"] == 0 for e in events[1:])
+
+
+def test_on_s3_refused_event_writes_leave_every_operation_working_with_a_warning(moto_server, s3_bucket, tmp_path):
+    """The bucket takes no audit event (an outage, a policy denying the prefix): backups, reads and verifies run
+    on and each says on stderr that it was not audited; once writes work again the log goes on intact."""
+    from tests.fixtures.faulty_s3 import proxied_repository
+
+    repo = proxied_repository(moto_server.endpoint_url, s3_bucket, "ro", tmp_path, SEEDVAULT_S3_MAX_ATTEMPTS="2")
+    with repo as (proxy, _, env):
+        env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+        first = _put(env, b"before the outage\n")
+        rule = proxy.add_rule("PUT", r"/audit/events/", forward=False)
+        put = run_cli(["put", "--label", "t"], env, input=b"during\n")
+        assert put.returncode == 0 and b"backup was not audited" in put.stderr
+        during = put.stdout.decode().strip()
+        res = run_cli(["verify", during], env)
+        assert res.returncode == 0 and b"verify was not audited" in res.stderr
+        res = run_cli(["get", first, "-o", str(tmp_path / "out")], env)
+        assert res.returncode == 0 and b"get was not audited" in res.stderr
+        assert rule.hits >= 3
+        proxy.rules.remove(rule)
+        run_cli(["verify", during], env, check=True)
+        report = _events(env)
+        assert report["intact"] and _ops(report) == [("backup", [first], "ok"), ("verify", [during], "ok")]
