@@ -287,6 +287,7 @@ class BackupWriter:
         self.started = _now()
         self.objects: list[ObjectStats] = []
         self.committed = False
+        self._audited = False  # its one backup event (ok or failed) was recorded
         self.body: dict | None = None
         config = repo.config(create=True)
         self.master = repo.master
@@ -395,7 +396,7 @@ class BackupWriter:
 
     def _audit(self, result: str, error: BaseException | None = None) -> None:
         """One ``backup`` event: committed (ok) or abandoned (failed, with the error's line when known)."""
-        if getattr(self, "_audited", False):
+        if self._audited:
             return
         self._audited = True
         details = {"kind": self.kind, "label": self.labels.get("name"), "objects": len(self.objects),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from seedvault import audit
 from seedvault.config import Settings
 from seedvault.errors import StorageError, UsageError
 from seedvault.repository import Repository
@@ -59,8 +60,6 @@ def get(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Restore one object of a backup (the only one, or ``name``); returns the bytes written (audited: get)."""
-    from seedvault import audit
-
     with audit.audited(repo, "get", [backup_id]) as ev:
         written = _get(repo, backup_id, out, name=name, progress=progress)
         ev.details.update(object=name, raw_bytes=written)
