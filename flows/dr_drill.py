@@ -61,7 +61,7 @@ def dr_drill_flow(
         backup_id = latest_backup(quote(repo), source)
         checked = verify_backup_task(quote(repo), backup_id)
         options = RestoreOptions(no_owner=no_owner, checksums=True)
-        report = restore_task(quote(repo), backup_id, quote(pg), quote(options))
+        report = restore_task(quote(repo), backup_id, quote(pg), quote(options), purpose="drill")
         dropped = drop_database(quote(pg), scratch, protect=source)
         finished = repo.manifest(backup_id)["finished"]
     except SeedvaultError as exc:

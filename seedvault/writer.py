@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 import seedvault
-from seedvault import faults, leases, storagecost
+from seedvault import audit, faults, leases, storagecost
 from seedvault.crypto.keys import new_data_key
 from seedvault.errors import (
     FormatError,
@@ -290,6 +290,7 @@ class BackupWriter:
         self.write_options = storagecost.policy_of(repo.storage).backup(kind, self.labels, datetime.now(UTC))
         self.objects: list[ObjectStats] = []
         self.committed = False
+        self._audited = False  # its one backup event (ok or failed) was recorded
         self.body: dict | None = None
         config = repo.config(create=True)
         self.master = repo.master
@@ -313,7 +314,7 @@ class BackupWriter:
         if exc_type is None:
             self.commit()
         else:
-            self.abandon()
+            self.abandon(exc)
 
     def plan_object(self, name: str) -> ObjectPlan:
         """Prepare the streaming stages of a new data object (see :class:`ObjectPlan`)."""
@@ -395,6 +396,7 @@ class BackupWriter:
         self._index(body)
         self._lease.release()
         faults.reached("committed")
+        self._audit("ok")
         return body
 
     def _index(self, body: dict) -> None:
@@ -402,6 +404,18 @@ class BackupWriter:
         from seedvault import catalog
 
         catalog.record(self.repo, body)
+
+    def _audit(self, result: str, error: BaseException | None = None) -> None:
+        """One ``backup`` event: committed (ok) or abandoned (failed, with the error's line when known)."""
+        if self._audited:
+            return
+        self._audited = True
+        details = {"kind": self.kind, "label": self.labels.get("name"), "objects": len(self.objects),
+                   "raw_size": sum(o.raw_size for o in self.objects),
+                   "stored_size": sum(o.stored_size for o in self.objects)}  # fmt: skip
+        if result != "ok":
+            details["error"] = audit.error_line(error) if error is not None else "abandoned"
+        audit.record(self.repo, "backup", backup_ids=[self.backup_id], result=result, details=details)
 
     def _confirm_objects(self) -> None:
         """Before the commit: are the key object and every data object still stored, at the sizes written?
@@ -462,13 +476,14 @@ class BackupWriter:
             ) from None
         return False
 
-    def abandon(self) -> None:
+    def abandon(self, error: BaseException | None = None) -> None:
         """Remove what this writer stored (best effort; cleanup catches the rest), the manifest first."""
         if self.committed:
             return
         with contextlib.suppress(SeedvaultError):
             self._remove()
         self._lease.release()
+        self._audit("failed", error)
 
     def _remove(self) -> None:
         """Delete every trace of this backup, the manifest first (unlisted at once); raises on failure."""

@@ -92,9 +92,13 @@ def latest_backup(repo: Repository, database: str) -> str:
 
 
 @task(name="restore-postgres", retries=0, cache_policy=NO_CACHE, persist_result=False)
-def restore_task(repo: Repository, backup_id: str, target: PgTarget, options: RestoreOptions) -> dict[str, Any]:
-    """Restore and verify (row counts, checksums where recorded); see seedvault.ops.postgres_restore."""
-    report = restore_postgres(repo, backup_id, target, options)
+def restore_task(
+    repo: Repository, backup_id: str, target: PgTarget, options: RestoreOptions, purpose: str = "restore"
+) -> dict[str, Any]:
+    """Restore and verify (row counts, checksums where recorded); see seedvault.ops.postgres_restore.
+
+    ``purpose="drill"``: audited as a restore test (what ``list`` shows as "restore-tested")."""
+    report = restore_postgres(repo, backup_id, target, options, purpose=purpose)
     get_run_logger().info(
         "restored %s into %s: %d tables, %d rows, %d checksums verified",
         backup_id,

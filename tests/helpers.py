@@ -89,4 +89,7 @@ def pipe_through(args_put: list[str], args_get: list[str], env: dict[str, str], 
 
 
 def repo_files(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    """Every file of a local repository but the audit log's (which only grows: each operation adds one event)
+    and its repository secret (created with the first event)."""
+    files = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    return {k: v for k, v in files.items() if not k.startswith(("v1/audit/", "v1/repokey/"))}

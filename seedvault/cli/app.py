@@ -26,6 +26,7 @@ import typer
 
 from seedvault import __version__
 from seedvault.cli import (
+    audit_cmds,
     catalog_cmds,
     check_cmds,
     cost_cmds,
@@ -87,6 +88,7 @@ repo_cmds.register(app)
 prune_cmds.register(app)
 wal_cmds.register(app)
 cost_cmds.register(app)
+audit_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres, postgres-base, neo4j).")

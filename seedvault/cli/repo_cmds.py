@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from seedvault import process, storagecost
+from seedvault import process
 from seedvault.cli.runtime import err, handle_errors, human_bytes, print_json, progress_bar, state
 from seedvault.config import parse_duration
-from seedvault.errors import BackupNotFound, LockHeld, SourceError, ToolMissing, UsageError, VerificationFailed
+from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_latest
 
 if TYPE_CHECKING:
+    from seedvault.audit import AuditState
     from seedvault.repository import Repository
 
 
@@ -162,6 +162,9 @@ def list_(
                 "problem": entry.problem,
             }
         )
+    audited = _audit_state(repo) if not no_verify else None
+    for r in rows:
+        r.update(audited.of(r["id"]) if audited is not None else {})
     damaged = [r["id"] for r in rows if r["problem"]]
     if damaged:
         more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
@@ -179,7 +182,7 @@ def list_(
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("id", "kind", "label", "finished", "raw", "stored", "status"):
+    for col in ("id", "kind", "label", "finished", "raw", "stored", "status", "verified", "restore-tested", "pin"):
         table.add_column(col, no_wrap=col in ("id", "finished"))
     for r in rows:
         status = r["problem"] or ("ok" if r["authenticated"] else "unverified")
@@ -191,6 +194,7 @@ def list_(
             human_bytes(r["raw_size"]),
             human_bytes(r["stored_size"]),
             status,
+            *_audit_columns(r),
         )
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -207,6 +211,8 @@ def show(
     repo = state(ctx).repository()
     body = Catalog(repo).body(backup_id)
     body = {**body, "key_objects": repo.key_ids(backup_id)}
+    audited = _audit_state(repo)
+    body.update(audited.of(backup_id) if audited is not None else {})
     if json_out:
         print_json(body)
         return
@@ -227,7 +233,38 @@ def show(
             f"object      {o['name']}: {human_bytes(o['raw_size'])} raw, {o['chunks']} chunks, sha256 {o['sha256']}"
         )
     lines += _source_lines(body.get("source"))
+    if audited is not None:
+        verified, tested, pinned = _audit_columns(body)
+        lines += [f"verified    {verified}", f"restore-tested {tested}", f"pin         {pinned}"]
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _audit_state(repo: Repository) -> AuditState | None:
+    """The audit log's state for list/show; a broken chain or an unreadable log is a warning, not a failure."""
+    from seedvault import audit
+
+    found, why = audit.state_or_empty(repo, full=False)  # new events only: list/show stay cheap
+    if why is not None:
+        if "no repository secret yet" not in why:
+            err(f"seedvault: warning: the audit log cannot be read ({why}); last verified and pins not shown")
+        return None
+    if found.problems:
+        err(
+            f"seedvault: warning: the audit log is not intact ({len(found.problems)} problem(s), first: "
+            f"{found.problems[0]}); shown from its authentic events only: run 'seedvault audit'"
+        )
+    return found
+
+
+def _audit_columns(row: dict) -> tuple[str, str, str]:
+    """verified, restore-tested, pin: "2026-12-01T10:00:00Z ok" / "... FAILED" / "-"."""
+
+    def outcome(value: dict | None) -> str:
+        return f"{value['time']} {'ok' if value['ok'] else 'FAILED'}" if value else "-"
+
+    pin = row.get("pin")
+    pinned = f"{pin['by']}: {pin['reason']}" + (f" (until {pin['until']})" if pin["until"] else "") if pin else "-"
+    return outcome(row.get("last_verified")), outcome(row.get("last_restore_tested")), pinned
 
 
 def _source_lines(source: object) -> list[str]:
@@ -388,21 +425,20 @@ def delete(
     backup_id: str = typer.Argument(...),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete one backup: its manifest first, then its data and key objects."""
-    from seedvault.catalog import Catalog
+    """Delete one backup: its manifest first, then its data and key objects (audited).
+
+    Refused for the parent of another backup, a backup a running operation holds a lease on, and a pinned one.
+    """
+    from seedvault.ops.delete import check_deletable, delete_backup
 
     repo = state(ctx).repository(key=False)
-    storagecost.refuse_locked_delete(repo._require_manifest(backup_id), backup_id)
-    children = Catalog(repo, authenticate=repo.key_source is not None).children(backup_id)
-    if children:
-        raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
-    _refuse_if_leased(repo, backup_id, state(ctx).settings.lease_stale_after())
+    check_deletable(repo, backup_id, lease_stale=state(ctx).settings.lease_stale_after())
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("refusing to delete without --yes when not on a terminal")
         typer.confirm(f"delete backup {backup_id}?", abort=True)
     _forget(repo, backup_id)
-    repo.delete_backup(backup_id)
+    delete_backup(repo, backup_id)
     sys.stdout.write(f"deleted {backup_id}\n")
 
 
@@ -418,18 +454,6 @@ def _forget(repo: Repository, backup_id: str) -> None:
         catalog.forget(repo, [backup_id])
     except SeedvaultError as exc:
         err(f"seedvault: warning: no catalog tombstone for {backup_id} ({exc.one_line()}); readers notice it is gone")
-
-
-def _refuse_if_leased(repo: Repository, backup_id: str, stale_after: timedelta) -> None:
-    """A backup that a running operation (a restore, a get, a verify) names in its lease is not deleted."""
-    from seedvault import leases as lease_mod
-
-    holder = lease_mod.read_leases(repo, stale_after=stale_after).held_ids().get(backup_id)
-    if holder is not None:
-        raise LockHeld(
-            f"backup {backup_id} is in use by {holder.describe()}; not deleted",
-            hint="wait for it to finish; 'seedvault leases' shows who holds what",
-        )
 
 
 @handle_errors

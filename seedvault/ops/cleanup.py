@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from seedvault import leases
+from seedvault import audit, leases
 from seedvault.format import layout
 from seedvault.repository import Repository
 
@@ -41,6 +41,10 @@ class CleanupReport:
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
+
+    def counts(self) -> dict[str, int]:
+        """What the audit event records (counts only)."""
+        return {name: len(value) for name, value in self.__dict__.items()}
 
 
 def cleanup(
@@ -102,4 +106,5 @@ def cleanup(
         report.partial_writes_aborted.append(p.key)
     if not dry_run:  # their holders are gone: the leases are leftovers like any other (reported above)
         leases.remove_stale(repo, held)
+        audit.record(repo, "cleanup", details=report.counts())
     return report

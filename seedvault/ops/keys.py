@@ -2,8 +2,7 @@
 
 A repository holds two kinds of wrapped key, and both are handled alike: each backup's data key
 (``v1/keys/<backup id>/<key id>.json``, FORMAT.md 6) and each archived-WAL epoch key
-(``v1/wal/<system id>/keys/<epoch>/<key id>.json``, FORMAT.md 8.2), for every system id in the repository;
-the repository secret (``v1/repokey/<key id>.json``, seedvault.repokey) is re-wrapped and retired the same way.
+(``v1/wal/<system id>/keys/<epoch>/<key id>.json``, FORMAT.md 8.2), for every system id in the repository.
 
 ``rotate``: unwrap each with the current master key, wrap it under the new one as one more key object
 (no overwrite, so a re-run keeps what an earlier run wrote and adds only what is missing), and read that
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from seedvault import repokey
+from seedvault import audit, repokey
 from seedvault.crypto.keys import MasterKey, constant_time_equal
 from seedvault.errors import ObjectExists, SeedvaultError, UsageError, VerificationFailed, WrongKey
 from seedvault.format import layout
@@ -44,15 +43,26 @@ class KeyReport:
     wal_done: list[str] = field(default_factory=list)
     wal_skipped: list[str] = field(default_factory=list)
     wal_failed: dict[str, str] = field(default_factory=dict)
-    # The repository secret (seedvault.repokey; the catalog's and audit log's MAC keys): "done", "skipped" or
-    # "" (the repository has none yet); a failure is in ``failed`` under "repository-secret".
-    repository_secret: str = ""
+    repository_secret: str = "none"  # done | skipped | none (the repository has no secret yet) | failed: <why>
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def all_failed(self) -> list[tuple[str, str]]:
-        return list(self.failed.items()) + list(self.wal_failed.items())
+        secret = self.repository_secret
+        extra = [("repository secret", secret.removeprefix("failed: "))] if secret.startswith("failed") else []
+        return list(self.failed.items()) + list(self.wal_failed.items()) + extra
+
+    def counts(self) -> dict[str, object]:
+        """What the audit event records."""
+        return {
+            "backups": len(self.done),
+            "backups_skipped": len(self.skipped),
+            "backups_failed": len(self.failed),
+            "wal_epochs": len(self.wal_done),
+            "wal_epochs_failed": len(self.wal_failed),
+            "repository_secret": self.repository_secret.split(":", 1)[0],
+        }
 
 
 @dataclass(frozen=True)
@@ -63,35 +73,26 @@ class _Wrapped:
     key_ids: frozenset[str]
     system_id: str | None = None
     epoch: str | None = None
-    secret: bool = False  # the repository secret (seedvault.repokey), wrapped like a data key
 
     @property
     def is_wal(self) -> bool:
         return self.system_id is not None
 
     def what(self) -> str:
-        if self.secret:
-            return "the repository secret"
         return f"WAL epoch {self.epoch} of system {self.system_id}" if self.is_wal else f"backup {self.name}"
 
     def path(self, key_id: str) -> str:
-        if self.secret:
-            return repokey.secret_path(key_id)
         if self.system_id is not None and self.epoch is not None:
             return epochs.epoch_key_path(self.system_id, self.epoch, key_id)
         return layout.key_object(self.name, key_id)
 
     def open(self, repo: Repository, master: MasterKey) -> bytes:
-        if self.secret:
-            return repokey.read_secret(repo, master)
         if self.system_id is not None and self.epoch is not None:
             return epochs.read_epoch_key(repo, self.system_id, self.epoch, master)
         return repo.data_key(self.name, master)
 
     def store(self, repo: Repository, key: bytes, master: MasterKey) -> None:
-        if self.secret:
-            repokey.write_secret(repo, key, master)
-        elif self.system_id is not None and self.epoch is not None:
+        if self.system_id is not None and self.epoch is not None:
             epochs.write_epoch_key(repo, self.system_id, self.epoch, key, master)
         else:
             repo.write_key_object(self.name, key, master)
@@ -104,12 +105,6 @@ def _backups(repo: Repository) -> list[_Wrapped]:
         if bid:
             wraps.setdefault(bid, set()).add(info.key.rsplit("/", 1)[-1].removesuffix(".json"))
     return [_Wrapped(bid, frozenset(ids)) for bid, ids in sorted(wraps.items())]
-
-
-def _secret(repo: Repository) -> list[_Wrapped]:
-    """The repository secret, if the repository has one (its first audit event or catalog entry made it)."""
-    ids = repokey.wrapped_for(repo)
-    return [_Wrapped("repository-secret", frozenset(ids), secret=True)] if ids else []
 
 
 def _wal_epochs(repo: Repository, sids: list[str]) -> list[_Wrapped]:
@@ -141,12 +136,8 @@ def _record(report: KeyReport, item: _Wrapped, outcome: str | None, error: str |
         if item.is_wal
         else (report.done, report.skipped, report.failed)
     )
-    if item.secret:
-        report.repository_secret = "" if error is not None else "done" if outcome == "done" else "skipped"
     if error is not None:
         failed[item.name] = error
-    elif item.secret:
-        return
     elif outcome == "done":
         done.append(item.name)
     else:
@@ -177,9 +168,37 @@ def rotate(repo: Repository, new: MasterKey) -> KeyReport:
         return outcome
 
     report = KeyReport()
-    for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)) + _secret(repo), rewrap):
+    for item, outcome, error in _each(_backups(repo) + _wal_epochs(repo, system_ids(repo)), rewrap):
         _record(report, item, outcome, error)
+    try:
+        repokey.secret(repo, create=True)  # made now, if missing, so that it is rotated with the rest
+        report.repository_secret = _rotate_secret(repo, old, new)
+    except SeedvaultError as exc:
+        report.repository_secret = f"failed: {exc.one_line()}"
+    audit.record(repo, "key-rotate", result="failed" if report.all_failed() else "ok",
+                 details={"old_key_id": old.key_id, "new_key_id": new.key_id, **report.counts()})  # fmt: skip
     return report
+
+
+def _rotate_secret(repo: Repository, old: MasterKey, new: MasterKey) -> str:
+    """The repository secret (audit log, catalog) wrapped under ``new`` too, read back and compared."""
+    wrapped = repokey.wrapped_for(repo)
+    if not wrapped:
+        return "none"
+    if old.key_id not in wrapped:
+        if new.key_id in wrapped:
+            repokey.read_secret(repo, new)
+            return "skipped"
+        raise WrongKey(f"the repository secret is not wrapped for the current key {old.key_id}")
+    secret = repokey.read_secret(repo, old)
+    outcome = "done"
+    try:
+        repokey.write_secret(repo, secret, new)
+    except ObjectExists:
+        outcome = "skipped"
+    if not constant_time_equal(repokey.read_secret(repo, new), secret):
+        raise VerificationFailed("the new repository secret object does not open to the same secret")
+    return outcome
 
 
 def retire(repo: Repository, key_id: str) -> KeyReport:
@@ -190,7 +209,7 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
     if not layout.KEY_ID_RE.match(key_id):
         raise UsageError(f"{key_id!r} is not a key id (k- followed by 16 hex digits)")
     sids = system_ids(repo)
-    items = _backups(repo) + _wal_epochs(repo, sids) + _secret(repo)
+    items = _backups(repo) + _wal_epochs(repo, sids)
     affected = [i for i in items if key_id in i.key_ids]
     report = KeyReport()
     for item in items:
@@ -205,15 +224,26 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
     for item, _, error in _each(affected, readable):
         if error is not None:
             _record(refused, item, None, error)
+    secret_affected = key_id in repokey.wrapped_for(repo)
+    if secret_affected:
+        try:
+            repokey.read_secret(repo, current)  # the audit log and catalog stay readable without it
+        except SeedvaultError as exc:
+            refused.repository_secret = f"failed: {exc.one_line()}"
     if refused.all_failed():
+        if not refused.repository_secret.startswith("failed"):  # else the audit key itself is out of reach
+            audit.record(repo, "key-retire", result="refused", details={"key_id": key_id, **refused.counts()})
         raise _refusal(key_id, current.key_id, refused)
 
-    repo.storage.delete([i.path(key_id) for i in affected])  # every replacement was verified above
+    doomed = [i.path(key_id) for i in affected] + ([repokey.secret_path(key_id)] if secret_affected else [])
+    repo.storage.delete(doomed)  # every replacement was verified above
     for item in affected:
         _record(report, item, "done", None)
+    report.repository_secret = "done" if secret_affected else "skipped"
+    audit.record(repo, "key-retire", details={"key_id": key_id, "current_key_id": current.key_id, **report.counts()})
 
     # A writer still running with the retired key may have wrapped something for it since the listing.
-    late = [i for i in _backups(repo) + _wal_epochs(repo, sids) + _secret(repo) if key_id in i.key_ids]
+    late = [i for i in _backups(repo) + _wal_epochs(repo, sids) if key_id in i.key_ids]
     if late:
         more = f" and {len(late) - 1} more" if len(late) > 1 else ""
         raise VerificationFailed(
@@ -228,14 +258,13 @@ def retire(repo: Repository, key_id: str) -> KeyReport:
 
 def _refusal(key_id: str, current_id: str, refused: KeyReport) -> VerificationFailed:
     parts = []
-    backups = [name for name in refused.failed if name != "repository-secret"]
-    if backups:
-        parts.append(f"{_count(len(backups), 'backup')} (first {backups[0]})")
+    if refused.failed:
+        parts.append(f"{_count(len(refused.failed), 'backup')} (first {next(iter(refused.failed))})")
     if refused.wal_failed:
         first = next(iter(refused.wal_failed))
         _, sid, epoch = first.split("/")
         parts.append(f"{_count(len(refused.wal_failed), 'WAL epoch')} (first {epoch} of system {sid})")
-    if "repository-secret" in refused.failed:
+    if refused.repository_secret.startswith("failed"):
         parts.append("the repository secret")
     name, why = refused.all_failed()[0]
     return VerificationFailed(

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from seedvault import leases
+from seedvault import audit, leases
 from seedvault.config import Settings
 from seedvault.errors import BackupNotFound, ConfigError, RestoreVerificationFailed, SeedvaultError, TargetError
 from seedvault.ops.neo4j_backup import KIND, Neo4jJob, backup_neo4j, chain_of, one_line
@@ -55,10 +55,17 @@ def restore_neo4j(
     safety_copy: bool = True,
     until: str | None = None,
     staging: bool = False,
+    purpose: str = "restore",
 ) -> Neo4jRestoreReport:
-    """Restore one Neo4j backup, holding a lease naming it (and so its chain's parents: delete refuses parents)."""
-    with leases.shared(repo, "restore neo4j", [backup_id]):
-        return _restore_neo4j(repo, settings, backup_id, job, safety_copy=safety_copy, until=until, staging=staging)
+    """Restore one Neo4j backup, holding a lease naming it (and so its chain's parents: delete refuses parents).
+
+    Audited as ``restore`` (``restore-test`` with ``purpose="drill"``)."""
+    operation = audit.restore_operation(purpose)
+    with leases.shared(repo, "restore neo4j", [backup_id]), audit.audited(repo, operation, [backup_id]) as ev:
+        ev.details.update(kind="neo4j", database=job.database)
+        report = _restore_neo4j(repo, settings, backup_id, job, safety_copy=safety_copy, until=until, staging=staging)
+        ev.details.update(mode=report.mode, until=until, verified_counts=report.counts is not None)
+        return report
 
 
 def _restore_neo4j(

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from seedvault import leases, process
+from seedvault import audit, leases, process
 from seedvault.errors import (
     ConfigError,
     DatabaseUnreachable,
@@ -230,6 +230,36 @@ def restore_pitr(
     timeout: float = 3600.0,
     read_ahead: int = 4,
 ) -> PitrReport:
+    """Point-in-time recovery into a new data directory (audited: ``pitr``, with the base backup and the target)."""
+    with audit.audited(repo, "pitr", [backup_id] if backup_id else []) as ev:
+        ev.details.update(target=f"{target.kind} {target.value or ''}".strip(), data_dir=str(data_dir))
+        report = _restore_pitr(repo, target, data_dir, port=port, run_as=run_as, backup_id=backup_id,
+                               system_id=system_id, timeline=timeline, restore_command=restore_command,
+                               archive_mode=archive_mode, stop_after=stop_after, keep_failed=keep_failed,
+                               timeout=timeout, read_ahead=read_ahead)  # fmt: skip
+        ev.backup_ids = [str(report.plan.get("backup_id") or backup_id or "")]
+        ev.details.update(system_id=report.plan.get("system_id"), lsn=report.lsn, timeline=report.timeline,
+                          recovered_to=report.recovered_to)  # fmt: skip
+        return report
+
+
+def _restore_pitr(
+    repo: Repository,
+    target: Target,
+    data_dir: str | os.PathLike[str],
+    *,
+    port: int | None,
+    run_as: str | None,
+    backup_id: str | None,
+    system_id: str | None,
+    timeline: int | None,
+    restore_command: str | None,
+    archive_mode: str,
+    stop_after: bool,
+    keep_failed: bool,
+    timeout: float,
+    read_ahead: int,
+) -> PitrReport:
     if archive_mode not in ("preserve", "off"):
         raise UsageError("--archive-mode must be preserve or off")
     t0 = time.perf_counter()
@@ -240,14 +270,14 @@ def restore_pitr(
     # the lease is stored, so nothing a prune deleted just before it can be missing from the plan.
     with leases.shared(repo, "restore postgres-pitr", [plan.backup_id]):
         plan = make_plan(repo, target, backup_id=plan.backup_id, system_id=plan.system_id, timeline=timeline)
-        return _restore_pitr(
+        return _recover(
             repo, plan, target, data, t0, port=port, run_as=run_as, restore_command=restore_command,
             archive_mode=archive_mode, stop_after=stop_after, keep_failed=keep_failed, timeout=timeout,
             read_ahead=read_ahead,
         )  # fmt: skip
 
 
-def _restore_pitr(
+def _recover(
     repo: Repository,
     plan: Plan,
     target: Target,

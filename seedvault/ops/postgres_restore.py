@@ -56,7 +56,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from seedvault import faults, leases
+from seedvault import audit, faults, leases
 from seedvault.errors import (
     LockHeld,
     RestoreVerificationFailed,
@@ -587,13 +587,22 @@ def restore_postgres(
     *,
     progress: Callable[[int], None] | None = None,
     settings: Any = None,
+    purpose: str = "restore",
 ) -> RestoreReport:
     """Restore one logical backup (see the module docstring for the guarantees around crashes).
 
     Holds a lease naming the backup for the whole restore: nothing deletes it meanwhile (Barman #200).
+    Audited as ``restore``, or ``restore-test`` with ``purpose="drill"`` (a DR drill into a scratch database:
+    what "last restore-tested" is made of).
     """
-    with leases.shared(repo, "restore postgres", [backup_id]):
-        return _restore_postgres(repo, backup_id, target, opts, progress=progress, settings=settings)
+    operation = audit.restore_operation(purpose)
+    with leases.shared(repo, "restore postgres", [backup_id]), audit.audited(repo, operation, [backup_id]) as ev:
+        ev.details.update(kind="postgres-logical", database=target.dbname)
+        report = _restore_postgres(repo, backup_id, target, opts, progress=progress, settings=settings)
+        ev.details.update(tables_verified=report.tables_verified, rows_verified=report.rows_verified,
+                          checksums_verified=report.checksums_verified,
+                          tables_unverified=len(report.tables_unverified))  # fmt: skip
+        return report
 
 
 def _restore_postgres(

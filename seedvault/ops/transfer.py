@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from seedvault import audit
 from seedvault.config import Settings
 from seedvault.errors import StorageError, UsageError
 from seedvault.repository import Repository
@@ -58,7 +59,16 @@ def get(
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Restore one object of a backup (the only one, or ``name``); returns the bytes written."""
+    """Restore one object of a backup (the only one, or ``name``); returns the bytes written (audited: get)."""
+    with audit.audited(repo, "get", [backup_id]) as ev:
+        written = _get(repo, backup_id, out, name=name, progress=progress)
+        ev.details.update(object=name, raw_bytes=written)
+    return written
+
+
+def _get(
+    repo: Repository, backup_id: str, out: BinaryIO | Path, *, name: str | None, progress: Callable[[int], None] | None
+) -> int:
     data_key = repo.data_key(backup_id)
     body = repo.manifest(backup_id, data_key)
     names = [o["name"] for o in body["objects"]]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from seedvault import leases
+from seedvault import audit, leases
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.repository import Repository
 
@@ -82,8 +82,14 @@ def verify_backup(
     and a master key that cannot be had at all (a missing or unreadable key file: nothing could be checked).
     With ``sample`` the manifest and key are still authenticated, but only the sampled data objects read."""
     repo.master  # noqa: B018 - the configured key's problems are the command's, not this backup's
-    with leases.shared(repo, "verify", [backup_id]):
-        return _verify_backup(repo, backup_id, progress=progress, sample=sample)
+    with leases.shared(repo, "verify", [backup_id]), audit.audited(repo, "verify", [backup_id]) as ev:
+        result = _verify_backup(repo, backup_id, progress=progress, sample=sample)
+        ev.result = "ok" if result.ok else "failed"
+        ev.details.update(scope="sample" if sample is not None else "full", objects=result.objects,
+                          raw_bytes=result.raw_bytes, problems=len(result.problems))  # fmt: skip
+        if result.problems:
+            ev.details["error"] = result.problems[0]
+        return result
 
 
 def _verify_backup(

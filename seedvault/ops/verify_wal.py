@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seedvault import audit
 from seedvault.errors import SeedvaultError
 from seedvault.repository import Repository
 from seedvault.wal import names as wn
@@ -80,8 +81,20 @@ def verify_wal(
     if not sids:
         report = WalVerifyReport(system_id="-")
         report.problems.append(WalProblem("-", 0, f"no WAL is archived in {repo.storage.url}"))
+        audit.record(repo, "verify-wal", result="failed", details={"error": report.problems[0].problem})
         return [report]
-    return [_verify_system(repo, sid, progress) for sid in sids]
+    reports = []
+    for sid in sids:
+        with audit.audited(repo, "verify-wal") as ev:
+            ev.details["system_id"] = sid
+            report = _verify_system(repo, sid, progress)
+            ev.result = "ok" if report.ok else "failed"
+            ev.details.update(files=report.files, raw_bytes=report.raw_bytes, problems=len(report.problems),
+                              base_backup=report.base_backup)  # fmt: skip
+            if report.problems:
+                ev.details["error"] = f"{report.problems[0].name}: {report.problems[0].problem}"
+        reports.append(report)
+    return reports
 
 
 def _verify_system(repo: Repository, sid: str, progress: Callable[[int], None] | None) -> WalVerifyReport:

@@ -106,6 +106,10 @@ def test_pitr_to_time_then_again_from_the_new_timeline(wal_env: WalEnv) -> None:
         m = re.search(r"(\d+) fetched \((\d+) read ahead\)", report["read_ahead"] or "")
         assert m and int(m.group(1)) >= 2 and int(m.group(2)) >= 1, report["read_ahead"]
         assert "recovery stopping before commit" in (report["stop_reason"] or "")
+        # Audited (issue 14.3): one pitr event naming the base backup, the target and the new timeline.
+        pitr = [e for e in json.loads(env.cli("audit", "--json").stdout)["events"] if e["operation"] == "pitr"]
+        assert pitr[-1]["backup_ids"] == [backup["id"]] and pitr[-1]["result"] == "ok"
+        assert pitr[-1]["details"]["timeline"] == 2 and pitr[-1]["details"]["target"].startswith("time ")
         # The new timeline's history is in the store before the restore returned.
         listing = env.cli("wal-fetch", "--pgdata", str(d1), "00000002.history", str(env.base / "h2"))
         assert listing.returncode == 0 and "0/" in (env.base / "h2").read_text()
