@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from seedvault import catalog, faults, leases, storagecost
+from seedvault import audit, catalog, faults, leases, storagecost
 from seedvault import retention as rt
 from seedvault.catalog import Catalog
-from seedvault.errors import SeedvaultError
+from seedvault.errors import KeyMissing, SeedvaultError
 from seedvault.format import layout
 from seedvault.repository import Repository
 from seedvault.wal import names as wn
@@ -88,8 +88,24 @@ class PruneReport:
 
 
 def audit_state(repo: Repository) -> MutableState:
-    """Pins and verification results from the audit log (none yet: every backup counts as unverified)."""
-    return MutableState()
+    """Pins and verification results from the audit log, every event read and checked (prune deletes).
+
+    A repository without an audit log yet (no repository secret): nothing pinned, nothing verified, so
+    ``min_verified`` keeps everything. A log that cannot be read or is not intact: ``problems``, and prune
+    refuses to delete (a removed unpin or verify failure must not decide).
+    """
+    try:
+        st = audit.state(repo, full=True)
+    except KeyMissing:
+        return MutableState()
+    except SeedvaultError as exc:
+        return MutableState(problems=[exc.one_line()])
+    pins = {}
+    for bid, pin in st.pins.items():
+        until = f", until {pin.until:%Y-%m-%d %H:%M}Z" if pin.until else ""
+        pins[bid] = f"{pin.reason} (by {pin.by}{until})"
+    verified = {bid for bid, outcome in st.last_verified.items() if outcome.ok}
+    return MutableState(pins=pins, verified=verified, problems=list(st.problems))
 
 
 def gather(repo: Repository, state: MutableState) -> Inputs:
@@ -180,7 +196,12 @@ def prune(
             report.plan = rt.plan(kept, inputs.wal, policies, now, histories=inputs.histories)
             doomed, doomed_wal = report.plan.deletions()
         report.executed = True
-        _delete(repo, report, doomed, doomed_wal, inputs, progress)
+        ids = [b.backup_id for b in doomed]
+        audit.record(repo, "prune-intent", backup_ids=ids, details={"wal_files": len(doomed_wal)})
+        faults.reached("prune-intent-recorded")
+        with audit.audited(repo, "prune", ids) as ev:
+            _delete(repo, report, doomed, doomed_wal, inputs, progress)
+            ev.details.update(deleted_wal=report.deleted_wal, bytes_freed=report.bytes_freed)
     return report
 
 

@@ -43,9 +43,9 @@ def template(tmp_path_factory) -> LocalRepo:
 def repo(template, tmp_path) -> LocalRepo:
     root = tmp_path / "repo"
     shutil.copytree(template.root, root)
-    # Copies share the template's repository id: each gets its own catalog cache.
+    # Copies share the template's repository id: each gets its own catalog and audit caches.
     env = dict(template.env, SEEDVAULT_REPOSITORY=f"file://{root}", SEEDVAULT_RETENTION=KEEP_ONE,
-               SEEDVAULT_CATALOG_CACHE=str(tmp_path / "catalog-cache"))  # fmt: skip
+               XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
     return LocalRepo(root, template.key_file, env)
 
 
@@ -75,7 +75,9 @@ def test_yes_deletes_manifests_then_data_and_a_second_run_deletes_nothing(repo, 
     assert _ids(repo.env) == ids[-1:]
     phases = [p for p in trace.read_text().split() if p.startswith("prune-")]
     assert phases == (
-        ["prune-intent-stored", "prune-forgotten"] + ["prune-manifest-deleted"] * 5 + ["prune-backup-deleted"] * 5
+        ["prune-intent-stored", "prune-intent-recorded", "prune-forgotten"]
+        + ["prune-manifest-deleted"] * 5
+        + ["prune-backup-deleted"] * 5
     )
     left = {layout.backup_id_of(k) for k in repo_files(repo.root)} - {None}
     assert left == {ids[-1]}, "every deleted backup's data and key objects are gone"
@@ -86,7 +88,7 @@ def test_yes_deletes_manifests_then_data_and_a_second_run_deletes_nothing(repo, 
 
 
 KILL_POINTS = (
-    ["prune-intent-stored", "prune-forgotten"]
+    ["prune-intent-stored", "prune-intent-recorded", "prune-forgotten"]
     + [f"prune-manifest-deleted:{n}" for n in range(1, 6)]
     + [f"prune-backup-deleted:{n}" for n in range(1, 6)]
 )
@@ -168,3 +170,34 @@ def _wait_for_lease(root: Path, backup_id: str, timeout: float = 30) -> bool:
                 pass
         time.sleep(0.02)
     return False
+
+
+def test_verification_pins_and_events_come_from_the_audit_log(repo):
+    """min_verified from real verify events, a pin from a real pin event; prune's intent and result audited."""
+    ids = _ids(repo.env)
+    gated = dict(repo.env, SEEDVAULT_RETENTION=json.dumps({"keep_within": "0s", "keep_last": 1}))
+    out = run_cli(["prune", "--yes"], gated, check=True).stdout.decode()
+    assert "nothing to delete" in out.splitlines()[-1]  # nothing verified yet: every backup is kept
+    assert f"keep   {ids[0]} put a: no newer backup has been verified yet" in out.splitlines()
+    run_cli(["pin", ids[1], "--reason", "legal hold"], gated, check=True)
+    run_cli(["verify", ids[-1]], gated, check=True)
+    report = json.loads(run_cli(["prune", "--yes", "--json"], gated, check=True).stdout)
+    assert report["deleted_backups"] == [ids[0], *ids[2:-1]]
+    pinned = next(b for b in report["backups"] if b["id"] == ids[1])
+    assert pinned["keep"] and pinned["reasons"][0].startswith("pinned: legal hold (by ")
+    events = json.loads(run_cli(["audit", "--json"], gated, check=True).stdout)["events"]
+    prunes = [(e["operation"], e["result"], e["backup_ids"]) for e in events if e["operation"].startswith("prune")]
+    assert prunes == [("prune-intent", "ok", report["deleted_backups"]), ("prune", "ok", report["deleted_backups"])]
+
+
+def test_prune_refuses_when_the_audit_log_is_not_intact(repo):
+    ids = _ids(repo.env)
+    run_cli(["verify", ids[-1]], repo.env, check=True)
+    events = sorted((repo.root / layout.AUDIT).rglob("*.json"))
+    assert len(events) >= 2
+    events[0].unlink()  # an event removed: pins and verifications can no longer be trusted
+    before = repo_files(repo.root)
+    proc = run_cli(["prune", "--yes"], repo.env)
+    assert proc.returncode == 24, proc.stderr.decode()
+    assert "refusing to prune: the audit log cannot be trusted" in proc.stderr.decode()
+    assert repo_files(repo.root) == before

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from seedvault import repokey
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import AuthenticationFailed, VerificationFailed
 from seedvault.ops import keys as key_ops
@@ -111,7 +112,7 @@ def test_rotate_covers_wal_and_retire_waits_for_it(tmp_path: Path, epoch_per_pus
     after = _tree(repo_a)
     assert {k: v for k, v in after.items() if k not in before} == _of_key(after, b)
     assert all(after[k] == v for k, v in before.items())
-    assert len(_of_key(after, b)) == 7 and report.repository_secret == "done"  # and the repository secret
+    assert len(_of_key(after, b)) == 6 and report.repository_secret == "done"  # the secret: outside _tree
     for scope in wal_epochs:
         _, sid, epoch = scope.split("/")
         rec = json.loads(after[epochs.epoch_key_path(sid, epoch, b)])
@@ -147,8 +148,9 @@ def test_rotate_covers_wal_and_retire_waits_for_it(tmp_path: Path, epoch_per_pus
     retired = key_ops.retire(repo_b, a)
     assert retired.done == [bid] and sorted(retired.wal_done) == sorted(wal_epochs + [late_epoch])
     final = _tree(repo_a)
-    # 7 key objects and the repository secret (the backup's catalog entry made it), re-wrapped like them.
-    assert not _of_key(final, a) and len(_of_key(final, b)) == 8 and retired.repository_secret == "done"
+    # 7 key objects; the repository secret (the backup's catalog entry made it) re-wrapped and retired like them.
+    assert not _of_key(final, a) and len(_of_key(final, b)) == 7 and retired.repository_secret == "done"
+    assert repokey.wrapped_for(repo_a) == {b}
     assert {k: v for k, v in final.items() if "/keys/" not in k and "/repokey/" not in k} == {
         k: v for k, v in after.items() if "/keys/" not in k and "/repokey/" not in k
     }
