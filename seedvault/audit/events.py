@@ -189,12 +189,24 @@ def record(
     backup_ids: Iterable[str] = (),
     result: str = "ok",
     details: dict[str, Any] | None = None,
+    failed_with: BaseException | None = None,
 ) -> Event | None:
-    """Append one event; when that fails, warn on stderr that ``operation`` was not audited (never raise)."""
+    """Append one event; when that fails, warn on stderr that ``operation`` was not audited (never raise).
+
+    ``failed_with`` is the operation's own error: when the event cannot be written for the same reason (a wrong
+    key cannot authenticate an event either), that error's one line already says everything, so the warning is
+    logged at debug level and the operator still sees exactly one line.
+    """
     try:
         return append(repo, operation, backup_ids=backup_ids, result=result, details=details)
     except SeedvaultError as exc:
-        log.warning("seedvault: warning: %s was not audited: %s", operation, exc.one_line())
+        same_cause = failed_with is not None and type(exc) is type(failed_with)
+        log.log(
+            logging.DEBUG if same_cause else logging.WARNING,
+            "seedvault: warning: %s was not audited: %s",
+            operation,
+            exc.one_line(),
+        )
     except Exception as exc:  # noqa: BLE001 - auditing must never break the operation it records
         log.warning("seedvault: warning: %s was not audited: %s", operation, type(exc).__name__)
     return None
@@ -225,6 +237,6 @@ def audited(repo: Repository, operation: str, backup_ids: Iterable[str] = ()) ->
         yield ev
     except BaseException as exc:
         details = {**ev.details, "error": error_line(exc)}
-        record(repo, operation, backup_ids=ev.backup_ids, result="failed", details=details)
+        record(repo, operation, backup_ids=ev.backup_ids, result="failed", details=details, failed_with=exc)
         raise
     record(repo, operation, backup_ids=ev.backup_ids, result=ev.result or "ok", details=ev.details)
