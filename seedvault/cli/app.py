@@ -34,6 +34,7 @@ from seedvault.cli import (
     legacy_cmds,
     neo4j_cmds,
     pg_cmds,
+    platform_cmds,
     prune_cmds,
     repo_cmds,
     wal_cmds,
@@ -83,7 +84,7 @@ def root(
     )
 
 
-assert neo4j_cmds  # registers backup/restore neo4j on pg_cmds' sub-apps
+assert neo4j_cmds and platform_cmds  # register backup/restore neo4j and platform on pg_cmds' sub-apps
 repo_cmds.register(app)
 prune_cmds.register(app)
 wal_cmds.register(app)

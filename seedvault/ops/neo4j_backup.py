@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from seedvault.config import Settings
@@ -192,12 +194,19 @@ def backup_neo4j(
     staging: bool = False,
     stopped: bool = False,
     stopped_counts: dict[str, Any] | None = None,
+    at_consistency: Callable[[dict[str, str]], None] | None = None,
 ) -> Neo4jBackupReport:
     """Take one Neo4j backup; returns the committed manifest and timings.
 
     ``stopped``: the database is already stopped by the caller, who starts it again (a restore's safety copy:
     one stop for the copy and the load, not a restart in between); ``stopped_counts`` are its counts, taken
     by the caller before it stopped it.
+
+    ``at_consistency`` (a platform group, seedvault.ops.platform) is called once, before the backup commits, at
+    the moment the graph in the backup is the graph of the database: while a dump's database is still stopped
+    (after the dump, before the start), right after an online backup or an export finished. It gets the
+    interval in which the backed-up graph was the database's (``from``/``until``, UTC ISO times; a dump's
+    ``until`` is empty during the call and set when the start command runs); when it raises, nothing commits.
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}")
@@ -251,34 +260,57 @@ def backup_neo4j(
         downtime = None
         if mode == "dump":
             assert version is not None
-            downtime, serving = _offline_dump(backup, job, version, staging=staging, stopped=stopped)
+            downtime, serving = _offline_dump(backup, job, version, staging=staging, stopped=stopped,
+                                              at_consistency=at_consistency)  # fmt: skip
             if not stopped:
                 source["downtime_ms"] = int(round(downtime * 1000))  # manifests hold no floats
                 # until it served again (seen over Bolt), or only until the start command returned
                 source["downtime_until"] = "serving" if serving else "start-command-returned"
         elif mode == "online":
             assert version is not None
+            began = utc_now()
             source["artifacts"] = _online_backup(repo, backup, job, version, backup_type, chain)
             source["chain"] = [bid for bid, _ in chain] + [backup.backup_id] if parent else [backup.backup_id]
+            if at_consistency is not None:  # the backup holds the transactions committed before it finished
+                at_consistency({"from": began, "until": utc_now()})
         else:
             from seedvault.sources.neo4j.export import GraphExporter
 
             if job.graph is None:
                 raise ConfigError("an export needs the Bolt connection (URI, user, password)")
             exporter = GraphExporter(job.graph)  # type: ignore[arg-type]
+            began = utc_now()
             backup.write_object("graph.jsonl", exporter.reader())  # type: ignore[arg-type]
             source["export"] = without_floats(exporter.summary or {})  # Community has no snapshot: what changed
             end_counts = job.graph.counts()
             if counts is not None and end_counts != counts:
                 source["counts_at_end"] = end_counts
+            if at_consistency is not None:
+                if "counts_at_end" in source:
+                    raise SourceError(
+                        f"Neo4j database {job.database} changed while it was exported, so the export is no point"
+                        " in time and cannot be one side of a platform group",
+                        hint="stop the applications' writes for the export, or use --mode dump or online",
+                    )
+                at_consistency({"from": began, "until": utc_now()})
         seconds[mode] = time.perf_counter() - t2
         backup.source = source
     seconds["total"] = time.perf_counter() - t0
     return Neo4jBackupReport(backup.body or {}, downtime, seconds)
 
 
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _offline_dump(
-    backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool, stopped: bool = False
+    backup: Any,
+    job: Neo4jJob,
+    version: Neo4jVersion,
+    *,
+    staging: bool,
+    stopped: bool = False,
+    at_consistency: Callable[[dict[str, str]], None] | None = None,
 ) -> tuple[float, bool]:
     """Stop, dump through the engine, start again whatever happened; returns (downtime, seen serving again).
 
@@ -305,12 +337,16 @@ def _offline_dump(
         ) from None
     failure: BaseException | None = None
     serving = False
+    moment = {"from": utc_now(), "until": ""}
     try:
         _dump_stopped(backup, job, version, staging=staging)
+        if at_consistency is not None:  # still stopped: the dump is the database at any moment until the start
+            at_consistency(moment)
     except BaseException as exc:
         failure = exc
         raise
     finally:
+        moment["until"] = utc_now()  # the start command runs now: the caller's dict shows the whole interval
         try:
             serving = job.start()
         except SeedvaultError as start_exc:
