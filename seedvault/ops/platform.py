@@ -136,12 +136,10 @@ def mark_restore_point(
     target: PgTarget, name: str, *, lock_timeout: int = LOCK_TIMEOUT_S
 ) -> tuple[RestorePoint, SnapshotAtPoint]:
     """Make the restore point (then switch WAL) with the snapshot that matches it; see the module docstring."""
-    marker = target.connect(autocommit=False)
+    marker = target.connect(autocommit=True)
     reader: psycopg.Connection | None = None
     try:
         with marker.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout)}s")))
             cur.execute("SELECT pg_is_in_recovery()")
             if cur.fetchone()[0]:  # type: ignore[index]
                 raise SourceError(
@@ -150,6 +148,11 @@ def mark_restore_point(
                 )
             cur.execute(LOCK_SQL)
             tables = [(s, t) for s, t in cur.fetchall()]
+            # The transaction's snapshot is taken by its first query, so nothing but SET and LOCK may come
+            # before pg_export_snapshot(): a SELECT first would miss the commits the LOCK waits for.
+            marker.autocommit = False
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout)}s")))
             if tables:
                 names = sql.SQL(", ").join(
                     sql.SQL("{}.{}").format(sql.Identifier(s), sql.Identifier(t)) for s, t in tables
@@ -263,8 +266,8 @@ class PlatformBackupReport:
             "neo4j_mode": src["neo4j"]["mode"],
             "base_backup": src["postgres"]["base_backup_id"],
             "restore_point": src["postgres"]["restore_point"],
-            "skew_seconds": src["skew"]["seconds"],
-            "skew_bound_seconds": src["skew"]["bound_seconds"],
+            "skew_seconds": src["skew"]["ms"] / 1000,
+            "skew_bound_seconds": src["skew"]["bound_ms"] / 1000,
             "tables": src["postgres"]["tables"],
             "rows": src["postgres"]["rows"],
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -349,7 +352,7 @@ def backup_platform(
                 "rows": sum(int(t["rows"]) for t in recorded),
                 "checksums": checksums,
             },
-            "skew": {"seconds": round(skew, 3), "bound_seconds": round(bound, 3), "how": how},
+            "skew": {"ms": int(round(skew * 1000)), "bound_ms": int(round(bound * 1000)), "how": how},  # no floats
         }
         with repo.begin(kind=KIND, labels={"name": label or "platform"}, source=source,
                         compression=settings.compression, chunk_size=settings.chunk_size) as group:  # fmt: skip
@@ -568,10 +571,10 @@ def restore_platform(
             "postgres": point["time"],
             "postgres_lsn": point["lsn"],
             "neo4j": src["neo4j"]["moment"],
-            "skew_seconds": src["skew"]["seconds"],
-            "skew_bound_seconds": src["skew"]["bound_seconds"],
+            "skew_seconds": src["skew"]["ms"] / 1000,
+            "skew_bound_seconds": src["skew"]["bound_ms"] / 1000,
         }
-        ev.details.update(skew_seconds=src["skew"]["seconds"], neo4j_restored=job is not None)
+        ev.details.update(skew_ms=src["skew"]["ms"], neo4j_restored=job is not None)
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     return report
 
