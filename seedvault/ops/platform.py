@@ -4,7 +4,7 @@
 PostgreSQL's continuous archive: a restore point (``pg_create_restore_point``) followed by a WAL switch. The
 time series can then be recovered to exactly that moment by PITR from the archive (``restore platform``).
 
-The consistency moment per Neo4j mode (FORMAT.md section 8):
+The consistency moment per Neo4j mode (FORMAT.md section 10.6):
 
 * ``dump`` (offline): the database is stopped from the moment the stop command returned until the start
   command runs; the dump *is* the graph at any moment in between, and the restore point is made in between
