@@ -258,3 +258,10 @@ def test_kill_9_during_backup_platform_never_lists_an_incomplete_group(platform:
         assert env.cli("verify", b["id"], check=False).returncode == 0
     cleanup = env.cli("cleanup", "--grace", "0", check=False)
     assert cleanup.returncode == 0, cleanup.stderr
+
+
+def test_a_groups_members_cannot_be_deleted_while_it_exists(platform: dict) -> None:
+    env, g = platform["env"], platform["group"]
+    for member in (g["neo4j_backup"], g["base_backup"]):
+        proc = env.cli("delete", member, "--yes", check=False)
+        assert proc.returncode == 2 and f"member of platform group {g['id']}" in proc.stderr, proc.stderr
