@@ -306,3 +306,21 @@ def test_the_group_is_taken_over_timescaledb_hypertables(platform: dict) -> None
     assert set(tables) == {"ev", "metrics", "readings"}  # no chunk listed: counted through the hypertable
     assert tables["metrics"].get("hypertable") is True and tables["metrics"]["rows"] > HISTORY
     assert "sha256" in tables["metrics"]
+
+
+def test_an_online_backup_group_reports_its_skew_within_the_bound(platform: dict) -> None:
+    """Enterprise (the fake's online backup): the restore point follows the backup; skew <= bound, both > 0."""
+    env, graph = platform["env"], platform["graph"]
+    (graph.state / "edition").write_text("enterprise")
+    try:
+        proc = run(env, graph, "backup", "platform", "--pg-dsn", env.dsn(), "--mode", "online", "--json")
+    finally:
+        (graph.state / "edition").write_text("community")
+    assert proc.returncode == 0, proc.stderr
+    g = json.loads(proc.stdout)
+    assert (
+        g["neo4j_mode"] == "online"
+        and 0 <= g["skew_seconds"] <= g["skew_bound_seconds"]
+        and g["skew_bound_seconds"] > 0
+    )
+    assert env.cli("verify", g["id"], check=False).returncode == 0
