@@ -30,7 +30,7 @@ from seedvault.config import Settings
 from seedvault.errors import BackupNotFound, ConfigError, DatabaseLeftStopped, SeedvaultError, SourceError
 from seedvault.format.manifest import without_floats
 from seedvault.repository import Repository
-from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, dump_failure_cause, run_local
+from seedvault.sources.neo4j.admin import Admin, backup_args, dump_args, dump_failure_cause, run_local, store_txn
 from seedvault.sources.neo4j.version import DIALECT_44, Neo4jVersion
 
 KIND = "neo4j"
@@ -260,8 +260,12 @@ def backup_neo4j(
         downtime = None
         if mode == "dump":
             assert version is not None
+            facts: dict[str, Any] = {}
             downtime, serving = _offline_dump(backup, job, version, staging=staging, stopped=stopped,
-                                              at_consistency=at_consistency)  # fmt: skip
+                                              at_consistency=at_consistency, facts=facts)  # fmt: skip
+            source["store_txn"] = facts.get("store_txn")  # the dumped store's last transaction (5.x), or null
+            if counts is not None and not stopped:  # read over Bolt while it still accepted writes
+                source["counts_when"] = "before-stop"
             if not stopped:
                 source["downtime_ms"] = int(round(downtime * 1000))  # manifests hold no floats
                 # until it served again (seen over Bolt), or only until the start command returned
@@ -311,6 +315,7 @@ def _offline_dump(
     staging: bool,
     stopped: bool = False,
     at_consistency: Callable[[dict[str, str]], None] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> tuple[float, bool]:
     """Stop, dump through the engine, start again whatever happened; returns (downtime, seen serving again).
 
@@ -319,8 +324,9 @@ def _offline_dump(
     shows it is down after all is it started again. ``stopped``: the caller stopped it and starts it (a
     restore's safety copy), so neither happens here.
     """
+    facts = facts if facts is not None else {}
     if stopped:
-        _dump_stopped(backup, job, version, staging=staging)
+        facts["store_txn"] = _dump_stopped(backup, job, version, staging=staging)
         return 0.0, False
     job.check_stoppable()
     down = time.perf_counter()
@@ -339,7 +345,7 @@ def _offline_dump(
     serving = False
     moment = {"from": utc_now(), "until": ""}
     try:
-        _dump_stopped(backup, job, version, staging=staging)
+        facts["store_txn"] = _dump_stopped(backup, job, version, staging=staging)
         if at_consistency is not None:  # still stopped: the dump is the database at any moment until the start
             at_consistency(moment)
     except BaseException as exc:
@@ -372,8 +378,12 @@ def _serving_now(job: Neo4jJob) -> bool | None:
         return False
 
 
-def _dump_stopped(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> None:
-    """``neo4j-admin database dump`` of the stopped database into the backup's ``dump`` object."""
+def _dump_stopped(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging: bool) -> int | None:
+    """``neo4j-admin database dump`` of the stopped database into the backup's ``dump`` object.
+
+    Returns the store's last committed transaction id (5.x ``database info``, read on the same stopped store
+    right after the dump), which a restore compares with the loaded store's.
+    """
     admin = job.admin
     if version.streams and not staging:
         reader = admin.admin_reader(dump_args(version, job.database, to_dir=None))
@@ -394,6 +404,7 @@ def _dump_stopped(backup: Any, job: Neo4jJob, version: Neo4jVersion, *, staging:
                 backup.write_object("dump", reader)
             finally:
                 reader.close()
+    return store_txn(admin, version, job.database)
 
 
 def _online_backup(

@@ -172,7 +172,8 @@ def test_5x_dump_streams_and_round_trips_byte_identical(tmp_path, monkeypatch, r
     original = (state / f"store-{DB}").read_bytes()
     graph = FakeGraph(state)
     rep = backup_neo4j(repo, Settings(), _job(state, tmp_path, graph=graph))
-    assert _admin_calls(state) == [["database", "dump", DB, "--to-stdout"]]
+    info = ["database", "info", DB]  # the stopped store's last transaction, after the dump and after a load
+    assert _admin_calls(state) == [["database", "dump", DB, "--to-stdout"], info]
     assert (state / f"running-{DB}").exists()  # started again
     src = rep.body["source"]
     assert src["downtime_ms"] >= 0 and src["counts"]["labels"]["Person"] == graph.counts()["labels"]["Person"]
@@ -182,8 +183,9 @@ def test_5x_dump_streams_and_round_trips_byte_identical(tmp_path, monkeypatch, r
     assert (state / f"store-{DB}").read_bytes() == original
     assert out.safety_copy and out.counts is not None and (state / f"running-{DB}").exists()
     calls = _admin_calls(state)
-    assert calls[-1] == ["database", "load", DB, "--from-stdin", "--overwrite-destination=true", "--verbose"]
-    assert calls[-2] == ["database", "dump", DB, "--to-stdout"]  # the safety copy, before the load
+    assert calls[-1] == info and out.store_txn == src["store_txn"] is not None
+    assert calls[-2] == ["database", "load", DB, "--from-stdin", "--overwrite-destination=true", "--verbose"]
+    assert calls[-4] == ["database", "dump", DB, "--to-stdout"]  # the safety copy, before the load
     safety = b"".join(repo.read_object(out.safety_copy, "dump"))
     assert safety == b"NEO4JDUMPdamaged"  # what was live is kept, verified
 
@@ -192,10 +194,11 @@ def test_5x_staging_mode_uses_paths_and_cleans_up(tmp_path, monkeypatch, repo) -
     state = _setup(tmp_path, monkeypatch, "5.26.1")
     original = (state / f"store-{DB}").read_bytes()
     rep = backup_neo4j(repo, Settings(), _job(state, tmp_path), staging=True)
-    (dump,) = _admin_calls(state)
+    dump, info = _admin_calls(state)
+    assert info == ["database", "info", DB]
     assert dump[:3] == ["database", "dump", DB] and dump[3].startswith(f"--to-path={tmp_path / 'staging'}/seedvault-")
     restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path), staging=True, safety_copy=False)
-    load = _admin_calls(state)[-1]
+    load = _admin_calls(state)[-2]
     assert load[:3] == ["database", "load", DB] and load[3].startswith("--from-path=") and load[4:] == [
         "--overwrite-destination=true", "--verbose"]  # fmt: skip
     assert (state / f"store-{DB}").read_bytes() == original
@@ -244,27 +247,48 @@ def test_dump_without_a_way_to_stop_is_refused_before_anything(tmp_path, monkeyp
 
 
 def test_counts_mismatch_fails_and_the_safety_copy_is_put_back(tmp_path, monkeypatch, repo) -> None:
+    """Where the loaded store cannot be shown to be the dumped one, counts that differ fail the restore."""
     state = _setup(tmp_path, monkeypatch, "5.26.1")
     rep = backup_neo4j(repo, Settings(), _job(state, tmp_path, graph=FakeGraph(state)))
+    assert rep.body["source"]["store_txn"] and rep.body["source"]["counts_when"] == "before-stop"
     live = b"PPPP-live-data"
     (state / f"store-{DB}").write_bytes(live)
-    graph = FakeGraph(state)
-    real_counts = graph.counts
-
-    calls = {"n": 0}
-
-    def lying_counts() -> dict:  # 1st call: the safety copy's counts; 2nd: after the load, wrong
-        calls["n"] += 1
-        c = real_counts()
-        if calls["n"] == 2:
-            c = dict(c, labels=dict(c["labels"], Person=c["labels"]["Person"] - 1))
-        return c
-
-    graph.counts = lying_counts  # type: ignore[method-assign]
-    with pytest.raises(RestoreVerificationFailed, match="Person") as exc:
-        restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path, graph=graph))
+    monkeypatch.setenv(fake_neo4j.FAIL_ENV, "load-short")  # neo4j-admin says it loaded, the store is not the dump
+    with pytest.raises(RestoreVerificationFailed, match="transaction") as exc:
+        restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path, graph=FakeGraph(state)))
     assert "put back" in exc.value.one_line()
     assert (state / f"store-{DB}").read_bytes() == live and (state / f"running-{DB}").exists()
+
+
+def test_writes_during_the_stop_are_reported_not_failed_when_the_store_is_the_dumped_one(
+    tmp_path, monkeypatch, repo
+) -> None:
+    """Community counts are read before the stop; writes that land while it stops are in the dump, not the counts."""
+    state = _setup(tmp_path, monkeypatch, "5.26.1")
+    graph = FakeGraph(state)
+    real_counts = graph.counts
+    calls = {"n": 0}
+
+    def counts_then_a_write() -> dict:  # the backup's count, then an application write before the stop lands
+        calls["n"] += 1
+        c = real_counts()
+        if calls["n"] == 1:
+            with open(state / f"store-{DB}", "ab") as fh:
+                fh.write(b"P")
+        return c
+
+    graph.counts = counts_then_a_write  # type: ignore[method-assign]
+    rep = backup_neo4j(repo, Settings(), _job(state, tmp_path, graph=graph))
+    (state / f"store-{DB}").write_bytes(b"lost")
+    back = restore_neo4j(repo, Settings(), rep.body["id"], _job(state, tmp_path, graph=FakeGraph(state)))
+    assert back.store_txn == rep.body["source"]["store_txn"] and back.counts is not None
+    assert back.counts_note and "Person" in back.counts_note and "accepted writes" in back.counts_note
+    without = dict(rep.body["source"], store_txn=None)  # without the store's id the same difference fails
+    from seedvault.ops.neo4j_restore import Neo4jRestoreReport, _verify_counts
+
+    with pytest.raises(RestoreVerificationFailed, match="Person"):
+        _verify_counts(_job(state, tmp_path, graph=FakeGraph(state)), without["counts"], rep.body["id"],
+                       Neo4jRestoreReport(rep.body["id"], DB, "dump"))  # fmt: skip
 
 
 # --- Enterprise online backups -------------------------------------------------------------------

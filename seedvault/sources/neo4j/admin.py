@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -111,6 +112,27 @@ def dump_failure_cause(admin: Admin, version: Neo4jVersion, database: str) -> st
     except SeedvaultError as exc:
         return exc.message.split("): ", 1)[-1]
     return None
+
+
+_TXN_RE = re.compile(r"^Last committed transaction id:\s*(\d+)\s*$", re.M)
+
+
+def store_txn(admin: Admin, version: Neo4jVersion, database: str) -> int | None:
+    """The last committed transaction id of a *stopped* database's store (5.x ``database info``), or None.
+
+    Why: Community tells no transaction id over Bolt, and its counts can only be read while it serves (and
+    accepts writes); the store's own id, read before a dump and after a load, proves the loaded store is the
+    dumped one, whatever landed between the counts and the stop.
+    """
+    args = info_args(version, database)
+    if args is None:
+        return None
+    try:
+        out = admin.run_admin(args)
+    except SeedvaultError:
+        return None
+    m = _TXN_RE.search(out)
+    return int(m.group(1)) if m else None
 
 
 def info_args(version: Neo4jVersion, database: str) -> list[str] | None:
