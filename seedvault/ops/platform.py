@@ -59,6 +59,7 @@ from seedvault.errors import (
     WalGap,
 )
 from seedvault.format import layout
+from seedvault.format.manifest import without_floats
 from seedvault.ops.neo4j_backup import Neo4jJob, backup_neo4j, utc_now
 from seedvault.repository import Repository
 from seedvault.sources.postgres.cluster import LocalCluster
@@ -263,8 +264,8 @@ class PlatformBackupReport:
             "neo4j_mode": src["neo4j"]["mode"],
             "base_backup": src["postgres"]["base_backup_id"],
             "restore_point": src["postgres"]["restore_point"],
-            "skew_seconds": src["skew"]["seconds"],
-            "skew_bound_seconds": src["skew"]["bound_seconds"],
+            "skew_seconds": float(src["skew"]["seconds"]),
+            "skew_bound_seconds": float(src["skew"]["bound_seconds"]),
             "tables": src["postgres"]["tables"],
             "rows": src["postgres"]["rows"],
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -349,7 +350,12 @@ def backup_platform(
                 "rows": sum(int(t["rows"]) for t in recorded),
                 "checksums": checksums,
             },
-            "skew": {"seconds": round(skew, 3), "bound_seconds": round(bound, 3), "how": how},
+            # Manifests hold no floats (canonical JSON): whole seconds as integers, others as their repr string.
+            "skew": {
+                "seconds": without_floats(round(skew, 3)),
+                "bound_seconds": without_floats(round(bound, 3)),
+                "how": how,
+            },
         }
         with repo.begin(kind=KIND, labels={"name": label or "platform"}, source=source,
                         compression=settings.compression, chunk_size=settings.chunk_size) as group:  # fmt: skip
@@ -569,8 +575,8 @@ def restore_platform(
             "postgres": point["time"],
             "postgres_lsn": point["lsn"],
             "neo4j": src["neo4j"]["moment"],
-            "skew_seconds": src["skew"]["seconds"],
-            "skew_bound_seconds": src["skew"]["bound_seconds"],
+            "skew_seconds": float(src["skew"]["seconds"]),
+            "skew_bound_seconds": float(src["skew"]["bound_seconds"]),
         }
         ev.details.update(skew_seconds=src["skew"]["seconds"], neo4j_restored=job is not None)
     report.seconds["total"] = round(time.perf_counter() - t0, 3)

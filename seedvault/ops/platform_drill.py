@@ -365,7 +365,7 @@ def run_drill(repo: Repository, settings: Settings, job: Neo4jJob | None, option
         marker = {
             "drill_id": drill_id, "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
             "host": socket.gethostname(), "started": report.started, "group_id": check.group_id,
-            "dir": str(drill_dir), "data_dir": str(drill_dir / "postgres" / "data"), "run_as": run_as,
+            "dir": str(drill_dir), "data_dir": str(drill_dir / "pg" / "data"), "run_as": run_as,
             "neo4j_teardown": options.neo4j_teardown if job is not None else None, "neo4j_setup_ran": False,
         }  # fmt: skip
         _write_marker(marker_path, marker)  # before anything it names exists
@@ -413,7 +413,7 @@ def run_drill(repo: Repository, settings: Settings, job: Neo4jJob | None, option
             "newest_commit_from": how,
             "restore_point_time": point["time"],
             "neo4j_moment": check.body["source"]["neo4j"].get("moment"),
-            "skew_seconds": check.body["source"]["skew"]["seconds"],
+            "skew_seconds": float(check.body["source"]["skew"]["seconds"]),
             "target_seconds": options.rpo_target,
         }
         report.rto["met"] = report.rto["seconds"] <= options.rto_target
