@@ -99,6 +99,9 @@ class BackupItem:
     # base backups (postgres-physical) only:
     system_id: str | None = None
     source: dict[str, Any] | None = None  # the manifest's source: timeline, start/stop LSN, stop_time, segment size
+    # platform groups only: the backups it holds, and (system id, timeline, LSN) of its restore point
+    members: tuple[str, ...] = ()
+    wal_until: tuple[str, int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,12 @@ def plan(
         segs = [w for w in wal_items if w.system_id == sid]
         _plan_system(sid, bases, segs, policies, now, hist, keep, wal_keep, out.warnings)
 
+    # A kept platform group keeps its members (their parents follow below) and the WAL to its restore point.
+    for b in items:
+        if keep[b.backup_id] and b.members:
+            for m in b.members:
+                if m in by_id:
+                    keep[m].append(f"member of kept group {b.backup_id}")
     # Parents of kept backups, to a fixed point (a kept child keeps its whole chain).
     changed = True
     while changed:
@@ -190,6 +199,15 @@ def plan(
         if b.kind == PHYSICAL and b.system_id and b.source and keep[b.backup_id]:
             for w in _consistency_wal(b, [w for w in wal_items if w.system_id == b.system_id], hist):
                 wal_keep[w.key].append(f"makes kept base backup {b.backup_id} consistent")
+    for g in items:
+        if keep[g.backup_id] and g.wal_until:
+            sid, tli, lsn = g.wal_until
+            base = next((by_id[m] for m in g.members if m in by_id and by_id[m].kind == PHYSICAL), None)
+            if base is None or base.source is None:
+                continue
+            segs = [w for w in wal_items if w.system_id == sid]
+            for w in _consistency_wal(base, segs, hist, stop=(tli, wn.parse_lsn(lsn))):
+                wal_keep[w.key].append(f"replays kept group {g.backup_id} to its restore point")
 
     for b in items:
         reasons = _dedup(keep[b.backup_id])
@@ -326,14 +344,17 @@ def _plan_system(
 
 
 def _consistency_wal(
-    b: BackupItem, segs: list[WalItem], hist: dict[tuple[str, int], list[wn.HistoryEntry]]
+    b: BackupItem,
+    segs: list[WalItem],
+    hist: dict[tuple[str, int], list[wn.HistoryEntry]],
+    stop: tuple[int, int] | None = None,
 ) -> list[WalItem]:
-    """The WAL files from a base backup's start to its stop on its timeline (and its .backup file)."""
+    """The WAL files from a base backup's start to its stop on its timeline (or to ``stop``: timeline, LSN)."""
     assert b.source is not None and b.system_id is not None
     seg_size = int(b.source["wal_segment_size"])
-    tli = int(b.source["timeline"])
+    tli = int(b.source["timeline"]) if stop is None else stop[0]
     first = wn.segno_of_lsn(wn.parse_lsn(b.source["start_lsn"]), seg_size)
-    last = wn.segno_of_lsn(wn.parse_lsn(b.source["stop_lsn"]), seg_size)
+    last = wn.segno_of_lsn(wn.parse_lsn(b.source["stop_lsn"]) if stop is None else stop[1], seg_size)
     ancestry = ancestry_of(b.system_id, tli, hist) or [wn.HistoryEntry(tli, 0, None)]
     needed = {(wn.timeline_of_segment(ancestry, s, seg_size), s) for s in range(first, last + 1)}
     return [

@@ -427,7 +427,8 @@ def delete(
 ) -> None:
     """Delete one backup: its manifest first, then its data and key objects (audited).
 
-    Refused for the parent of another backup, a backup a running operation holds a lease on, and a pinned one.
+    Refused for the parent of another backup, a member of a platform group, a backup a running operation holds a
+    lease on, and a pinned one.
     """
     from seedvault.ops.delete import check_deletable, delete_backup
 

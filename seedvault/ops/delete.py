@@ -1,7 +1,8 @@
 """``delete``: remove one complete backup, manifest first, after the checks that keep it when it is needed.
 
-Refused (nothing removed): a backup that is the parent of another (a Neo4j DIFF chain), one a running
-operation names in its lease, one pinned in the audit log, one its manifest records under S3 Object Lock.
+Refused (nothing removed): a backup that is the parent of another (a Neo4j DIFF chain) or a member of a platform
+group, one a running operation names in its lease, one pinned in the audit log, one its manifest records under
+S3 Object Lock.
 The deletion is audited (seedvault.audit).
 """
 
@@ -22,9 +23,16 @@ def check_deletable(repo: Repository, backup_id: str, *, lease_stale: timedelta 
     from seedvault.catalog import Catalog
 
     storagecost.refuse_locked_delete(repo._require_manifest(backup_id), backup_id)
-    children = Catalog(repo, authenticate=repo.key_source is not None).children(backup_id)
+    catalog = Catalog(repo, authenticate=repo.key_source is not None)
+    children = catalog.children(backup_id)
     if children:
         raise UsageError(f"backup {backup_id} is the parent of {', '.join(children)}; delete those first")
+    if repo.key_source is not None:
+        from seedvault.ops.platform import members_of
+
+        groups = [gid for gid, body in catalog.bodies(lambda b: backup_id in members_of(b))]
+        if groups:
+            raise UsageError(f"backup {backup_id} is a member of platform group {', '.join(groups)}; delete that first")
     holder = leases.read_leases(repo, stale_after=lease_stale).held_ids().get(backup_id)
     if holder is not None:
         raise LockHeld(

@@ -4,7 +4,7 @@
 PostgreSQL's continuous archive: a restore point (``pg_create_restore_point``) followed by a WAL switch. The
 time series can then be recovered to exactly that moment by PITR from the archive (``restore platform``).
 
-The consistency moment per Neo4j mode (FORMAT.md section 8):
+The consistency moment per Neo4j mode (FORMAT.md section 10.6):
 
 * ``dump`` (offline): the database is stopped from the moment the stop command returned until the start
   command runs; the dump *is* the graph at any moment in between, and the restore point is made in between
@@ -59,7 +59,6 @@ from seedvault.errors import (
     WalGap,
 )
 from seedvault.format import layout
-from seedvault.format.manifest import without_floats
 from seedvault.ops.neo4j_backup import Neo4jJob, backup_neo4j, utc_now
 from seedvault.repository import Repository
 from seedvault.sources.postgres.cluster import LocalCluster
@@ -137,12 +136,10 @@ def mark_restore_point(
     target: PgTarget, name: str, *, lock_timeout: int = LOCK_TIMEOUT_S
 ) -> tuple[RestorePoint, SnapshotAtPoint]:
     """Make the restore point (then switch WAL) with the snapshot that matches it; see the module docstring."""
-    marker = target.connect(autocommit=False)
+    marker = target.connect(autocommit=True)
     reader: psycopg.Connection | None = None
     try:
         with marker.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout)}s")))
             cur.execute("SELECT pg_is_in_recovery()")
             if cur.fetchone()[0]:  # type: ignore[index]
                 raise SourceError(
@@ -151,6 +148,11 @@ def mark_restore_point(
                 )
             cur.execute(LOCK_SQL)
             tables = [(s, t) for s, t in cur.fetchall()]
+            # The transaction's snapshot is taken by its first query, so nothing but SET and LOCK may come
+            # before pg_export_snapshot(): a SELECT first would miss the commits the LOCK waits for.
+            marker.autocommit = False
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout)}s")))
             if tables:
                 names = sql.SQL(", ").join(
                     sql.SQL("{}.{}").format(sql.Identifier(s), sql.Identifier(t)) for s, t in tables
@@ -264,8 +266,8 @@ class PlatformBackupReport:
             "neo4j_mode": src["neo4j"]["mode"],
             "base_backup": src["postgres"]["base_backup_id"],
             "restore_point": src["postgres"]["restore_point"],
-            "skew_seconds": float(src["skew"]["seconds"]),
-            "skew_bound_seconds": float(src["skew"]["bound_seconds"]),
+            "skew_seconds": src["skew"]["ms"] / 1000,
+            "skew_bound_seconds": src["skew"]["bound_ms"] / 1000,
             "tables": src["postgres"]["tables"],
             "rows": src["postgres"]["rows"],
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -350,12 +352,7 @@ def backup_platform(
                 "rows": sum(int(t["rows"]) for t in recorded),
                 "checksums": checksums,
             },
-            # Manifests hold no floats (canonical JSON): whole seconds as integers, others as their repr string.
-            "skew": {
-                "seconds": without_floats(round(skew, 3)),
-                "bound_seconds": without_floats(round(bound, 3)),
-                "how": how,
-            },
+            "skew": {"ms": int(round(skew * 1000)), "bound_ms": int(round(bound * 1000)), "how": how},  # no floats
         }
         with repo.begin(kind=KIND, labels={"name": label or "platform"}, source=source,
                         compression=settings.compression, chunk_size=settings.chunk_size) as group:  # fmt: skip
@@ -575,10 +572,10 @@ def restore_platform(
             "postgres": point["time"],
             "postgres_lsn": point["lsn"],
             "neo4j": src["neo4j"]["moment"],
-            "skew_seconds": float(src["skew"]["seconds"]),
-            "skew_bound_seconds": float(src["skew"]["bound_seconds"]),
+            "skew_seconds": src["skew"]["ms"] / 1000,
+            "skew_bound_seconds": src["skew"]["bound_ms"] / 1000,
         }
-        ev.details.update(skew_seconds=src["skew"]["seconds"], neo4j_restored=job is not None)
+        ev.details.update(skew_ms=src["skew"]["ms"], neo4j_restored=job is not None)
     report.seconds["total"] = round(time.perf_counter() - t0, 3)
     return report
 

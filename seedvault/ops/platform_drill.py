@@ -413,7 +413,7 @@ def run_drill(repo: Repository, settings: Settings, job: Neo4jJob | None, option
             "newest_commit_from": how,
             "restore_point_time": point["time"],
             "neo4j_moment": check.body["source"]["neo4j"].get("moment"),
-            "skew_seconds": float(check.body["source"]["skew"]["seconds"]),
+            "skew_seconds": check.body["source"]["skew"]["ms"] / 1000,
             "target_seconds": options.rpo_target,
         }
         report.rto["met"] = report.rto["seconds"] <= options.rto_target

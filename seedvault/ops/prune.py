@@ -30,6 +30,7 @@ from seedvault import retention as rt
 from seedvault.catalog import Catalog
 from seedvault.errors import KeyMissing, SeedvaultError
 from seedvault.format import layout
+from seedvault.ops.platform import members_of
 from seedvault.repository import Repository
 from seedvault.wal import names as wn
 from seedvault.wal.plan import _parse_time
@@ -134,6 +135,18 @@ def gather(repo: Repository, state: MutableState) -> Inputs:
     return Inputs(backups, wal, histories, unreadable, sizes)
 
 
+def _wal_until(body: dict) -> tuple[str, int, str] | None:
+    """A platform group's restore point as (system id, timeline, LSN): the WAL it needs ends there."""
+    point = (
+        ((body.get("source") or {}).get("postgres") or {}).get("restore_point")
+        if body.get("kind") == "platform"
+        else None
+    )
+    if not point:
+        return None
+    return str(point["system_id"]), int(point["timeline"]), str(point["lsn"])
+
+
 def _item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
     src = body.get("source") or {}
     physical = body.get("kind") == rt.PHYSICAL
@@ -149,6 +162,8 @@ def _item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
         verified=backup_id in state.verified,
         system_id=str(src.get("system_id")) if physical and src.get("system_id") is not None else None,
         source=src if physical else None,
+        members=tuple(members_of(body)),
+        wal_until=_wal_until(body),
     )
 
 

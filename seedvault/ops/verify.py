@@ -116,6 +116,14 @@ def _verify_backup(
         except SeedvaultError as exc:
             result.ok = False
             result.problems.append(exc.one_line())
+    if body.get("kind") == "platform":  # a group is only as good as its members and the WAL to its restore point
+        from seedvault.ops.platform import check_group
+
+        try:
+            check_group(repo, backup_id)
+        except SeedvaultError as exc:
+            result.ok = False
+            result.problems.append(exc.one_line())
     return result
 
 

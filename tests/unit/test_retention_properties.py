@@ -307,3 +307,36 @@ def test_an_older_backup_goes_only_once_a_newer_one_was_verified():
     assert all(d.keep for d in rt.plan(unverified, [], rt.Policies(), now).backups)
     off = rt.Policies(rt.Policy(min_verified=0))
     assert not any(d.keep for d in rt.plan(unverified, [], off, now).backups)
+
+
+def test_a_kept_platform_group_keeps_its_members_their_parents_and_the_wal_to_its_restore_point():
+    """Groups (issue 15): outside every member's own policy, a kept group still holds them and its WAL."""
+    now = seg_time(200)
+    old = seg_time(10)  # far outside keep_within / pitr_window of the members' kinds
+    base_src = {"timeline": 1, "start_lsn": wn.format_lsn(10 * SEG + 40), "stop_lsn": wn.format_lsn(10 * SEG + 900),
+                "stop_time": old.strftime("%Y-%m-%dT%H:%M:%SZ"), "wal_segment_size": SEG}  # fmt: skip
+    base = rt.BackupItem(_bid(old, 1), rt.PHYSICAL, "pg", old, system_id=SID, source=base_src)
+    newer_base_t = seg_time(190)
+    newer_src = dict(base_src, start_lsn=wn.format_lsn(190 * SEG + 40), stop_lsn=wn.format_lsn(190 * SEG + 900))
+    newer = rt.BackupItem(_bid(newer_base_t, 2), rt.PHYSICAL, "pg", newer_base_t, system_id=SID, source=newer_src)
+    full = rt.BackupItem(_bid(seg_time(11), 3), "neo4j", "graph", seg_time(11))
+    diff = rt.BackupItem(_bid(seg_time(13), 4), "neo4j", "graph", seg_time(13), parent=full.backup_id)
+    group_t = seg_time(13) + timedelta(minutes=5)
+    rp_lsn = wn.format_lsn(13 * SEG + 500)
+    group = rt.BackupItem(_bid(group_t, 5), "platform", "platform", group_t, pinned="quarterly audit (ops)",
+                          members=(diff.backup_id, base.backup_id), wal_until=(SID, 1, rp_lsn))  # fmt: skip
+    wal = [rt.WalItem(SID, f"wal/1/{n}", n, "segment", 1, n, seg_time(s) + STEP)
+           for s in range(5, 200) for n in [wn.segment_name(1, s, SEG)]]  # fmt: skip
+    policies = rt.policies_from({"keep_within": "1d", "min_verified": 0, "pitr_window": "1d"})
+    items = [base, newer, full, diff, group]
+    decided = {d.name: d for d in rt.plan(items, wal, policies, now).backups}
+    assert decided[group.backup_id].keep
+    for member in (diff, base):
+        assert any("member of kept group" in r for r in decided[member.backup_id].reasons)
+    assert decided[full.backup_id].keep and any("parent of kept" in r for r in decided[full.backup_id].reasons)
+    kept = {d.item.segment for d in rt.plan(items, wal, policies, now).wal if d.keep}
+    needed = {wn.segment_name(1, s, SEG) for s in range(10, 14)}  # base start .. the restore point's segment
+    assert needed <= kept and wn.segment_name(1, 15, SEG) not in kept and wn.segment_name(1, 9, SEG) not in kept
+    unpinned = rt.BackupItem(**{**group.__dict__, "pinned": None})
+    gone = {d.name for d in rt.plan([base, newer, full, diff, unpinned], wal, policies, now).backups if not d.keep}
+    assert {group.backup_id, diff.backup_id, full.backup_id, base.backup_id} <= gone  # nothing holds them now
