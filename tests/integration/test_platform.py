@@ -32,6 +32,7 @@ from tests.fixtures import fake_neo4j
 from tests.fixtures.walenv import WalEnv, boto3_client, list_all
 
 DB = "neo4j"
+HISTORY = 6 * 24 * 60  # rows of history in metrics, one a minute over six days (ids -1 .. -HISTORY)
 FAKE = Path(fake_neo4j.__file__)
 SERVICE = ["--stop-command", f"fake-neo4j stop {DB}", "--start-command", f"fake-neo4j start {DB}"]
 
@@ -97,7 +98,7 @@ class Writers:
 
     def _ingest(self) -> None:
         with self.env.connect() as conn:
-            start = conn.execute("SELECT coalesce(max(id), 0) FROM metrics").fetchone()[0]
+            start = conn.execute("SELECT greatest(max(id), 0) FROM metrics").fetchone()[0]
             i = start
             while not self._stop.is_set():
                 i += 1
@@ -137,8 +138,23 @@ def run(env: WalEnv, graph: Graph, *args: str, extra: dict[str, str] | None = No
 def platform(wal_env: WalEnv, tmp_path_factory) -> dict:
     env = wal_env
     graph = Graph(tmp_path_factory.mktemp("platform"))
+    timescale = env.primary.binaries.has_extension("timescaledb")
     with env.connect() as conn:
-        conn.execute("CREATE TABLE metrics (id bigint PRIMARY KEY, ts timestamptz NOT NULL, v float8)")
+        conn.execute("CREATE TABLE metrics (id bigint, ts timestamptz NOT NULL, v float8, PRIMARY KEY (id, ts))")
+        if timescale:  # the platform's time series: a hypertable, its older chunks compressed
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute("SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day')")
+            conn.execute(
+                "ALTER TABLE metrics SET (timescaledb.compress, timescaledb.compress_segmentby = '',"
+                " timescaledb.compress_orderby = 'ts, id')"
+            )
+        conn.execute(
+            "INSERT INTO metrics SELECT -g, now() - interval '6 days' + g * interval '1 minute', g"
+            " FROM generate_series(1, %s) g",
+            (HISTORY,),
+        )
+        if timescale:
+            conn.execute("SELECT compress_chunk(c) FROM show_chunks('metrics', older_than => interval '2 days') c")
         conn.execute("CREATE TABLE readings (id bigint PRIMARY KEY, ts timestamptz NOT NULL)")
         conn.execute("CREATE UNLOGGED TABLE scratch (id int)")  # a recovery brings it back empty: not recorded
         conn.execute("INSERT INTO scratch SELECT generate_series(1, 10)")
@@ -149,7 +165,7 @@ def platform(wal_env: WalEnv, tmp_path_factory) -> dict:
         time.sleep(1.0)
     assert proc.returncode == 0, proc.stderr
     group = json.loads(proc.stdout)
-    return {"env": env, "graph": graph, "base": base, "group": group, "writers": writers}
+    return {"env": env, "graph": graph, "base": base, "group": group, "writers": writers, "timescale": timescale}
 
 
 def test_a_group_records_both_sides_and_a_zero_skew_for_a_dump(platform: dict) -> None:
@@ -183,10 +199,22 @@ def test_restore_platform_gives_exactly_the_rows_up_to_the_restore_point(platfor
     cluster = LocalCluster(data, port=report["postgres"]["port"])
     try:
         with psycopg.connect(cluster.conninfo("postgres"), passfile=str(env.pgpass), autocommit=True) as conn:
-            metrics = {r[0] for r in conn.execute("SELECT id FROM metrics")}
+            metrics = {r[0] for r in conn.execute("SELECT id FROM metrics WHERE id > 0")}
+            history = conn.execute("SELECT count(*) FROM metrics WHERE id < 0").fetchone()[0]
+            chunks = (
+                conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE is_compressed) FROM timescaledb_information.chunks"
+                    " WHERE hypertable_name = 'metrics'"
+                ).fetchone()
+                if platform["timescale"]
+                else None
+            )
             readings = {r[0] for r in conn.execute("SELECT id FROM readings")}
             scratch = conn.execute("SELECT count(*) FROM scratch").fetchone()[0]
         assert metrics == before  # exactly the inserts that finished before the restore point
+        assert history == HISTORY
+        if chunks is not None:  # TimescaleDB: every chunk back, the compressed ones still compressed
+            assert chunks[0] >= 6 and chunks[1] >= 3, chunks
         assert scratch == 0
         graph_ids = set(graph.ids())
         assert 999999 not in graph_ids and graph_ids  # the graph is the group's again
@@ -265,3 +293,34 @@ def test_a_groups_members_cannot_be_deleted_while_it_exists(platform: dict) -> N
     for member in (g["neo4j_backup"], g["base_backup"]):
         proc = env.cli("delete", member, "--yes", check=False)
         assert proc.returncode == 2 and f"member of platform group {g['id']}" in proc.stderr, proc.stderr
+
+
+def test_the_group_is_taken_over_timescaledb_hypertables(platform: dict) -> None:
+    """Where TimescaleDB is installed the time series above are a hypertable with compressed chunks."""
+    if not platform["timescale"]:
+        pytest.skip(f"timescaledb is not installed for the WAL test server ({platform['env'].primary.binaries.bindir})")
+    env, g = platform["env"], platform["group"]
+    body = json.loads(env.cli("show", g["id"], "--json").stdout)
+    assert body["kind"] == "platform" and body["source"]["postgres"]["checksums"] is True
+    tables = {t["name"]: t for t in json.loads(env.cli("get", g["id"], "--object", "postgres-tables.json").stdout)}
+    assert set(tables) == {"ev", "metrics", "readings"}  # no chunk listed: counted through the hypertable
+    assert tables["metrics"].get("hypertable") is True and tables["metrics"]["rows"] > HISTORY
+    assert "sha256" in tables["metrics"]
+
+
+def test_an_online_backup_group_reports_its_skew_within_the_bound(platform: dict) -> None:
+    """Enterprise (the fake's online backup): the restore point follows the backup; skew <= bound, both > 0."""
+    env, graph = platform["env"], platform["graph"]
+    (graph.state / "edition").write_text("enterprise")
+    try:
+        proc = run(env, graph, "backup", "platform", "--pg-dsn", env.dsn(), "--mode", "online", "--json")
+    finally:
+        (graph.state / "edition").write_text("community")
+    assert proc.returncode == 0, proc.stderr
+    g = json.loads(proc.stdout)
+    assert (
+        g["neo4j_mode"] == "online"
+        and 0 <= g["skew_seconds"] <= g["skew_bound_seconds"]
+        and g["skew_bound_seconds"] > 0
+    )
+    assert env.cli("verify", g["id"], check=False).returncode == 0
