@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,19 +40,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from seedvault import audit, faults, process
+from seedvault import audit, faults
 from seedvault.config import Settings
 from seedvault.errors import (
     BackupNotFound,
     ConfigError,
     DrillTargetMissed,
     SeedvaultError,
-    SourceError,
-    ToolMissing,
 )
 from seedvault.ops.neo4j_backup import Neo4jJob
-from seedvault.ops.platform import KIND, GroupCheck, check_group, newest_group, restore_platform
+from seedvault.ops.platform import KIND, GroupCheck, _parse, check_group, newest_group, restore_platform
 from seedvault.repository import Repository
+from seedvault.sources.neo4j.admin import run_local
 from seedvault.sources.postgres.cluster import LocalCluster, default_run_as
 
 log = logging.getLogger(__name__)
@@ -169,16 +167,9 @@ def _run_command(command: str, what: str, drill_id: str, drill_dir: Path) -> Non
         argv = shlex.split(command)
     except ValueError as exc:
         raise ConfigError(f"{what} is not a valid command line: {exc}") from None
-    try:
-        proc = process.run(argv, extra_env={ENV_ID: drill_id, ENV_DIR: str(drill_dir)}, capture_output=True,
-                           timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
-    except FileNotFoundError:
-        raise ToolMissing(f"{what}: cannot run {argv[0]!r}") from None
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"{what} did not finish within {COMMAND_TIMEOUT_S:.0f} s") from None
-    if proc.returncode != 0:
-        text = (proc.stderr or b"").decode("utf-8", "replace") + (proc.stdout or b"").decode("utf-8", "replace")
-        raise SourceError(f"{what} failed ({process.exit_status(proc.returncode)}): {process.error_line(text, what)}")
+    if not argv:
+        raise ConfigError(f"{what} is empty")
+    run_local(argv, what=what, timeout=COMMAND_TIMEOUT_S, extra_env={ENV_ID: drill_id, ENV_DIR: str(drill_dir)})
 
 
 def remove_scratch(marker_path: Path, marker: dict[str, Any]) -> list[str]:
@@ -297,10 +288,6 @@ def _recovered_moment(data_dir: str, port: int, run_as: str | None, point_time: 
     if row and row[0] is not None:
         return row[0].astimezone(UTC), "pg_last_xact_replay_timestamp"
     return _parse(point_time), "restore point time (no transaction replayed)"
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _ms(seconds: float | None) -> int | None:
