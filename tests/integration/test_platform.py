@@ -324,3 +324,14 @@ def test_an_online_backup_group_reports_its_skew_within_the_bound(platform: dict
         and g["skew_bound_seconds"] > 0
     )
     assert env.cli("verify", g["id"], check=False).returncode == 0
+
+
+def test_an_unreachable_postgresql_stops_nothing_and_writes_nothing(platform: dict) -> None:
+    env, graph = platform["env"], platform["graph"]
+    before = len(graph.events())
+    listed = len(json.loads(env.cli("list", "--json").stdout))
+    proc = run(env, graph, "backup", "platform", "--pg-dsn", "postgresql://postgres@127.0.0.1:1/postgres", *SERVICE)
+    assert proc.returncode == 52, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot connect to PostgreSQL" in proc.stderr
+    assert len(graph.events()) == before and graph.running()  # the graph was never stopped
+    assert len(json.loads(env.cli("list", "--json").stdout)) == listed
