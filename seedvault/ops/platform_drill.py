@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import random
 import shlex
 import shutil
@@ -147,19 +148,26 @@ def _write_marker(path: Path, marker: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _processes_using(path: Path) -> list[int]:
-    """Processes whose command line names ``path`` (the read-ahead WAL daemon of a killed recovery...)."""
+def _processes_using(path: Path, uid: int) -> list[int]:
+    """Processes of ``uid`` whose command line names ``path`` (the postmaster, a killed recovery's WAL daemon)."""
     needle = str(path).encode()
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+            if os.stat(f"/proc/{entry}").st_uid == uid and needle in Path(f"/proc/{entry}/cmdline").read_bytes():
                 out.append(int(entry))
         except OSError:
             continue
     return out
+
+
+def _server_uid(run_as: str | None) -> int:
+    try:
+        return pwd.getpwnam(run_as or default_run_as()).pw_uid
+    except KeyError:
+        return os.getuid()
 
 
 def _run_command(command: str, what: str, drill_id: str, drill_dir: Path) -> None:
@@ -182,7 +190,7 @@ def remove_scratch(marker_path: Path, marker: dict[str, Any]) -> list[str]:
             LocalCluster(data_dir, run_as=marker.get("run_as")).destroy()
         except Exception as exc:  # noqa: BLE001 - still kill by command line below, and say what failed
             problems.append(f"scratch PostgreSQL in {data_dir} not stopped cleanly: {type(exc).__name__}")
-    for pid in _processes_using(drill_dir):
+    for pid in _processes_using(drill_dir, _server_uid(marker.get("run_as"))):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     if marker.get("neo4j_teardown") and marker.get("neo4j_setup_ran"):
@@ -208,9 +216,14 @@ def sweep(parent: Path) -> tuple[list[str], list[str]]:
     for path in sorted(parent.glob("drill-*.json")):
         try:
             marker = json.loads(path.read_text())
-            marker["dir"], marker["data_dir"], marker["drill_id"]  # noqa: B018 - a marker has them
+            drill_id = str(marker["drill_id"])
+            mine = parent / drill_id  # what a marker may name: its own directory, nothing else
+            named = "/" not in drill_id and path.name == f"{drill_id}.json" and Path(marker["dir"]) == mine
+            named = named and Path(marker["data_dir"]).is_relative_to(mine)
         except (OSError, ValueError, KeyError, TypeError):
-            problems.append(f"{path} is not a readable drill marker; left alone")
+            named = False
+        if not named:  # not ours to judge (and never a reason to delete anything): said, not failed
+            log.warning("seedvault: warning: %s is not a drill marker of this directory; left alone", path)
             continue
         if marker.get("host") != host or _alive(marker):
             continue  # another host's (a shared parent), or a drill still running

@@ -232,17 +232,26 @@ def test_a_live_drills_marker_is_left_alone_postgres_only_and_a_random_pick(plat
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         start = Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        marker = p.parent / "drill-19700101T000000Z-aaaaaa.json"
-        marker.write_text(json.dumps({"drill_id": "drill-19700101T000000Z-aaaaaa", "pid": sleeper.pid,
-                                      "pid_start": start, "host": os.uname().nodename,
-                                      "dir": str(p.parent / "drill-19700101T000000Z-aaaaaa"),
-                                      "data_dir": str(p.parent / "x"), "run_as": None}))  # fmt: skip
+        live = "drill-19700101T000000Z-aaaaaa"
+        marker = p.parent / f"{live}.json"
+        marker.write_text(json.dumps({"drill_id": live, "pid": sleeper.pid, "pid_start": start,
+                                      "host": os.uname().nodename, "dir": str(p.parent / live),
+                                      "data_dir": str(p.parent / live / "pg" / "data"), "run_as": None}))  # fmt: skip
+        # A marker naming anything but its own directory is never acted on, whoever's it claims to be.
+        victim = p.root / "victim"
+        (victim / "pg" / "data").mkdir(parents=True)
+        forged = p.parent / "drill-19700101T000000Z-bbbbbb.json"
+        forged.write_text(json.dumps({"drill_id": "drill-19700101T000000Z-bbbbbb", "pid": 0, "pid_start": None,
+                                      "host": os.uname().nodename, "dir": str(victim),
+                                      "data_dir": str(victim / "pg" / "data"), "run_as": None}))  # fmt: skip
         proc = p.run("drill", "platform", "--no-neo4j", "--scratch-parent", str(p.parent), "--json",
                      "--random-within-days", "1", "--seed", "7")  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         r = json.loads(proc.stdout)
         assert r["group_id"] == platform["group"]["id"]  # the one group made within the window
         assert r["swept"] == [] and marker.exists()  # its owner lives: not a leftover
+        assert forged.exists() and (victim / "pg" / "data").is_dir()
+        forged.unlink()
         assert (
             r["verified"]["neo4j"] == {"skipped": "PostgreSQL only (--no-neo4j)"} and r["rto"]["neo4j_seconds"] is None
         )
