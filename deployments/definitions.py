@@ -6,7 +6,11 @@ deployment                           schedule (UTC)        flow
 backup-postgres/nightly              ``0 2 * * *``         full logical backup (checksums on), verified
 backup-postgres-base/daily           ``0 1 * * *``         physical base backup (pg_basebackup), verified
 check-wal-freshness/every-5-minutes  ``*/5 * * * *``       WAL archiving fails, lags, has a hole -> failed
-dr-drill/monthly                     ``0 4 1 * *``         latest backup -> scratch DB, counts, drop
+dr-drill/monthly                     ``0 4 1 * *``         latest backup -> scratch DB, counts, drop; with
+                                                           ``platform``: newest group -> scratch PITR +
+                                                           scratch Neo4j, verified, RTO/RPO, removed
+backup-platform/daily                ``0 3 * * *``         with ``platform``: Neo4j backup + PostgreSQL
+                                                           restore point at its moment (one group)
 backup-neo4j/nightly                 ``30 2 * * *``        Neo4j full: offline dump, or (incremental on)
                                                            an online FULL; verified
 backup-neo4j/every-15-minutes        ``5-59/15 * * * *``   Enterprise, on request only: online AUTO (a DIFF
@@ -42,6 +46,14 @@ only the difference (a FULL when no chain exists yet, e.g. right after installat
 while the previous one is still going is cancelled, not queued). Without it (Community, or not requested)
 the nightly is an offline dump, with its downtime recorded in the artifact.
 
+With ``platform=True`` (both stores, WAL archiving) the platform gets one recovery point a day:
+``backup-platform/daily`` at 03:00, after the 01:00 base backup (a group needs one that ends before its
+restore point) and clear of the 02:00 and 02:30 nightlies (its Neo4j side is another dump, another short
+downtime), before the 03:30 prune. The monthly drill then drills the newest group (``mode="platform"``): the
+time series by PITR into a scratch data directory under ``scratch_parent`` on the worker, the graph into the
+scratch Neo4j instance of ``neo4j_scratch_target`` made and removed by ``neo4j_scratch_setup`` /
+``neo4j_scratch_teardown``; its RTO and RPO figures land in the artifact and the repository's audit log.
+
 Parameters are block *names* only; the secrets stay in the blocks. Two ways to register:
 
 * ``python -m deployments.serve --repository R --key K --target T [--neo4j-target N]`` (this module's
@@ -58,6 +70,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.backup_neo4j import backup_neo4j_flow
+from flows.backup_platform import backup_platform_flow
 from flows.backup_postgres import backup_postgres_flow
 from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
@@ -74,6 +87,8 @@ WAL_FRESHNESS = "every-5-minutes"
 WAL_FRESHNESS_CRON = "*/5 * * * *"
 MONTHLY_DRILL = "monthly"
 MONTHLY_DRILL_CRON = "0 4 1 * *"
+DAILY_PLATFORM = "daily"
+DAILY_PLATFORM_CRON = "0 3 * * *"  # after the 01:00 base backup and the 02:00/02:30 nightlies, before the prune
 NEO4J_NIGHTLY = "nightly"
 NEO4J_NIGHTLY_CRON = "30 2 * * *"
 NEO4J_INCREMENTAL = "every-15-minutes"
@@ -103,6 +118,11 @@ def build(
     neo4j_target: str | None = None,
     neo4j_database: str | None = None,
     neo4j_incremental: bool = False,
+    platform: bool = False,
+    neo4j_scratch_target: str | None = None,
+    neo4j_scratch_setup: str | None = None,
+    neo4j_scratch_teardown: str | None = None,
+    scratch_parent: str | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments for one platform: PostgreSQL (logical backup, DR drill, with ``wal`` base backup +
     freshness) when ``target`` is given, and Neo4j (nightly, and the 15-minute online backup on request)
@@ -123,14 +143,63 @@ def build(
         neo4j_database: the Neo4j database (default: the block's).
         neo4j_incremental: Enterprise: the nightly becomes an online FULL and an online AUTO (DIFF) backup
             runs every 15 minutes; see the module docstring.
+        platform: add ``backup-platform/daily`` and make the monthly drill a platform drill (needs
+            ``target``, ``neo4j_target`` and ``wal``).
+        neo4j_scratch_target: the ``Neo4jTarget`` block of the drill's scratch Neo4j instance (None: the
+            platform drill restores PostgreSQL only); neo4j_scratch_setup / neo4j_scratch_teardown: the
+            commands creating and removing it (both needed with it).
+        scratch_parent: parent of the drill's scratch data directories (default: the flow's).
     """
     if target is None and neo4j_target is None:
         raise ValueError("nothing to deploy: give a PostgreSQL target, a Neo4j target, or both")
+    if platform and (target is None or neo4j_target is None or not wal):
+        raise ValueError("a platform needs a PostgreSQL target archiving its WAL and a Neo4j target")
+    if neo4j_scratch_target and not (neo4j_scratch_setup and neo4j_scratch_teardown):
+        raise ValueError("the drill's scratch Neo4j needs both the setup and the teardown command")
     common: dict[str, Any] = {"repository": repository, "key": key, "notify_block": notify_block}
     out = _postgres(common, target, database, drill_target, base_target, wal) if target is not None else []
+    if platform:
+        assert target is not None and neo4j_target is not None
+        scratch = {"neo4j_target": neo4j_scratch_target, "neo4j_scratch_setup": neo4j_scratch_setup,
+                   "neo4j_scratch_teardown": neo4j_scratch_teardown}  # fmt: skip
+        if scratch_parent:
+            scratch["scratch_parent"] = scratch_parent
+        out[1] = _platform_drill(common, scratch)
+        out.append(_platform_backup(common, target, database, neo4j_target, neo4j_database))
     if neo4j_target is not None:
         out += _neo4j(common, neo4j_target, neo4j_database, neo4j_incremental)
     return out + _maintenance(common, wal=wal and target is not None)
+
+
+def _platform_drill(common: dict[str, Any], scratch: dict[str, Any]) -> RunnerDeployment:
+    return dr_drill_flow.to_deployment(
+        name=MONTHLY_DRILL,
+        schedules=[Cron(MONTHLY_DRILL_CRON, timezone=TIMEZONE)],
+        parameters={**common, "mode": "platform", **scratch},
+        tags=[*TAGS, "dr-drill", "platform"],
+        description="Monthly platform DR drill: newest group -> scratch PostgreSQL (PITR) + scratch Neo4j, "
+        "verified, RTO/RPO against the targets, scratch removed, recorded in the repository.",
+    )
+
+
+def _platform_backup(
+    common: dict[str, Any], target: str, database: str | None, neo4j_target: str, neo4j_database: str | None
+) -> RunnerDeployment:
+    return backup_platform_flow.to_deployment(
+        name=DAILY_PLATFORM,
+        schedules=[Cron(DAILY_PLATFORM_CRON, timezone=TIMEZONE)],
+        parameters={
+            **common,
+            "target": target,
+            "database": database,
+            "neo4j_target": neo4j_target,
+            "neo4j_database": neo4j_database,
+            "mode": "dump",
+            "verify": True,
+        },  # fmt: skip
+        tags=[*TAGS, "backup", "platform"],
+        description="Daily platform group: Neo4j dump + PostgreSQL restore point at its moment, verified.",
+    )
 
 
 def _maintenance(common: dict[str, Any], *, wal: bool) -> list[RunnerDeployment]:

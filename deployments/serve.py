@@ -35,6 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Enterprise: nightly online FULL, plus an online DIFF/AUTO backup every 15 minutes",
     )
+    p.add_argument("--platform", action="store_true", help="daily platform group + the platform DR drill")
+    p.add_argument("--neo4j-scratch-target", help="Neo4jTarget block of the drill's scratch Neo4j instance")
+    p.add_argument("--neo4j-scratch-setup", help="command creating the scratch Neo4j instance")
+    p.add_argument("--neo4j-scratch-teardown", help="command removing it")
+    p.add_argument("--scratch-parent", help="parent of the drill's scratch data directories")
     p.add_argument("--notify-block", help="<block-type-slug>/<name> of a notification block for failures")
     p.add_argument("--automation", action="store_true", help="create the failure automation for --notify-block")
     p.add_argument("--register-only", action="store_true", help="create/update the deployments, do not serve")
@@ -43,6 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("give --target (PostgreSQL), --neo4j-target, or both")
     if args.neo4j_incremental and args.neo4j_target is None:
         p.error("--neo4j-incremental needs --neo4j-target")
+    if args.platform and (args.target is None or args.neo4j_target is None or args.no_wal):
+        p.error("--platform needs --target (archiving its WAL) and --neo4j-target")
     return args
 
 
@@ -60,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> list[object]:
         neo4j_target=args.neo4j_target,
         neo4j_database=args.neo4j_database,
         neo4j_incremental=args.neo4j_incremental,
+        platform=args.platform,
+        neo4j_scratch_target=args.neo4j_scratch_target,
+        neo4j_scratch_setup=args.neo4j_scratch_setup,
+        neo4j_scratch_teardown=args.neo4j_scratch_teardown,
+        scratch_parent=args.scratch_parent,
     )
     if args.automation:
         if not args.notify_block:

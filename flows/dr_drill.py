@@ -1,10 +1,19 @@
-"""``dr-drill``: prove, monthly, that the latest backup of a database can be restored and is complete.
+"""``dr-drill``: prove, monthly, that the latest backup can be restored and is complete.
 
-Steps: find the latest complete backup of the database; verify it (every byte read back through the
-authenticators); restore it into a scratch database, which the engine checks table by table (row counts
-against the manifest, content checksums where the backup recorded them); drop the scratch database; publish
-an artifact with the counts and the backup's age. The scratch database is dropped only if this drill created
-it: a failed restore is dropped by the engine, and an existing database of that name is refused, never dropped.
+Two modes. ``platform`` (the monthly deployment's, when the platform has both stores): the newest complete
+platform group (or a seeded random one within a window) restored into scratch targets the drill creates and
+removes itself (seedvault.ops.platform_drill): PostgreSQL by PITR into a scratch data directory, Neo4j into
+the scratch instance the setup command makes; both verified; RTO and RPO measured (total, per store, per step)
+against the targets; recorded as a ``drill`` event in the repository; an artifact with the figures and the
+trend of the last 12 drills. The run fails (and so notifies) when a target is missed or anything fails,
+after the event is recorded and the artifact published.
+
+``postgres`` (the narrower, older drill of one logical backup). Steps: find the latest complete backup of the
+database; verify it (every byte read back through the authenticators); restore it into a scratch database, which
+the engine checks table by table (row counts against the manifest, content checksums where the backup recorded
+them); drop the scratch database; publish an artifact with the counts and the backup's age. The scratch database is
+dropped only if this drill created it: a failed restore is dropped by the engine, and an existing database of that
+name is refused, never dropped.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import notify_failure, operator_error
 from seedvault.errors import SeedvaultError, UsageError
+from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
 from seedvault.ops.postgres_restore import RestoreOptions
+from tasks.platform import drill_platform_task, publish_platform_drill_artifact
 from tasks.postgres import drop_database, latest_backup, preflight, restore_task
 from tasks.reports import publish_drill_artifact, publish_failure_artifact
 from tasks.verify import verify_backup_task
@@ -33,22 +44,51 @@ def scratch_name(source: str, now: datetime | None = None) -> str:
 def dr_drill_flow(
     repository: str,
     key: str,
-    target: str,
+    target: str | None = None,
     database: str | None = None,
     scratch_database: str | None = None,
     no_owner: bool = False,
     notify_block: str | None = None,
+    mode: str = "postgres",
+    neo4j_target: str | None = None,
+    neo4j_scratch_setup: str | None = None,
+    neo4j_scratch_teardown: str | None = None,
+    scratch_parent: str = DEFAULT_SCRATCH_PARENT,
+    group_id: str | None = None,
+    label: str | None = None,
+    random_within_days: float | None = None,
+    seed: int | None = None,
+    rto_target: float = RTO_TARGET_S,
+    rpo_target: float = RPO_TARGET_S,
 ) -> dict[str, Any]:
-    """Restore the latest backup of ``database`` into a scratch database on the target server, verify, drop.
+    """``mode="postgres"``: restore the latest backup of ``database`` into a scratch database, verify, drop.
+    ``mode="platform"``: drill a platform group into scratch targets (see the module docstring).
 
     Args:
         repository, key: names of the saved repository and key blocks.
-        target: name of the ``PostgresTarget`` block of the server to restore on (a DR server, or the source).
+        target: postgres mode: the ``PostgresTarget`` block of the server to restore on (a DR server, or the
+            source). Not used by the platform mode (PostgreSQL is recovered from the archive on the worker).
         database: whose latest backup to drill (default: the target block's database).
         scratch_database: scratch name (default ``<database>_drill_<UTC time>``); must not exist.
         no_owner: skip ownership/privileges (a DR server without the source's roles).
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
+        neo4j_target: platform mode: the ``Neo4jTarget`` block of the *scratch* Neo4j instance (None:
+            PostgreSQL only); neo4j_scratch_setup / neo4j_scratch_teardown: the commands creating and
+            removing it (both required with a Neo4j target: the restore takes no safety copy).
+        scratch_parent: world-traversable parent of the scratch data directories (and their markers).
+        group_id, label, random_within_days, seed: which group (default: the newest complete one).
+        rto_target, rpo_target: seconds (1 h, 15 min).
     """
+    if mode == "platform":
+        return _platform_drill(repository, key, neo4j_target, DrillOptions(
+            scratch_parent=scratch_parent, group_id=group_id, label=label, random_within_days=random_within_days,
+            seed=seed, rto_target=rto_target, rpo_target=rpo_target, neo4j_setup=neo4j_scratch_setup,
+            neo4j_teardown=neo4j_scratch_teardown,
+        ))  # fmt: skip
+    if mode != "postgres":
+        raise UsageError(f"dr-drill mode must be platform or postgres, not {mode!r}")
+    if target is None:
+        raise UsageError("the postgres drill needs a target (PostgresTarget block)")
     blk = PostgresTarget.load(target)
     source = database or blk.database
     scratch = scratch_database or scratch_name(source)
@@ -88,3 +128,30 @@ def dr_drill_flow(
         report["checksums_verified"],
     )
     return {**report, "source": source, "scratch_database": scratch, "backup_age_hours": age, "verify": checked}
+
+
+def _platform_drill(repository: str, key: str, neo4j_target: str | None, options: DrillOptions) -> dict[str, Any]:
+    repo_block = SeedvaultRepository.load(repository)
+    n_blk = Neo4jTarget.load(neo4j_target) if neo4j_target else None
+    try:
+        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+        if n_blk is None:
+            report = drill_platform_task(quote(repo), quote(repo_block.settings()), None, quote(options))
+        else:
+            with n_blk.open_job() as job:
+                report = drill_platform_task(quote(repo), quote(repo_block.settings()), quote(job), quote(options))
+    except SeedvaultError as exc:  # refused before it started (configuration): nothing was created
+        failure = operator_error(exc)
+        publish_failure_artifact("dr-drill", "platform", failure.message)
+        raise failure from None
+    publish_platform_drill_artifact(report)
+    try:
+        report.raise_for_result()
+    except SeedvaultError as exc:
+        raise operator_error(exc) from None
+    get_run_logger().info(
+        "platform DR drill %s of group %s passed: RTO %.3f s (target %g), RPO %.3f s (target %g)",
+        report.drill_id, report.group_id, report.rto["seconds"], options.rto_target, report.rpo["seconds"],
+        options.rpo_target,
+    )  # fmt: skip
+    return report.as_dict()

@@ -34,6 +34,8 @@ SEEDVAULT_FLOWS = (
     "check-wal-freshness",
     "backup-neo4j",
     "restore-neo4j",
+    "backup-platform",
+    "restore-platform",
 )
 AUTOMATION_NAME = "seedvault-flow-failed"
 

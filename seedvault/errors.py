@@ -210,6 +210,16 @@ class WalStale(SeedvaultError):
     exit_code = 61
 
 
+class DrillTargetMissed(SeedvaultError):
+    """A DR drill restored and verified, but missed its RTO or RPO target (or left scratch it could not remove).
+
+    Recorded as a failed ``drill`` event before it is raised; a drill whose restore or verification failed
+    raises that error (its own code) instead.
+    """
+
+    exit_code = 62
+
+
 class Interrupted(SeedvaultError):
     exit_code = 130
 

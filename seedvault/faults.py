@@ -3,7 +3,7 @@
 A backup passes through phases (key object written, data streaming, multipart part uploaded, manifest
 being written...). :func:`reached` records the phase in the file named by ``SEEDVAULT_FAULT_TRACE`` and,
 when ``SEEDVAULT_FAULT_KILL_AT`` names that phase (or ``<phase>:<n>``, its n-th time), kills the process with
-SIGKILL at exactly that point.
+SIGKILL at exactly that point (``SEEDVAULT_FAULT_FAIL_AT``: raises :class:`InjectedFailure` there).
 That is how the crash tests prove that a backup killed in any phase is never listed as complete and that
 ``cleanup`` restores the repository. Both variables are unset in production, where this costs one dict
 lookup per call.
@@ -16,14 +16,22 @@ import signal
 
 TRACE_ENV = "SEEDVAULT_FAULT_TRACE"
 KILL_ENV = "SEEDVAULT_FAULT_KILL_AT"
+FAIL_ENV = "SEEDVAULT_FAULT_FAIL_AT"  # raise InjectedFailure there instead (an operation failing midway)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised at the phase ``SEEDVAULT_FAULT_FAIL_AT`` names: an unexpected failure, as a bug would be."""
 
 
 def reached(phase: str) -> None:
     """Mark that the running operation reached ``phase``; die here if a test asked for it."""
     trace = os.environ.get(TRACE_ENV)
     kill_at = os.environ.get(KILL_ENV)
-    if not trace and not kill_at:
+    fail_at = os.environ.get(FAIL_ENV)
+    if not trace and not kill_at and not fail_at:
         return
+    if fail_at == phase:
+        raise InjectedFailure(f"injected failure at {phase}")
     if trace:
         with open(trace, "a", encoding="ascii") as fh:
             fh.write(phase + "\n")

@@ -30,6 +30,7 @@ from seedvault.cli import (
     catalog_cmds,
     check_cmds,
     cost_cmds,
+    drill_cmds,
     key_cmds,
     legacy_cmds,
     neo4j_cmds,
@@ -98,6 +99,7 @@ app.add_typer(
 )
 app.add_typer(catalog_cmds.app, name="catalog", help="The catalog of backups: status, rebuild.")
 app.add_typer(check_cmds.app, name="check", help="Health checks for monitoring (wal-freshness).")
+app.add_typer(drill_cmds.app, name="drill", help="DR drills into scratch targets: RTO and RPO measured, recorded.")
 
 
 def main() -> None:

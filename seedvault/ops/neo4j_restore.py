@@ -120,6 +120,7 @@ def _restore_neo4j(
             finally:
                 serving = _start_or_create(job, exists, version)
             report.downtime = round(time.perf_counter() - down, 3)  # until it serves again, where Bolt can tell
+            report.seconds["load"] = time.perf_counter() - t0  # loaded (or restored) and started
             report.downtime_until = "serving" if serving else "start-command-returned"
         if until:  # the recorded counts are the chain's end, not the point restored to
             report.counts = job.graph.counts() if job.graph is not None else None

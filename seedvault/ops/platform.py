@@ -545,7 +545,8 @@ def restore_platform(
             report.postgres = {"data_dir": pitr.data_dir, "port": pitr.port, "lsn": pitr.lsn,
                                "timeline": pitr.timeline, "base_backup_id": check.plan.backup_id,
                                "segments": check.plan.as_dict()["segments"], "verified": verified,
-                               "stop_reason": pitr.stop_reason, "running": not stop_after}  # fmt: skip
+                               "stop_reason": pitr.stop_reason, "running": not stop_after,
+                               "seconds": dict(pitr.seconds)}  # fmt: skip
             if job is not None:
                 n = restore_neo4j(repo, settings, check.neo4j_backup, job, safety_copy=safety_copy, purpose=purpose)
                 faults.reached("platform-neo4j-restored")

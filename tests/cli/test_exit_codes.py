@@ -42,6 +42,7 @@ PINNED = {
     "DatabaseLeftStopped": 57,
     "LockHeld": 60,
     "WalStale": 61,
+    "DrillTargetMissed": 62,
     "Interrupted": 130,
 }
 

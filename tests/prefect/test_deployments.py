@@ -155,6 +155,7 @@ def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
     expected = {
         ("backup-postgres", definitions.NIGHTLY_BACKUP): (definitions.NIGHTLY_BACKUP_CRON, True),
         ("dr-drill", definitions.MONTHLY_DRILL): (definitions.MONTHLY_DRILL_CRON, True),
+        ("backup-platform", definitions.DAILY_PLATFORM): (definitions.DAILY_PLATFORM_CRON, True),
         ("backup-postgres-base", definitions.DAILY_BASE_BACKUP): (definitions.DAILY_BASE_BACKUP_CRON, True),
         ("check-wal-freshness", definitions.WAL_FRESHNESS): (definitions.WAL_FRESHNESS_CRON, True),
         ("backup-neo4j", definitions.NEO4J_NIGHTLY): (definitions.NEO4J_NIGHTLY_CRON, True),
@@ -170,8 +171,13 @@ def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
         d = by_name[name]
         assert d["schedules"] == [{"cron": cron, "timezone": "UTC", "active": active}]
         assert set(d["parameters"]) >= (
-            {"repository", "key"} if name[0] in ("prune", "verify-repository") else {"repository", "key", "target"}
+            {"repository", "key"}
+            if name[0] in ("prune", "verify-repository", "dr-drill")
+            else {"repository", "key", "target"}
         )
+    drill = by_name[("dr-drill", "monthly")]["parameters"]
+    assert drill["mode"] == "platform" and drill["neo4j_scratch_setup"] and drill["neo4j_scratch_teardown"]
+    assert by_name[("backup-platform", "daily")]["parameters"]["neo4j_target"] == "seedvault-neo4j"
     assert by_name[("backup-neo4j", "nightly")]["parameters"]["mode"] == "dump"
     every = by_name[("backup-neo4j", "every-15-minutes")]
     assert every["parameters"]["mode"] == "online" and every["parameters"]["backup_type"] == "AUTO"
@@ -183,3 +189,27 @@ def test_prefect_yaml_scopes_of_the_verification_deployments():
     params = {d["name"]: d["parameters"] for d in spec["deployments"] if "verify_repository" in d["entrypoint"]}
     assert params["weekly-sample"]["scope"] == "sample" and params["weekly-sample"]["percent"] == 25
     assert params["monthly-all"]["scope"] == "all" and params["daily-wal"]["scope"] == "wal"
+
+
+def test_build_with_a_platform_adds_the_daily_group_and_makes_the_monthly_drill_a_platform_drill():
+    scratch = {"neo4j_scratch_setup": "mk", "neo4j_scratch_teardown": "rm", "scratch_parent": "/var/tmp/d"}
+    out = definitions.build("repo", "key", "pg", neo4j_target="graph", platform=True, neo4j_scratch_target="scratch",
+                            **scratch)  # fmt: skip
+    names = [(d.flow_name, d.name) for d in out]
+    assert names[:6] == [("backup-postgres", "nightly"), ("dr-drill", "monthly"), ("backup-postgres-base", "daily"),
+                         ("check-wal-freshness", "every-5-minutes"), ("backup-platform", "daily"),
+                         ("backup-neo4j", "nightly")]  # fmt: skip
+    drill, group = out[1], out[4]
+    assert _cron(drill) == ("0 4 1 * *", "UTC") and _cron(group) == ("0 3 * * *", "UTC")
+    assert drill.parameters == {"repository": "repo", "key": "key", "notify_block": None, "mode": "platform",
+                                "neo4j_target": "scratch", "neo4j_scratch_setup": "mk",
+                                "neo4j_scratch_teardown": "rm", "scratch_parent": "/var/tmp/d"}  # fmt: skip
+    assert group.parameters["target"] == "pg" and group.parameters["neo4j_target"] == "graph"
+    assert group.parameters["mode"] == "dump" and group.parameters["verify"] is True
+    # 03:00: after the 01:00 base backup (a group needs one before its restore point), clear of the nightlies.
+    hours = {int(c.split()[1]) for c in (definitions.DAILY_BASE_BACKUP_CRON, definitions.NIGHTLY_BACKUP_CRON)}
+    assert int(definitions.DAILY_PLATFORM_CRON.split()[1]) > max(hours)
+    with pytest.raises(ValueError, match="platform needs"):
+        definitions.build("repo", "key", "pg", platform=True)
+    with pytest.raises(ValueError, match="setup and the teardown"):
+        definitions.build("repo", "key", "pg", neo4j_target="g", platform=True, neo4j_scratch_target="s")

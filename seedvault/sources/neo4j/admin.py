@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,11 +293,14 @@ def _named(child: Any, tool: str) -> Any:
     return child
 
 
-def run_local(command: Sequence[str], *, what: str, timeout: float = 900.0) -> float:
-    """Run an operator-configured stop/start command locally; returns its seconds."""
+def run_local(
+    command: Sequence[str], *, what: str, timeout: float = 900.0, extra_env: Mapping[str, str] | None = None
+) -> float:
+    """Run an operator-configured command (stop/start, a drill's scratch setup) locally; returns its seconds."""
     t0 = time.perf_counter()
     try:
-        proc = process.run(list(command), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = process.run(list(command), extra_env=extra_env, capture_output=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
     except FileNotFoundError:
         raise ToolMissing(f"{what}: cannot run {command[0]!r}") from None
     except subprocess.TimeoutExpired:
