@@ -202,7 +202,7 @@ def test_build_with_a_platform_adds_the_daily_group_and_makes_the_monthly_drill_
     drill, group = out[1], out[4]
     assert _cron(drill) == ("0 4 1 * *", "UTC") and _cron(group) == ("0 3 * * *", "UTC")
     assert drill.parameters == {"repository": "repo", "key": "key", "notify_block": None, "mode": "platform",
-                                "neo4j_target": "scratch", "neo4j_scratch_setup": "mk",
+                                "rpo_target": 25 * 3600.0, "neo4j_target": "scratch", "neo4j_scratch_setup": "mk",
                                 "neo4j_scratch_teardown": "rm", "scratch_parent": "/var/tmp/d"}  # fmt: skip
     assert group.parameters["target"] == "pg" and group.parameters["neo4j_target"] == "graph"
     assert group.parameters["mode"] == "dump" and group.parameters["verify"] is True
