@@ -1,0 +1,291 @@
+"""One-command set-up: ``python -m deployments.setup --config seedvault-deploy.toml [--serve]``.
+
+From one TOML file (secrets from the environment or files it names, never from the TOML itself) it
+
+1. creates or updates the blocks: the repository (local or S3 through prefect-aws), the master key, the
+   PostgreSQL and Neo4j targets, and a webhook notification block;
+2. writes the files the database host needs for ``archive_command`` (``seedvault.toml``, the S3 credentials
+   file, both mode 0600/0644 as fits) from the same source, so blocks and host can never disagree;
+3. registers the deployments of :func:`deployments.definitions.build` for the stores the file configures
+   (no ``[neo4j]``: no Neo4j deployment), on a process work pool (default) or, with ``--serve``, served by this
+   process; a deployment that another mode registered is replaced, not patched, so switching between
+   ``prefect deploy``/work pool and ``serve`` never leaves a work pool without a path behind;
+4. with ``[notify]``, passes the webhook block to every deployment (the flows' failure hook sends the message;
+   no server automation is added on top, which would send a second one for the same failure).
+
+Running it again with the same file changes nothing but what the file changed (idempotent). ``--dry-run``
+prints what it would do. Example file: ``deployments/seedvault-deploy.example.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seedvault.errors import ConfigError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_POOL = "seedvault"
+
+
+@dataclass
+class Plan:
+    """What the TOML file asks for, validated before anything is created."""
+
+    raw: dict[str, Any]
+    blocks: dict[str, str] = field(default_factory=dict)  # role -> block name
+    work_pool: str | None = DEFAULT_POOL
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        value = self.raw.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        return value
+
+
+def secret(table: dict[str, Any], name: str, where: str) -> str | None:
+    """``<name>_env`` (an environment variable) or ``<name>_file`` (first line of a file); never the TOML itself."""
+    if name in table:
+        raise ConfigError(f"{where}.{name} is a secret: give {name}_env or {name}_file, not the value in the file")
+    if env := table.get(f"{name}_env"):
+        value = os.environ.get(str(env))
+        if not value:
+            raise ConfigError(f"{where}.{name}_env names {env}, which is not set")
+        return value
+    if path := table.get(f"{name}_file"):
+        try:
+            lines = Path(str(path)).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}.{name}_file {path}: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"{where}.{name}_file {path} is empty")
+        return lines[0].strip()
+    return None
+
+
+def load_plan(path: Path) -> Plan:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    plan = Plan(raw)
+    for need in ("repository", "key"):
+        if plan.section(need) is None:
+            raise ConfigError(f"{path} has no [{need}] table")
+    if plan.section("postgres") is None and plan.section("neo4j") is None:
+        raise ConfigError(f"{path} configures no store: give [postgres], [neo4j] or both")
+    prefect = plan.section("prefect") or {}
+    plan.work_pool = prefect.get("work_pool", DEFAULT_POOL)
+    for role, default in (("repository", "seedvault-repository"), ("key", "seedvault-key"),
+                          ("postgres", "seedvault-postgres"), ("neo4j", "seedvault-neo4j"),
+                          ("notify", "seedvault-notify")):  # fmt: skip
+        table = plan.section(role)
+        if table is not None:
+            plan.blocks[role] = str(table.get("block", default))
+    return plan
+
+
+# --- blocks -------------------------------------------------------------------------------------------------
+def save_blocks(plan: Plan) -> dict[str, str]:
+    """Create or update every block the file describes; returns role -> block name."""
+    from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+
+    repo = plan.section("repository") or {}
+    kwargs: dict[str, Any] = {k: repo[k] for k in ("retention", "storage_class", "compression") if k in repo}
+    if "local_path" in repo:
+        SeedvaultRepository(local_path=str(repo["local_path"]), **kwargs).save(
+            plan.blocks["repository"], overwrite=True
+        )
+    else:
+        SeedvaultRepository(s3_bucket=_s3_bucket(repo), **kwargs).save(plan.blocks["repository"], overwrite=True)
+    key = plan.section("key") or {}
+    value = secret(key, "value", "key")
+    if value is None:
+        raise ConfigError("[key] needs value_file (the master key file) or value_env")
+    SeedvaultEncryptionKey(kind=str(key.get("kind", "raw")), value=value).save(plan.blocks["key"], overwrite=True)
+    if (pg := plan.section("postgres")) is not None:
+        fields = {k: pg[k] for k in ("host", "port", "database", "user", "sslmode") if k in pg}
+        if "database" not in fields:
+            raise ConfigError("[postgres] needs database")
+        PostgresTarget(**fields, password=secret(pg, "password", "postgres")).save(plan.blocks["postgres"],
+                                                                                   overwrite=True)  # fmt: skip
+    if (n4 := plan.section("neo4j")) is not None:
+        keys = ("uri", "user", "database", "command_prefix", "staging_dir", "stop_command", "start_command",
+                "edition", "backup_from", "neo4j_home", "neo4j_conf")  # fmt: skip
+        fields = {k: n4[k] for k in keys if k in n4 and k in Neo4jTarget.model_fields}
+        Neo4jTarget(**fields, password=secret(n4, "password", "neo4j")).save(plan.blocks["neo4j"], overwrite=True)
+    if (notify := plan.section("notify")) is not None:
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+        if "url" not in notify:
+            raise ConfigError("[notify] needs url (the webhook receiving one message per failure)")
+        CustomWebhookNotificationBlock(
+            name="seedvault",
+            url=str(notify["url"]),
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(plan.blocks["notify"], overwrite=True)
+    return plan.blocks
+
+
+def _s3_bucket(repo: dict[str, Any]) -> Any:
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    url = str(repo.get("url", ""))
+    if not url.startswith("s3://"):
+        raise ConfigError('[repository] needs url = "s3://bucket/prefix" or local_path')
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    params = AwsClientParameters(endpoint_url=repo["s3_endpoint"]) if repo.get("s3_endpoint") else AwsClientParameters()
+    creds = AwsCredentials(
+        aws_access_key_id=repo.get("aws_access_key_id"),
+        aws_secret_access_key=secret(repo, "aws_secret_access_key", "repository"),
+        region_name=repo.get("s3_region"),
+        aws_client_parameters=params,
+    )
+    return S3Bucket(bucket_name=bucket, bucket_folder=prefix.rstrip("/"), credentials=creds)
+
+
+# --- the database host's files --------------------------------------------------------------------------------
+def write_host_files(plan: Plan) -> list[Path]:
+    """``[archive] dir``: the seedvault.toml and S3 credentials file that ``archive_command`` reads on the host."""
+    archive = plan.section("archive")
+    if archive is None:
+        return []
+    repo, key = plan.section("repository") or {}, plan.section("key") or {}
+    out = Path(str(archive["dir"]))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    if "local_path" in repo:
+        lines.append(f'repository = "file://{repo["local_path"]}"')
+    else:
+        lines.append(f'repository = "{repo["url"]}"')
+        if repo.get("s3_endpoint"):
+            lines.append(f's3_endpoint = "{repo["s3_endpoint"]}"')
+        if repo.get("s3_region"):
+            lines.append(f's3_region = "{repo["s3_region"]}"')
+        creds = out / "aws-credentials"
+        body = (f"[default]\naws_access_key_id = {repo.get('aws_access_key_id', '')}\n"
+                f"aws_secret_access_key = {secret(repo, 'aws_secret_access_key', 'repository') or ''}\n")  # fmt: skip
+        _write_private(creds, body)
+        lines.append(f's3_credentials_file = "{creds}"')
+    if not key.get("value_file"):
+        raise ConfigError("[archive] needs [key] value_file: archive_command reads the key from a file")
+    lines.append(f'key_file = "{key["value_file"]}"')
+    if archive.get("wal_state_dir"):
+        lines.append(f'wal_state_dir = "{archive["wal_state_dir"]}"')
+    config = out / "seedvault.toml"
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    os.replace(tmp, config)
+    return [config] + ([out / "aws-credentials"] if "local_path" not in repo else [])
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+# --- deployments ----------------------------------------------------------------------------------------------
+def deployments_for(plan: Plan) -> list[Any]:
+    from deployments.definitions import build
+
+    pg, n4 = plan.section("postgres"), plan.section("neo4j")
+    platform = plan.section("platform") or {}
+    notify = f"custom-webhook/{plan.blocks['notify']}" if "notify" in plan.blocks else None
+    scratch = {k: platform.get(k) for k in ("neo4j_scratch_target", "neo4j_scratch_setup", "neo4j_scratch_teardown",
+                                            "scratch_parent")}  # fmt: skip
+    return build(
+        plan.blocks["repository"],
+        plan.blocks["key"],
+        plan.blocks.get("postgres"),
+        database=(pg or {}).get("database"),
+        notify_block=notify,
+        wal=bool((pg or {}).get("wal", True)) if pg is not None else False,
+        neo4j_target=plan.blocks.get("neo4j"),
+        neo4j_database=(n4 or {}).get("database"),
+        neo4j_incremental=bool((n4 or {}).get("incremental", False)),
+        platform=bool(platform.get("enabled", False)),
+        **scratch,
+    )
+
+
+def register(plan: Plan, deployments: list[Any], *, serve: bool) -> list[Any]:
+    """Create or update each deployment; one registered by the other mode is deleted first (see the docstring)."""
+    from prefect.client.orchestration import get_client
+
+    pool = None if serve else plan.work_pool
+    ids = []
+    with get_client(sync_client=True) as client:
+        if pool is not None:
+            _ensure_pool(client, pool)
+        for d in deployments:
+            try:
+                existing = client.read_deployment_by_name(f"{d.flow_name}/{d.name}")
+            except Exception:  # noqa: BLE001 - prefect raises ObjectNotFound; none yet
+                existing = None
+            if existing is not None and (existing.work_pool_name or None) != pool:
+                client.delete_deployment(existing.id)
+            if pool is not None:
+                d._path = str(PROJECT_DIR)  # a process worker runs the flow from this checkout
+                ids.append(d.apply(work_pool_name=pool))
+            else:
+                ids.append(d.apply())
+    return ids
+
+
+def _ensure_pool(client: Any, name: str) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    try:
+        client.read_work_pool(name)
+    except Exception:  # noqa: BLE001 - ObjectNotFound: create it
+        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="the TOML file (see the example in deployments/)")
+    p.add_argument("--serve", action="store_true", help="register for this process and serve them (no work pool)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be created, change nothing")
+    args = p.parse_args(argv)
+    try:
+        plan = load_plan(args.config)
+        deployments = deployments_for(plan)
+        if args.dry_run:
+            for role, name in plan.blocks.items():
+                print(f"block {role}: {name}")
+            for d in deployments:
+                sched = d.schedules[0].schedule.cron if d.schedules else "on demand"
+                print(f"deployment {d.flow_name}/{d.name}: {sched}")
+            return 0
+        save_blocks(plan)
+        for path in write_host_files(plan):
+            print(f"wrote {path}")
+        ids = register(plan, deployments, serve=args.serve)
+        where = "served by this process" if args.serve else f"on work pool {plan.work_pool}"
+        print(f"{len(ids)} deployments registered {where}; blocks: {', '.join(plan.blocks.values())}")
+    except ConfigError as exc:
+        print(f"seedvault-deploy: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    if args.serve:
+        from prefect import serve
+
+        serve(*deployments)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
