@@ -1,29 +1,33 @@
 """The scheduled deployments, all in UTC: PostgreSQL logical and base backups, WAL freshness, DR drill; Neo4j.
 
-===================================  ====================  ================================================
-deployment                           schedule (UTC)        flow
-===================================  ====================  ================================================
-backup-postgres/nightly              ``0 2 * * *``         full logical backup (checksums on), verified
-backup-postgres-base/daily           ``0 1 * * *``         physical base backup (pg_basebackup), verified
-check-wal-freshness/every-5-minutes  ``*/5 * * * *``       WAL archiving fails, lags, has a hole -> failed
-dr-drill/monthly                     ``0 4 1 * *``         latest backup -> scratch DB, counts, drop; with
-                                                           ``platform``: newest group -> scratch PITR +
-                                                           scratch Neo4j, verified, RTO/RPO, removed
-backup-platform/daily                ``0 3 * * *``         with ``platform``: Neo4j backup + PostgreSQL
-                                                           restore point at its moment (one group)
-backup-neo4j/nightly                 ``30 2 * * *``        Neo4j full: offline dump, or (incremental on)
-                                                           an online FULL; verified
-backup-neo4j/every-15-minutes        ``5-59/15 * * * *``   Enterprise, on request only: online AUTO (a DIFF
-                                                           of the night's chain); verified
-prune/daily                          ``30 3 * * *``        retention policy of the repository block
-verify-repository/weekly-sample      ``0 5 * * 0``         a rotating 25 % of all data objects (every object
-                                                           read within 4 weeks), every manifest
-verify-repository/monthly-all        ``0 5 2 * *``         every byte of every backup
-verify-repository/daily-wal          ``0 6 * * *``         every archived WAL segment from the oldest base
-                                                           backup's start (with WAL archiving only)
-===================================  ====================  ================================================
+============================================  ====================  ================================================
+deployment                                    schedule (UTC)        flow
+============================================  ====================  ================================================
+backup-postgres/nightly-0200-utc              ``0 2 * * *``         full logical backup (checksums on), verified
+backup-postgres-base/daily-0100-utc           ``0 1 * * *``         physical base backup (pg_basebackup), verified
+check-wal-freshness/every-5-minutes           ``*/5 * * * *``       WAL archiving fails, lags, has a hole -> failed
+dr-drill/monthly-1st-0400-utc                 ``0 4 1 * *``         latest backup -> scratch DB, counts, drop; with
+                                                                    ``platform``: newest group -> scratch PITR +
+                                                                    scratch Neo4j, verified, RTO/RPO, removed
+backup-platform/daily-0300-utc                ``0 3 * * *``         with ``platform``: Neo4j backup + PostgreSQL
+                                                                    restore point at its moment (one group)
+backup-neo4j/nightly-0200-utc                 ``0 2 * * *``         Neo4j full: offline dump, or (incremental on)
+                                                                    an online FULL; verified
+backup-neo4j/every-15-minutes                 ``5-59/15 * * * *``   Enterprise, on request only: online AUTO (a DIFF
+                                                                    of the night's chain); verified
+prune/daily-0330-utc                          ``30 3 * * *``        retention policy of the repository block
+verify-repository/weekly-sample-sun-0500-utc  ``0 5 * * 0``         a rotating 25 % of all data objects (every
+                                                                    object read within 4 weeks), every manifest
+verify-repository/monthly-all-2nd-0500-utc    ``0 5 2 * *``         every byte of every backup
+verify-repository/daily-wal-0600-utc          ``0 6 * * *``         every archived WAL segment from the oldest base
+                                                                    backup's start (with WAL archiving only)
+restore-postgres/on-demand                    on demand             restore a logical backup (latest by default)
+restore-postgres-pitr/on-demand               on demand             point-in-time recovery into a new data directory
+restore-neo4j/on-demand                       on demand             restore a Neo4j backup after a verified safety copy
+restore-platform/on-demand                    on demand             with ``platform``: both stores to one group
+============================================  ====================  ================================================
 
-Every backup flow also ends with a prune, once its own verify passed; ``prune/daily`` covers days whose
+Every backup flow also ends with a prune, once its own verify passed; ``prune/daily-0330-utc`` covers days whose
 backups failed (nothing else would apply the policy then) and is where a dry run is read in the UI.
 
 Why PostgreSQL has no 15-minute "incremental" (the old scripts took one): the server archives its WAL
@@ -42,13 +46,13 @@ Enterprise online backups: ``neo4j_incremental=True`` (``--neo4j-incremental``) 
 FULL, which starts a new chain each night without downtime (so a chain never grows past a day, 96 links),
 and adds ``backup-neo4j/every-15-minutes``, an online ``AUTO`` backup: a DIFF of the newest chain that stores
 only the difference (a FULL when no chain exists yet, e.g. right after installation). It runs at :05, :20,
-:35 and :50, never at 02:30 with the nightly FULL, and at most one run at a time (``CANCEL_NEW``: a run due
+:35 and :50, never at 02:00 with the nightly FULL, and at most one run at a time (``CANCEL_NEW``: a run due
 while the previous one is still going is cancelled, not queued). Without it (Community, or not requested)
 the nightly is an offline dump, with its downtime recorded in the artifact.
 
 With ``platform=True`` (both stores, WAL archiving) the platform gets one recovery point a day:
-``backup-platform/daily`` at 03:00, after the 01:00 base backup (a group needs one that ends before its
-restore point) and clear of the 02:00 and 02:30 nightlies (its Neo4j side is another dump, another short
+``backup-platform/daily-0300-utc`` at 03:00, after the 01:00 base backup (a group needs one that ends before its
+restore point) and clear of the 02:00 nightlies (its Neo4j side is another dump, another short
 downtime), before the 03:30 prune. The monthly drill then drills the newest group (``mode="platform"``): the
 time series by PITR into a scratch data directory under ``scratch_parent`` on the worker, the graph into the
 scratch Neo4j instance of ``neo4j_scratch_target`` made and removed by ``neo4j_scratch_setup`` /
@@ -76,31 +80,35 @@ from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
 from flows.dr_drill import dr_drill_flow
 from flows.prune import prune_flow
+from flows.restore_neo4j import restore_neo4j_flow
+from flows.restore_platform import restore_platform_flow
+from flows.restore_postgres import restore_postgres_flow
+from flows.restore_postgres_pitr import restore_postgres_pitr_flow
 from flows.verify_repository import verify_repository_flow
 
 TIMEZONE = "UTC"
-NIGHTLY_BACKUP = "nightly"
+NIGHTLY_BACKUP = "nightly-0200-utc"
 NIGHTLY_BACKUP_CRON = "0 2 * * *"
-DAILY_BASE_BACKUP = "daily"
+DAILY_BASE_BACKUP = "daily-0100-utc"
 DAILY_BASE_BACKUP_CRON = "0 1 * * *"
 WAL_FRESHNESS = "every-5-minutes"
 WAL_FRESHNESS_CRON = "*/5 * * * *"
-MONTHLY_DRILL = "monthly"
+MONTHLY_DRILL = "monthly-1st-0400-utc"
 MONTHLY_DRILL_CRON = "0 4 1 * *"
-DAILY_PLATFORM = "daily"
-DAILY_PLATFORM_CRON = "0 3 * * *"  # after the 01:00 base backup and the 02:00/02:30 nightlies, before the prune
-NEO4J_NIGHTLY = "nightly"
-NEO4J_NIGHTLY_CRON = "30 2 * * *"
+DAILY_PLATFORM = "daily-0300-utc"
+DAILY_PLATFORM_CRON = "0 3 * * *"  # after the 01:00 base backup and the 02:00 nightlies, before the prune
+NEO4J_NIGHTLY = "nightly-0200-utc"
+NEO4J_NIGHTLY_CRON = "0 2 * * *"  # the platform's full backup time
 NEO4J_INCREMENTAL = "every-15-minutes"
-NEO4J_INCREMENTAL_CRON = "5-59/15 * * * *"  # every 15 minutes, never at 02:30 with the nightly FULL
-DAILY_PRUNE = "daily"
+NEO4J_INCREMENTAL_CRON = "5-59/15 * * * *"  # every 15 minutes, never at 02:00 with the nightly FULL
+DAILY_PRUNE = "daily-0330-utc"
 DAILY_PRUNE_CRON = "30 3 * * *"
-WEEKLY_SAMPLE = "weekly-sample"
+WEEKLY_SAMPLE = "weekly-sample-sun-0500-utc"
 WEEKLY_SAMPLE_CRON = "0 5 * * 0"
 SAMPLE_PERCENT = 25
-MONTHLY_ALL = "monthly-all"
+MONTHLY_ALL = "monthly-all-2nd-0500-utc"
 MONTHLY_ALL_CRON = "0 5 2 * *"  # the 2nd: never with the drill (the 1st, 04:00)
-DAILY_WAL = "daily-wal"
+DAILY_WAL = "daily-wal-0600-utc"
 DAILY_WAL_CRON = "0 6 * * *"
 TAGS = ["seedvault"]
 
@@ -143,7 +151,7 @@ def build(
         neo4j_database: the Neo4j database (default: the block's).
         neo4j_incremental: Enterprise: the nightly becomes an online FULL and an online AUTO (DIFF) backup
             runs every 15 minutes; see the module docstring.
-        platform: add ``backup-platform/daily`` and make the monthly drill a platform drill (needs
+        platform: add ``backup-platform/daily-0300-utc`` and make the monthly drill a platform drill (needs
             ``target``, ``neo4j_target`` and ``wal``).
         neo4j_scratch_target: the ``Neo4jTarget`` block of the drill's scratch Neo4j instance (None: the
             platform drill restores PostgreSQL only); neo4j_scratch_setup / neo4j_scratch_teardown: the
@@ -168,7 +176,60 @@ def build(
         out.append(_platform_backup(common, target, database, neo4j_target, neo4j_database))
     if neo4j_target is not None:
         out += _neo4j(common, neo4j_target, neo4j_database, neo4j_incremental)
-    return out + _maintenance(common, wal=wal and target is not None)
+    out += _maintenance(common, wal=wal and target is not None)
+    return out + _on_demand(common, target, database, neo4j_target, neo4j_database, wal=wal, platform=platform)
+
+
+ON_DEMAND = "on-demand"
+
+
+def _on_demand(
+    common: dict[str, Any],
+    target: str | None,
+    database: str | None,
+    neo4j_target: str | None,
+    neo4j_database: str | None,
+    *,
+    wal: bool,
+    platform: bool,
+) -> list[RunnerDeployment]:
+    """What an operator starts by hand from the UI: the restores, with the block names filled in.
+
+    No schedule. What stays empty is what only the operator can say: the database to restore into, the data
+    directory of a recovered copy. ``backup_id`` empty means the latest backup; ``replace`` (PostgreSQL) stays
+    off unless the operator turns it on (then the old database is kept as a verified safety copy).
+    """
+    out: list[RunnerDeployment] = []
+    if target is not None:
+        out.append(restore_postgres_flow.to_deployment(
+            name=ON_DEMAND, parameters={**common, "target": target, "source_database": database},
+            tags=[*TAGS, "restore"],
+            description="Restore a logical backup (empty backup_id: the latest) into a NEW database named"
+            " 'database' on the target server; replace=true swaps it in for a live one after verification, keeping"
+            " the old one as <db>_before_<time>. Row counts and checksums verified.",
+        ))  # fmt: skip
+        if wal:
+            out.append(restore_postgres_pitr_flow.to_deployment(
+                name=ON_DEMAND, parameters={**common, "target": target}, tags=[*TAGS, "restore"],
+                description="Point-in-time recovery into a new data directory on the worker: give data_dir and"
+                " exactly one of to_time, to_lsn, to_name, latest. WAL continuity is checked before anything.",
+            ))  # fmt: skip
+    if neo4j_target is not None:
+        out.append(restore_neo4j_flow.to_deployment(
+            name=ON_DEMAND, parameters={**common, "target": neo4j_target, "database": neo4j_database},
+            tags=[*TAGS, "restore"],
+            description="Restore a Neo4j backup (empty backup_id: the latest) over the database, after a"
+            " verified safety copy that is put back if anything fails; counts verified.",
+        ))  # fmt: skip
+    if platform:
+        out.append(restore_platform_flow.to_deployment(
+            name=ON_DEMAND, parameters={**common, "target": target, "neo4j_target": neo4j_target,
+                                        "neo4j_database": neo4j_database},
+            tags=[*TAGS, "restore", "platform"],
+            description="Both stores to one group (empty group_id: the newest complete one): PostgreSQL by PITR"
+            " into data_dir, Neo4j over its verified safety copy; both verified, skew reported.",
+        ))  # fmt: skip
+    return out
 
 
 # A platform-consistent recovery point is a group, and groups are daily: the newest is up to a day old when the

@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.neo4j import backup_neo4j_task, neo4j_preflight
@@ -70,12 +70,13 @@ def backup_neo4j_flow(
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
             (default: ``SEEDVAULT_NOTIFY_BLOCK``).
     """
-    repo_block = SeedvaultRepository.load(repository)
-    blk = Neo4jTarget.load(target)
-    name = database or blk.database
+    name = database or "(the block's database)"  # for the failure artifact, if the block cannot be loaded
     try:
+        repo_block = load_block(SeedvaultRepository, repository)
+        blk = load_block(Neo4jTarget, target)
+        name = database or blk.database
         with blk.open_job(name) as job:
-            repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
+            repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source(), create=True)
             neo4j_preflight(quote(repo), quote(job), mode=mode, backup=True)
             backup = backup_neo4j_task.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
             summary = backup(

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.platform import backup_platform_task, publish_group_artifact
@@ -56,11 +56,11 @@ def backup_platform_flow(
         verify: verify the group (members and WAL) after it is committed; prune only after that passed.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
-    repo_block = SeedvaultRepository.load(repository)
-    pg_blk, n_blk = PostgresTarget.load(target), Neo4jTarget.load(neo4j_target)
     try:
+        repo_block = load_block(SeedvaultRepository, repository)
+        pg_blk, n_blk = load_block(PostgresTarget, target), load_block(Neo4jTarget, neo4j_target)
         with n_blk.open_job(neo4j_database) as job:
-            repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
+            repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source(), create=True)
             summary = backup_platform_task(quote(repo), quote(repo_block.settings()), quote(job),
                                            quote(pg_blk.pg_target(database)), mode=mode, label=label)  # fmt: skip
             if verify:

@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_backup import backup_postgres
 from seedvault.sources.postgres.logical import LogicalOptions
@@ -60,9 +60,9 @@ def stream_postgres_backup(
     estimate_above: int | None = None,
 ) -> dict[str, Any]:
     """One complete backup attempt, from snapshot to manifest; retried as a whole by the parent."""
-    repo_block = SeedvaultRepository.load(repository)
-    repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
-    pg = PostgresTarget.load(target).pg_target(database)
+    repo_block = load_block(SeedvaultRepository, repository)
+    repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source(), create=True)
+    pg = load_block(PostgresTarget, target).pg_target(database)
     attempt = flow_run.get_run_count() or 1
     get_run_logger().info("backing up %s to %s (attempt %d)", pg.display(), repo_block.url, attempt)
     options = LogicalOptions(estimate_above=estimate_above, checksums=checksums, with_globals=with_globals)
@@ -106,10 +106,10 @@ def backup_postgres_flow(
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
             (default: ``SEEDVAULT_NOTIFY_BLOCK``).
     """
-    repo_block = SeedvaultRepository.load(repository)
-    pg = PostgresTarget.load(target).pg_target(database)
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
+        repo_block = load_block(SeedvaultRepository, repository)
+        pg = load_block(PostgresTarget, target).pg_target(database)
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source(), create=True)
         policy = {"retries": retries, "retry_delay_seconds": retry_delay_seconds}
         preflight.with_options(**policy)(quote(repo), quote(pg), backup=True)
         stream = stream_postgres_backup.with_options(**policy)

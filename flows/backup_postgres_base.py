@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.reports import publish_base_backup_artifact, publish_server_failure_artifact
@@ -63,10 +63,10 @@ def backup_postgres_base_flow(
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
             (default: ``SEEDVAULT_NOTIFY_BLOCK``).
     """
-    repo_block = SeedvaultRepository.load(repository)
-    pg = PostgresTarget.load(target).pg_target()
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source(), create=True)
+        repo_block = load_block(SeedvaultRepository, repository)
+        pg = load_block(PostgresTarget, target).pg_target()
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source(), create=True)
         backup = base_backup_task.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
         summary = backup(
             quote(repo), quote(repo_block.settings()), quote(pg), label=label, checkpoint=checkpoint, wal_wait=wal_wait

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.wal_freshness import DEFAULT_MAX_LAG, FreshnessReport
 from tasks.reports import publish_freshness_artifact, publish_server_failure_artifact
@@ -53,17 +53,19 @@ def check_wal_freshness_flow(
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures
             (default: ``SEEDVAULT_NOTIFY_BLOCK``).
     """
-    pg = PostgresTarget.load(target).pg_target()
     report: FreshnessReport | None = None
+    pg = None
     try:
-        repo = SeedvaultRepository.load(repository).open(SeedvaultEncryptionKey.load(key).key_source())
+        pg = load_block(PostgresTarget, target).pg_target()
+        repo = load_block(SeedvaultRepository, repository).open(load_block(SeedvaultEncryptionKey, key).key_source())
         report = wal_freshness_task(quote(repo), quote(pg), max_lag)
         publish_freshness_artifact(report.as_dict(), target)
         report.raise_for_problems()
     except SeedvaultError as exc:
         failure = operator_error(exc)
         if report is None:
-            publish_server_failure_artifact("wal-freshness", target, pg.display(), failure.message)
+            where = pg.display() if pg is not None else target
+            publish_server_failure_artifact("wal-freshness", target, where, failure.message)
         raise failure from None
     get_run_logger().info("%s", report.summary())
     return report.as_dict()

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError, UsageError
 from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
 from seedvault.ops.postgres_restore import RestoreOptions
@@ -91,14 +91,15 @@ def dr_drill_flow(
         raise UsageError(f"dr-drill mode must be platform or postgres, not {mode!r}")
     if target is None:
         raise UsageError("the postgres drill needs a target (PostgresTarget block)")
-    blk = PostgresTarget.load(target)
-    source = database or blk.database
-    scratch = scratch_database or scratch_name(source)
+    source = database or target  # for the failure artifact, if the block cannot be loaded
     try:
+        blk = load_block(PostgresTarget, target)
+        source = database or blk.database
+        scratch = scratch_database or scratch_name(source)
         if scratch == source:
             raise UsageError(f"the scratch database must not be {source}, the database under drill")
         pg = blk.pg_target(scratch)
-        repo = SeedvaultRepository.load(repository).open(SeedvaultEncryptionKey.load(key).key_source())
+        repo = load_block(SeedvaultRepository, repository).open(load_block(SeedvaultEncryptionKey, key).key_source())
         preflight(quote(repo), quote(pg), backup=False)
         backup_id = latest_backup(quote(repo), source)
         checked = verify_backup_task(quote(repo), backup_id)
@@ -133,10 +134,10 @@ def dr_drill_flow(
 
 
 def _platform_drill(repository: str, key: str, neo4j_target: str | None, options: DrillOptions) -> dict[str, Any]:
-    repo_block = SeedvaultRepository.load(repository)
-    n_blk = Neo4jTarget.load(neo4j_target) if neo4j_target else None
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+        repo_block = load_block(SeedvaultRepository, repository)
+        n_blk = load_block(Neo4jTarget, neo4j_target) if neo4j_target else None
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
         if n_blk is None:
             report = drill_platform_task(quote(repo), quote(repo_block.settings()), None, quote(options))
         else:

@@ -23,7 +23,7 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.logging import get_logger
 
-from seedvault.errors import SeedvaultError
+from seedvault.errors import ConfigError, SeedvaultError
 
 NOTIFY_ENV = "SEEDVAULT_NOTIFY_BLOCK"
 SEEDVAULT_FLOWS = (
@@ -40,6 +40,22 @@ SEEDVAULT_FLOWS = (
 AUTOMATION_NAME = "seedvault-flow-failed"
 
 log = get_logger("seedvault.flows")
+
+
+def load_block(cls: type[Any], name: str) -> Any:
+    """``cls.load(name)``, a missing or unreadable block as a ConfigError (one line, a failure artifact, a message).
+
+    Why: Prefect raises a bare ValueError ("Unable to find block document named ..."); loaded outside the flow's
+    ``try`` it failed the run with no failure artifact and a traceback for a message.
+    """
+    try:
+        return cls.load(name)
+    except ValueError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"Prefect block {name!r} ({cls.get_block_type_slug()}) cannot be loaded: {detail}",
+            hint="create it (deployments/README.md, 'Blocks') or fix the deployment's parameter",
+        ) from None
 
 
 def operator_error(exc: SeedvaultError) -> SeedvaultError:

@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import prune_task
@@ -29,9 +29,9 @@ def prune_flow(repository: str, key: str, dry_run: bool = False, notify_block: s
         dry_run: only publish the plan; delete nothing.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
-    repo_block = SeedvaultRepository.load(repository)
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+        repo_block = load_block(SeedvaultRepository, repository)
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
         return prune_task(quote(repo), quote(repo_block.settings()), repo_block.url, dry_run=dry_run)
     except SeedvaultError as exc:
         raise operator_error(exc) from None

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.ops.neo4j_backup import KIND, chain_of
 from tasks.neo4j import latest_neo4j_backup, neo4j_preflight, restore_neo4j_task
@@ -62,12 +62,13 @@ def restore_neo4j_flow(
         staging: load from a staging file on the Neo4j side even where neo4j-admin streams (5.x).
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
-    blk = Neo4jTarget.load(target)
-    name = database or blk.database
-    repo_block = SeedvaultRepository.load(repository)
+    name = database or "(the block's database)"  # for the failure artifact, if the block cannot be loaded
     try:
+        blk = load_block(Neo4jTarget, target)
+        name = database or blk.database
+        repo_block = load_block(SeedvaultRepository, repository)
         with blk.open_job(name) as job:
-            repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+            repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
             if backup_id is None:
                 backup_id = latest_neo4j_backup(quote(repo), source_database or name)
             body = repo.manifest(backup_id)  # authenticated: the key fits

@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.platform import publish_platform_restore_artifact, restore_platform_task
 from tasks.reports import publish_failure_artifact
@@ -26,6 +26,7 @@ def restore_platform_flow(
     key: str,
     data_dir: str,
     neo4j_target: str | None = None,
+    target: str | None = None,
     group_id: str | None = None,
     label: str | None = None,
     neo4j_database: str | None = None,
@@ -39,14 +40,18 @@ def restore_platform_flow(
     Args:
         data_dir: new PostgreSQL data directory (absent or empty) on the worker.
         neo4j_target: ``Neo4jTarget`` block of the graph to restore into; None: PostgreSQL only.
+        target: the PostgreSQL server's ``PostgresTarget`` block: the recovered copy keeps its users, and this
+            password is how the flow verifies it (None: PGPASSFILE/PGPASSWORD on the worker).
         archive_mode: ``preserve`` (the recovered server archives, a new timeline) or ``off``.
         safety_copy: dump the current Neo4j database first (kept as a backup; put back if the restore fails).
     """
-    repo_block = SeedvaultRepository.load(repository)
-    n_blk = Neo4jTarget.load(neo4j_target) if neo4j_target else None
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
-        kwargs = dict(group_id=group_id, label=label, port=port, archive_mode=archive_mode, safety_copy=safety_copy)
+        repo_block = load_block(SeedvaultRepository, repository)
+        n_blk = load_block(Neo4jTarget, neo4j_target) if neo4j_target else None
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
+        password = load_block(PostgresTarget, target).pg_target().password if target else None
+        kwargs = dict(group_id=group_id, label=label, port=port, archive_mode=archive_mode, safety_copy=safety_copy,
+                      password=quote(password))  # fmt: skip
         if n_blk is None:
             report = restore_platform_task(quote(repo), quote(repo_block.settings()), None, data_dir, **kwargs)
         else:

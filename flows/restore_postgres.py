@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.postgres import latest_backup, preflight, restore_task
@@ -45,10 +45,10 @@ def restore_postgres_flow(
         replace, with_globals, no_owner, checksums, jobs: as ``seedvault restore postgres``.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
-    blk = PostgresTarget.load(target)
-    pg = blk.pg_target(database)
     try:
-        repo = SeedvaultRepository.load(repository).open(SeedvaultEncryptionKey.load(key).key_source())
+        blk = load_block(PostgresTarget, target)
+        pg = blk.pg_target(database)
+        repo = load_block(SeedvaultRepository, repository).open(load_block(SeedvaultEncryptionKey, key).key_source())
         preflight(quote(repo), quote(pg), backup=False)
         if backup_id is None:
             backup_id = latest_backup(quote(repo), source_database or blk.database)

@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import notify_failure, operator_error
+from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import verify_scope_task
@@ -34,9 +34,9 @@ def verify_repository_flow(
         percent: with ``sample``: the slice size (1-100); the slice rotates with the UTC day.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
-    repo_block = SeedvaultRepository.load(repository)
     try:
-        repo = repo_block.open(SeedvaultEncryptionKey.load(key).key_source())
+        repo_block = load_block(SeedvaultRepository, repository)
+        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
         return verify_scope_task(quote(repo), repo_block.url, scope, percent)
     except SeedvaultError as exc:
         raise operator_error(exc) from None

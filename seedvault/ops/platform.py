@@ -503,6 +503,7 @@ def restore_platform(
     stop_after: bool = False,
     purpose: str = "restore",
     timeout: float = 3600.0,
+    password: str | None = None,
 ) -> PlatformRestoreReport:
     """PostgreSQL recovered to the group's restore point (new data directory), then Neo4j restored; both verified.
 
@@ -530,10 +531,11 @@ def restore_platform(
         pitr = restore_pitr(
             repo, restore_point_target(point), data_dir, port=port, run_as=run_as, backup_id=check.plan.backup_id,
             system_id=point["system_id"], timeline=int(point["timeline"]), restore_command=restore_command,
-            archive_mode=archive_mode, timeout=timeout,
+            archive_mode=archive_mode, timeout=timeout, password=password,
         )  # fmt: skip
         report.seconds["postgres_recover"] = round(time.perf_counter() - t0, 3)
         cluster = LocalCluster(Path(pitr.data_dir), port=pitr.port, run_as=run_as)
+        cluster.password = password  # the source's superuser password: the recovered copy keeps its users
         try:
             faults.reached("platform-postgres-recovered")
 

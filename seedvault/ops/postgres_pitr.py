@@ -229,14 +229,20 @@ def restore_pitr(
     keep_failed: bool = False,
     timeout: float = 3600.0,
     read_ahead: int = 4,
+    password: str | None = None,
 ) -> PitrReport:
-    """Point-in-time recovery into a new data directory (audited: ``pitr``, with the base backup and the target)."""
+    """Point-in-time recovery into a new data directory (audited: ``pitr``, with the base backup and the target).
+
+    ``password``: the source's superuser password, which the copy keeps (a Prefect worker has it in the target
+    block, not in a PGPASSFILE); held in memory and handed to libpq, never written or logged.
+    """
+    process.register_secret(password)
     with audit.audited(repo, "pitr", [backup_id] if backup_id else []) as ev:
         ev.details.update(target=f"{target.kind} {target.value or ''}".strip(), data_dir=str(data_dir))
         report = _restore_pitr(repo, target, data_dir, port=port, run_as=run_as, backup_id=backup_id,
                                system_id=system_id, timeline=timeline, restore_command=restore_command,
                                archive_mode=archive_mode, stop_after=stop_after, keep_failed=keep_failed,
-                               timeout=timeout, read_ahead=read_ahead)  # fmt: skip
+                               timeout=timeout, read_ahead=read_ahead, password=password)  # fmt: skip
         ev.backup_ids = [str(report.plan.get("backup_id") or backup_id or "")]
         ev.details.update(system_id=report.plan.get("system_id"), lsn=report.lsn, timeline=report.timeline,
                           recovered_to=report.recovered_to)  # fmt: skip
@@ -259,6 +265,7 @@ def _restore_pitr(
     keep_failed: bool,
     timeout: float,
     read_ahead: int,
+    password: str | None = None,
 ) -> PitrReport:
     if archive_mode not in ("preserve", "off"):
         raise UsageError("--archive-mode must be preserve or off")
@@ -273,7 +280,7 @@ def _restore_pitr(
         return _recover(
             repo, plan, target, data, t0, port=port, run_as=run_as, restore_command=restore_command,
             archive_mode=archive_mode, stop_after=stop_after, keep_failed=keep_failed, timeout=timeout,
-            read_ahead=read_ahead,
+            read_ahead=read_ahead, password=password,
         )  # fmt: skip
 
 
@@ -292,11 +299,13 @@ def _recover(
     keep_failed: bool,
     timeout: float,
     read_ahead: int,
+    password: str | None = None,
 ) -> PitrReport:
     src = plan.backup["source"]
     binaries = find_server_binaries(int(src["pg_major"]))
     existed = data.exists()
     cluster = LocalCluster(data, port=port, binaries=binaries, run_as=run_as or default_run_as())
+    cluster.password = password
     report = PitrReport(plan.as_dict(), str(data), cluster.port)
     reader: _ReadAhead | None = None
     try:

@@ -1,5 +1,5 @@
 """Deployments: the schedules (daily base backup 01:00 and logical backup 02:00 UTC, WAL freshness every 5
-minutes, monthly DR drill, Neo4j nightly 02:30 and, on request, every 15 minutes), registered on the API, and
+minutes, monthly DR drill, Neo4j nightly 02:00 and, on request, every 15 minutes), registered on the API, and
 prefect.yaml."""
 
 from __future__ import annotations
@@ -20,26 +20,59 @@ def _cron(deployment) -> tuple[str, str]:
     return schedule.schedule.cron, schedule.schedule.timezone
 
 
+def _scheduled(deployments: list) -> list:
+    return [d for d in deployments if d.schedules]
+
+
+def test_on_demand_restores_with_block_names_filled_and_only_for_the_stores_there_are():
+    """The UI's restore forms: no schedule, blocks filled in, what only the operator knows left to the form."""
+    scratch = {"neo4j_scratch_target": "s", "neo4j_scratch_setup": "a", "neo4j_scratch_teardown": "b"}
+    every = definitions.build("repo", "key", "pg", database="shop", neo4j_target="graph", platform=True, **scratch)
+    on_demand = {d.flow_name: d for d in every if not d.schedules}
+    assert set(on_demand) == {"restore-postgres", "restore-postgres-pitr", "restore-neo4j", "restore-platform"}
+    assert all(d.name == "on-demand" for d in on_demand.values())
+    common = {"repository": "repo", "key": "key", "notify_block": None}
+    assert on_demand["restore-postgres"].parameters == {**common, "target": "pg", "source_database": "shop"}
+    assert on_demand["restore-neo4j"].parameters == {**common, "target": "graph", "database": None}
+    assert on_demand["restore-platform"].parameters == {
+        **common,
+        "target": "pg",
+        "neo4j_target": "graph",
+        "neo4j_database": None,
+    }
+    assert on_demand["restore-postgres-pitr"].parameters == {**common, "target": "pg"}
+    assert (
+        "replace" in on_demand["restore-postgres"].description and "latest" in on_demand["restore-postgres"].description
+    )
+    names = [(d.flow_name, d.name) for d in every]
+    assert len(names) == len(set(names))  # every deployment distinct; every scheduled name says its UTC time
+    assert all("utc" in n or n.startswith("every-") for f, n in names if n != "on-demand")
+    pg_only = {d.flow_name for d in definitions.build("repo", "key", "pg", wal=False) if not d.schedules}
+    assert pg_only == {"restore-postgres"}  # no PITR without WAL archiving, no Neo4j or platform restore
+    graph_only = {d.flow_name for d in definitions.build("repo", "key", None, neo4j_target="g") if not d.schedules}
+    assert graph_only == {"restore-neo4j"}
+
+
 def test_build_gives_the_four_schedules_with_block_names_only():
-    backup, drill, base, freshness, *maintenance = definitions.build(
-        "repo", "key", "pg", database="shop", notify_block="custom-webhook/ops"
+    backup, drill, base, freshness, *maintenance = _scheduled(
+        definitions.build("repo", "key", "pg", database="shop", notify_block="custom-webhook/ops")
     )
     assert [(d.flow_name, d.name, _cron(d)[0]) for d in maintenance] == [
-        ("prune", "daily", "30 3 * * *"),
-        ("verify-repository", "weekly-sample", "0 5 * * 0"),
-        ("verify-repository", "monthly-all", "0 5 2 * *"),
-        ("verify-repository", "daily-wal", "0 6 * * *"),
+        ("prune", "daily-0330-utc", "30 3 * * *"),
+        ("verify-repository", "weekly-sample-sun-0500-utc", "0 5 * * 0"),
+        ("verify-repository", "monthly-all-2nd-0500-utc", "0 5 2 * *"),
+        ("verify-repository", "daily-wal-0600-utc", "0 6 * * *"),
     ]
     prune, sample, every_byte, wal = maintenance
     repo_only = {"repository": "repo", "key": "key", "notify_block": "custom-webhook/ops"}
     assert prune.parameters == repo_only
     assert sample.parameters == {**repo_only, "scope": "sample", "percent": 25}
     assert every_byte.parameters == {**repo_only, "scope": "all"} and wal.parameters == {**repo_only, "scope": "wal"}
-    assert (backup.flow_name, backup.name) == ("backup-postgres", "nightly")
+    assert (backup.flow_name, backup.name) == ("backup-postgres", "nightly-0200-utc")
     assert _cron(backup) == ("0 2 * * *", "UTC")
-    assert (drill.flow_name, drill.name) == ("dr-drill", "monthly")
+    assert (drill.flow_name, drill.name) == ("dr-drill", "monthly-1st-0400-utc")
     assert _cron(drill) == ("0 4 1 * *", "UTC")
-    assert (base.flow_name, base.name) == ("backup-postgres-base", "daily")
+    assert (base.flow_name, base.name) == ("backup-postgres-base", "daily-0100-utc")
     assert _cron(base) == ("0 1 * * *", "UTC")
     assert (freshness.flow_name, freshness.name) == ("check-wal-freshness", "every-5-minutes")
     assert _cron(freshness) == ("*/5 * * * *", "UTC")
@@ -59,34 +92,35 @@ def test_build_gives_the_four_schedules_with_block_names_only():
 
 
 def test_build_with_a_replication_target_or_without_wal():
-    _, _, base, freshness, *_ = definitions.build("repo", "key", "pg", base_target="pg-replication")
+    _, _, base, freshness, *_ = _scheduled(definitions.build("repo", "key", "pg", base_target="pg-replication"))
     assert base.parameters["target"] == freshness.parameters["target"] == "pg-replication"
-    without = [(d.flow_name, d.name) for d in definitions.build("repo", "key", "pg", wal=False)]
+    without = [(d.flow_name, d.name) for d in _scheduled(definitions.build("repo", "key", "pg", wal=False))]
     assert without == [
-        ("backup-postgres", "nightly"),
-        ("dr-drill", "monthly"),
-        ("prune", "daily"),
-        ("verify-repository", "weekly-sample"),
-        ("verify-repository", "monthly-all"),
+        ("backup-postgres", "nightly-0200-utc"),
+        ("dr-drill", "monthly-1st-0400-utc"),
+        ("prune", "daily-0330-utc"),
+        ("verify-repository", "weekly-sample-sun-0500-utc"),
+        ("verify-repository", "monthly-all-2nd-0500-utc"),
     ]
 
 
 def test_build_adds_the_neo4j_nightly_dump_and_only_on_request_the_15_minute_online_backup():
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    *pg, nightly, _, _, _, _ = definitions.build(
-        "repo", "key", "pg", neo4j_target="graph", notify_block="custom-webhook/ops"
+    *pg, nightly, _, _, _, _ = _scheduled(
+        definitions.build("repo", "key", "pg", neo4j_target="graph", notify_block="custom-webhook/ops")
     )
     assert [d.flow_name for d in pg] == ["backup-postgres", "dr-drill", "backup-postgres-base", "check-wal-freshness"]
-    assert (nightly.flow_name, nightly.name) == ("backup-neo4j", "nightly")
-    assert _cron(nightly) == ("30 2 * * *", "UTC")
+    assert (nightly.flow_name, nightly.name) == ("backup-neo4j", "nightly-0200-utc")
+    assert _cron(nightly) == ("0 2 * * *", "UTC")
     common = {"repository": "repo", "key": "key", "target": "graph", "notify_block": "custom-webhook/ops"}
     assert nightly.parameters == {**common, "database": None, "verify": True, "mode": "dump", "backup_type": "FULL"}
 
     # Enterprise: the nightly is an online FULL (a new chain each night), the 15-minute one an online AUTO.
-    nightly, every, *maintenance = definitions.build("repo", "key", None, neo4j_target="graph",
-                                                     neo4j_database="movies", neo4j_incremental=True)  # fmt: skip
-    assert [d.name for d in maintenance] == ["daily", "weekly-sample", "monthly-all"]  # no WAL without PostgreSQL
+    nightly, every, *maintenance = _scheduled(definitions.build("repo", "key", None, neo4j_target="graph",
+                                              neo4j_database="movies", neo4j_incremental=True))  # fmt: skip
+    # no WAL verification without PostgreSQL
+    assert [d.name for d in maintenance] == ["daily-0330-utc", "weekly-sample-sun-0500-utc", "monthly-all-2nd-0500-utc"]
     assert nightly.parameters["mode"] == "online" and nightly.parameters["backup_type"] == "FULL"
     assert (every.flow_name, every.name) == ("backup-neo4j", "every-15-minutes")
     assert _cron(every) == ("5-59/15 * * * *", "UTC")
@@ -105,7 +139,7 @@ def test_every_15_minutes_never_meets_the_nightly_full():
     minutes = list(range(first, last + 1, int(step)))
     assert minutes == [5, 20, 35, 50] and hour == "*" and rest == ["*", "*", "*"], "every 15 minutes, 96 a day"
     n_minute, n_hour, *_ = definitions.NEO4J_NIGHTLY_CRON.split()
-    assert (int(n_hour), int(n_minute)) == (2, 30) and int(n_minute) not in minutes
+    assert (int(n_hour), int(n_minute)) == (2, 0) and int(n_minute) not in minutes  # the platform's 02:00 full
 
 
 def test_register_only_creates_the_deployments_on_the_server(prefect_harness):
@@ -113,21 +147,23 @@ def test_register_only_creates_the_deployments_on_the_server(prefect_harness):
 
     args = ["--repository", "r", "--key", "k", "--target", "t", "--drill-target", "dr"]
     ids = serve_main([*args, "--neo4j-target", "g", "--neo4j-incremental", "--register-only"])
-    assert len(ids) == 10
+    assert len(ids) == 13  # 10 scheduled, 3 on demand (restore-postgres, restore-postgres-pitr, restore-neo4j)
     with get_client(sync_client=True) as client:
-        backup = client.read_deployment_by_name("backup-postgres/nightly")
-        drill = client.read_deployment_by_name("dr-drill/monthly")
-        base = client.read_deployment_by_name("backup-postgres-base/daily")
+        backup = client.read_deployment_by_name("backup-postgres/nightly-0200-utc")
+        drill = client.read_deployment_by_name("dr-drill/monthly-1st-0400-utc")
+        base = client.read_deployment_by_name("backup-postgres-base/daily-0100-utc")
         freshness = client.read_deployment_by_name("check-wal-freshness/every-5-minutes")
-        neo4j = client.read_deployment_by_name("backup-neo4j/nightly")
+        neo4j = client.read_deployment_by_name("backup-neo4j/nightly-0200-utc")
         every = client.read_deployment_by_name("backup-neo4j/every-15-minutes")
+        restore = client.read_deployment_by_name("restore-postgres/on-demand")
+    assert restore.schedules == [] and restore.parameters["target"] == "t"
     assert _cron(backup) == ("0 2 * * *", "UTC") and backup.schedules[0].active
     assert _cron(drill) == ("0 4 1 * *", "UTC")
     assert _cron(base) == ("0 1 * * *", "UTC") and base.schedules[0].active
     assert _cron(freshness) == ("*/5 * * * *", "UTC") and freshness.schedules[0].active
     assert backup.parameters["target"] == "t" and drill.parameters["target"] == "dr"
     assert base.parameters["target"] == freshness.parameters["target"] == "t"
-    assert _cron(neo4j) == ("30 2 * * *", "UTC") and neo4j.parameters["mode"] == "online"
+    assert _cron(neo4j) == ("0 2 * * *", "UTC") and neo4j.parameters["mode"] == "online"
     assert _cron(every) == ("5-59/15 * * * *", "UTC") and every.schedules[0].active
     assert every.parameters["target"] == "g" and every.parameters["backup_type"] == "AUTO"
     assert every.global_concurrency_limit.limit == 1
@@ -175,10 +211,10 @@ def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
             if name[0] in ("prune", "verify-repository", "dr-drill")
             else {"repository", "key", "target"}
         )
-    drill = by_name[("dr-drill", "monthly")]["parameters"]
+    drill = by_name[("dr-drill", "monthly-1st-0400-utc")]["parameters"]
     assert drill["mode"] == "platform" and drill["neo4j_scratch_setup"] and drill["neo4j_scratch_teardown"]
-    assert by_name[("backup-platform", "daily")]["parameters"]["neo4j_target"] == "seedvault-neo4j"
-    assert by_name[("backup-neo4j", "nightly")]["parameters"]["mode"] == "dump"
+    assert by_name[("backup-platform", "daily-0300-utc")]["parameters"]["neo4j_target"] == "seedvault-neo4j"
+    assert by_name[("backup-neo4j", "nightly-0200-utc")]["parameters"]["mode"] == "dump"
     every = by_name[("backup-neo4j", "every-15-minutes")]
     assert every["parameters"]["mode"] == "online" and every["parameters"]["backup_type"] == "AUTO"
     assert every["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
@@ -187,8 +223,9 @@ def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
 def test_prefect_yaml_scopes_of_the_verification_deployments():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     params = {d["name"]: d["parameters"] for d in spec["deployments"] if "verify_repository" in d["entrypoint"]}
-    assert params["weekly-sample"]["scope"] == "sample" and params["weekly-sample"]["percent"] == 25
-    assert params["monthly-all"]["scope"] == "all" and params["daily-wal"]["scope"] == "wal"
+    weekly, monthly = params["weekly-sample-sun-0500-utc"], params["monthly-all-2nd-0500-utc"]
+    assert weekly["scope"] == "sample" and weekly["percent"] == 25
+    assert monthly["scope"] == "all" and params["daily-wal-0600-utc"]["scope"] == "wal"
 
 
 def test_build_with_a_platform_adds_the_daily_group_and_makes_the_monthly_drill_a_platform_drill():
@@ -196,9 +233,9 @@ def test_build_with_a_platform_adds_the_daily_group_and_makes_the_monthly_drill_
     out = definitions.build("repo", "key", "pg", neo4j_target="graph", platform=True, neo4j_scratch_target="scratch",
                             **scratch)  # fmt: skip
     names = [(d.flow_name, d.name) for d in out]
-    assert names[:6] == [("backup-postgres", "nightly"), ("dr-drill", "monthly"), ("backup-postgres-base", "daily"),
-                         ("check-wal-freshness", "every-5-minutes"), ("backup-platform", "daily"),
-                         ("backup-neo4j", "nightly")]  # fmt: skip
+    assert names[:6] == [("backup-postgres", "nightly-0200-utc"), ("dr-drill", "monthly-1st-0400-utc"),
+                         ("backup-postgres-base", "daily-0100-utc"), ("check-wal-freshness", "every-5-minutes"),
+                         ("backup-platform", "daily-0300-utc"), ("backup-neo4j", "nightly-0200-utc")]  # fmt: skip
     drill, group = out[1], out[4]
     assert _cron(drill) == ("0 4 1 * *", "UTC") and _cron(group) == ("0 3 * * *", "UTC")
     assert drill.parameters == {"repository": "repo", "key": "key", "notify_block": None, "mode": "platform",

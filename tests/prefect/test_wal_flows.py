@@ -136,3 +136,40 @@ def test_freshness_flow_completes_when_healthy_and_fails_and_notifies_when_stale
     # Archiving repaired: the archiver catches up and the check completes again.
     env.wait_archived()
     assert check_wal_freshness_flow(**_params(wal_blocks), max_lag=2)["ok"]
+
+
+def test_pitr_flow_recovers_into_a_new_directory_and_a_missing_block_fails_with_its_artifact(
+    wal_blocks, wal_env: WalEnv
+) -> None:
+    """restore-postgres-pitr (the UI's on-demand PITR) end to end; a deployment naming a block that is not there
+    fails with one line and a failure artifact (the block is loaded inside the flow's error handling)."""
+    import psycopg
+
+    from flows.restore_postgres_pitr import restore_postgres_pitr_flow
+    from seedvault.errors import ConfigError
+    from seedvault.sources.postgres.cluster import LocalCluster
+
+    backup_postgres_base_flow(**_params(wal_blocks))
+    with wal_env.connect() as conn:
+        conn.execute("INSERT INTO ev (ts, note) VALUES (clock_timestamp(), 'pitr-flow')")
+    wal_env.wait_archived()
+    data = wal_env.new_dir()
+    report = restore_postgres_pitr_flow(repository="wal-repo", key="wal-key", data_dir=str(data), latest=True,
+                                        target=TARGET, archive_mode="off")  # fmt: skip
+    cluster = LocalCluster(data, port=report["port"])
+    try:
+        with psycopg.connect(cluster.conninfo("postgres"), passfile=str(wal_env.pgpass), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM ev WHERE note = 'pitr-flow'").fetchone()[0] == 1
+    finally:
+        cluster.destroy()
+    rows, _ = latest_table("seedvault-restore-pitr")
+    assert as_fields(rows)["data directory"] == report["data_dir"]
+    state = restore_postgres_pitr_flow(repository="no-such-repo", key="wal-key", data_dir=str(wal_env.new_dir()),
+                                       latest=True, return_state=True)  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="no-such-repo"):
+        state.result()
+    from tasks.reports import artifact_key
+
+    rows, _ = latest_table(artifact_key("seedvault-restore-pitr", "postgres"))
+    assert "no-such-repo" in json.dumps(rows)

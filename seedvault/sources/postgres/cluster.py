@@ -163,6 +163,7 @@ class LocalCluster:
         self.socket_dir = Path(socket_dir).absolute() if socket_dir else self.data_dir.parent / "sock"
         self.log_file = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.superuser = superuser
+        self.password: str | None = None  # the superuser's, for connect() (a recovered copy keeps the source's)
         self._started_once = False
 
     def __repr__(self) -> str:
@@ -614,6 +615,7 @@ class LocalCluster:
     ) -> psycopg.Connection:
         """A psycopg connection over TCP; the password (if any) goes to libpq in-process, never to argv."""
         extra = dict(kwargs)
+        password = password if password is not None else self.password
         if password is not None:
             extra["password"] = password
         try:
