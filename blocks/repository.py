@@ -58,6 +58,11 @@ class SeedvaultRepository(Block):
     )
     zstd_threads: int = Field(default=0, description="0: compress in the stage's own thread (fastest here)")
     chunk_size: int = Field(default=1 * MiB, ge=4096, description="Encrypted chunk size in bytes.")
+    pushgateway_url: str | None = Field(
+        default=None,
+        description="Prometheus Pushgateway URL (e.g. http://pushgateway:9091): every backup, verify, drill and prune "
+        "run pushes the repository's metrics there (job seedvault). Empty: no push.",
+    )
     retention: dict[str, Any] | None = Field(
         default=None,
         description="What prune keeps, as the settings' [retention] table: keep_within (default 30d), keep_last/"

@@ -26,6 +26,7 @@ from prefect.utilities.annotations import quote
 from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
+from tasks.metrics import pushes_metrics
 from tasks.neo4j import backup_neo4j_task, neo4j_preflight
 from tasks.reports import publish_neo4j_backup_artifact, publish_neo4j_failure_artifact
 from tasks.retention import prune_after_backup
@@ -33,6 +34,7 @@ from tasks.verify import verify_backup_task
 
 
 @flow(name="backup-neo4j", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def backup_neo4j_flow(
     repository: str,
     key: str,

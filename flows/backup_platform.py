@@ -22,6 +22,7 @@ from prefect.utilities.annotations import quote
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
+from tasks.metrics import pushes_metrics
 from tasks.platform import backup_platform_task, publish_group_artifact
 from tasks.reports import publish_failure_artifact
 from tasks.retention import prune_after_backup
@@ -29,6 +30,7 @@ from tasks.verify import verify_backup_task
 
 
 @flow(name="backup-platform", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def backup_platform_flow(
     repository: str,
     key: str,

@@ -30,6 +30,7 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_backup import backup_postgres
 from seedvault.sources.postgres.logical import LogicalOptions
+from tasks.metrics import pushes_metrics
 from tasks.postgres import preflight
 from tasks.reports import backup_summary, publish_backup_artifact, publish_failure_artifact
 from tasks.retention import prune_after_backup
@@ -70,6 +71,7 @@ def stream_postgres_backup(
 
 
 @flow(name="backup-postgres", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def backup_postgres_flow(
     repository: str,
     key: str,

@@ -24,6 +24,7 @@ from prefect.utilities.annotations import quote
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
+from tasks.metrics import pushes_metrics
 from tasks.reports import publish_base_backup_artifact, publish_server_failure_artifact
 from tasks.retention import prune_after_backup
 from tasks.verify import verify_backup_task
@@ -31,6 +32,7 @@ from tasks.wal import base_backup_task
 
 
 @flow(name="backup-postgres-base", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def backup_postgres_base_flow(
     repository: str,
     key: str,

@@ -29,6 +29,7 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError, UsageError
 from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
 from seedvault.ops.postgres_restore import RestoreOptions
+from tasks.metrics import pushes_metrics
 from tasks.platform import drill_platform_task, publish_platform_drill_artifact
 from tasks.postgres import drop_database, latest_backup, preflight, restore_task
 from tasks.reports import publish_drill_artifact, publish_failure_artifact
@@ -41,6 +42,7 @@ def scratch_name(source: str, now: datetime | None = None) -> str:
 
 
 @flow(name="dr-drill", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def dr_drill_flow(
     repository: str,
     key: str,

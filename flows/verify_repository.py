@@ -16,10 +16,12 @@ from prefect.utilities.annotations import quote
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
+from tasks.metrics import pushes_metrics
 from tasks.retention import verify_scope_task
 
 
 @flow(name="verify-repository", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@pushes_metrics
 def verify_repository_flow(
     repository: str, key: str, scope: str = "sample", percent: int = 25, notify_block: str | None = None
 ) -> dict[str, Any]:

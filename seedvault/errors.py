@@ -220,6 +220,12 @@ class DrillTargetMissed(SeedvaultError):
     exit_code = 62
 
 
+class MetricsPushFailed(SeedvaultError):
+    """The Pushgateway refused the metrics or could not be reached (the figures themselves were read)."""
+
+    exit_code = 63
+
+
 class Interrupted(SeedvaultError):
     exit_code = 130
 

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.prefect",
     "tests.fixtures.walenv",
+    "tests.fixtures.prometheus",
 ]
 
 

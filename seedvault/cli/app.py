@@ -33,6 +33,7 @@ from seedvault.cli import (
     drill_cmds,
     key_cmds,
     legacy_cmds,
+    metrics_cmds,
     neo4j_cmds,
     pg_cmds,
     platform_cmds,
@@ -91,6 +92,7 @@ prune_cmds.register(app)
 wal_cmds.register(app)
 cost_cmds.register(app)
 audit_cmds.register(app)
+metrics_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres, postgres-base, neo4j).")

@@ -116,11 +116,16 @@ def backup_bodies(repo: Repository, backup_ids: Iterable[str], *, authenticate: 
     return out
 
 
-def usage(repo: Repository, prices: Mapping[str, float] | None = None) -> UsageReport:
-    """Walk one listing of the repository and attribute every object to a backup, a WAL system or 'other'."""
+def usage(
+    repo: Repository, prices: Mapping[str, float] | None = None, *, listing: list[ObjectInfo] | None = None
+) -> UsageReport:
+    """Walk one listing of the repository and attribute every object to a backup, a WAL system or 'other'.
+
+    ``listing``: that listing when the caller has it already (``seedvault metrics`` reads it once for both).
+    """
     merged = {**DEFAULT_PRICES, **(prices or {})}
     authenticate = repo.key_source is not None
-    objects = list(repo.storage.list(""))
+    objects = list(repo.storage.list("")) if listing is None else listing
     manifests = sorted(
         {bid for o in objects if (bid := layout.backup_id_of(o.key)) and o.key == layout.manifest_key(bid)}
     )

@@ -43,6 +43,7 @@ PINNED = {
     "LockHeld": 60,
     "WalStale": 61,
     "DrillTargetMissed": 62,
+    "MetricsPushFailed": 63,
     "Interrupted": 130,
 }
 
