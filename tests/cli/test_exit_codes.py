@@ -43,6 +43,8 @@ PINNED = {
     "LockHeld": 60,
     "WalStale": 61,
     "DrillTargetMissed": 62,
+    "StatusAlerting": 63,
+    "SizeAnomaly": 64,
     "Interrupted": 130,
 }
 
