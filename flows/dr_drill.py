@@ -32,6 +32,7 @@ from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.platform import drill_platform_task, publish_platform_drill_artifact
 from tasks.postgres import drop_database, latest_backup, preflight, restore_task
 from tasks.reports import publish_drill_artifact, publish_failure_artifact
+from tasks.status import publish_status
 from tasks.verify import verify_backup_task
 
 
@@ -40,7 +41,13 @@ def scratch_name(source: str, now: datetime | None = None) -> str:
     return source[: 63 - len(suffix)] + suffix
 
 
-@flow(name="dr-drill", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="dr-drill",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 def dr_drill_flow(
     repository: str,
     key: str,

@@ -86,11 +86,20 @@ def publish_backup_artifact(summary: dict[str, Any], repository: str) -> UUID:
     )
 
 
+def failure_key(*parts: str) -> str:
+    """``seedvault-failure-<flow>-<subject>``: a failure never shares a key with a success (nor the status).
+
+    The success artifact of the same flow and subject stays the latest under its own key, so "the last good
+    backup" is one click; the failure is the latest under this one.
+    """
+    return artifact_key("seedvault-failure", *parts)
+
+
 def publish_failure_artifact(kind: str, database: str, reason: str) -> UUID:
-    """The same artifact key as a success, so the latest artifact always shows the latest outcome."""
+    """The failure of ``kind`` (backup, restore, dr-drill...) for ``database``, under its own key."""
     return create_table_artifact(
         _rows([("status", "failed"), ("database", database), ("reason", reason)]),
-        key=artifact_key(f"seedvault-{kind}", database),
+        key=failure_key(kind, database),
         description=f"seedvault {kind} of {database} failed",
     )
 
@@ -219,7 +228,7 @@ def publish_server_failure_artifact(kind: str, target: str, server: str, reason:
     """A server-level run (base backup, freshness check) that failed before it had numbers to show."""
     return create_table_artifact(
         _rows([("status", "failed"), ("server", server), ("reason", reason)]),
-        key=artifact_key(f"seedvault-{kind}", target),
+        key=failure_key(kind, target),
         description=f"seedvault {kind} of {server} failed",
     )
 
@@ -325,9 +334,9 @@ def publish_neo4j_restore_artifact(report: dict[str, Any], target: str, where: s
 
 
 def publish_neo4j_failure_artifact(kind: str, target: str, database: str, reason: str) -> UUID:
-    """The same key as a success, so the latest artifact always shows the latest outcome."""
+    """Under its own key (:func:`failure_key`), never over the success artifact."""
     return create_table_artifact(
         _rows([("status", "failed"), ("database", database), ("reason", reason)]),
-        key=neo4j_key(kind, target, database),
+        key=failure_key("neo4j", kind, target, database),
         description=f"seedvault {kind} of Neo4j database {database} failed",
     )
