@@ -233,9 +233,15 @@ def publish_server_failure_artifact(kind: str, target: str, server: str, reason:
     )
 
 
-def publish_drill_artifact(source: str, report: dict[str, Any], extra: list[tuple[str, Any]]) -> UUID:
+def publish_drill_artifact(
+    source: str, report: dict[str, Any], extra: list[tuple[str, Any]], *, passed: bool = True
+) -> UUID:
+    """The postgres drill's table: passed/FAILED first, then RTO and RPO against their targets (``extra``)."""
     return create_table_artifact(
-        restore_rows(report, [("drill of", source), *extra]),
+        [
+            {"field": "status", "value": "passed" if passed else "FAILED"},
+            *restore_rows(report, [("drill of", source), *extra]),
+        ],
         key=artifact_key("seedvault-dr-drill", source),
         description=f"seedvault DR drill of {source}: backup {report['backup_id']} restored, verified, dropped",
     )
