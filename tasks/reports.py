@@ -15,6 +15,7 @@ from prefect.artifacts import create_table_artifact
 
 from seedvault.ops.neo4j_backup import Neo4jBackupReport
 from seedvault.ops.postgres_backup import BackupReport
+from seedvault.units import human_bytes
 
 
 def artifact_key(*parts: str) -> str:
@@ -62,9 +63,9 @@ def backup_rows(summary: dict[str, Any], repository: str) -> list[dict[str, Any]
         ("repository", repository),
         ("finished", summary.get("finished")),
         ("stream attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("compressed bytes", summary.get("compressed_size")),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("compressed size", human_bytes(summary.get("compressed_size"))),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary["ratio"]),
     ]
     pairs += [(f"{step} s", steps.get(step)) for step in ("read", "compress", "encrypt", "hash", "upload")]
@@ -170,9 +171,9 @@ def publish_base_backup_artifact(summary: dict[str, Any], repository: str, targe
         ("wal", f"{summary['start_wal']}..{summary['stop_wal']}"),
         ("finished", summary["finished"]),
         ("attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("compressed bytes", summary.get("compressed_size")),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("compressed size", human_bytes(summary.get("compressed_size"))),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary.get("ratio")),
         ("files", summary.get("files")),
         ("pg_basebackup s", seconds.get("base")),
@@ -200,7 +201,7 @@ def publish_freshness_artifact(report: dict[str, Any], target: str) -> UUID:
         ("last archived", report["last_archived_wal"]),
         ("last archived at", report["last_archived_time"]),
         ("age s", report["age_seconds"]),
-        ("lag bytes", report["lag_bytes"]),
+        ("lag", human_bytes(report["lag_bytes"])),
         ("pending", report["pending"]),
         ("oldest pending", report["oldest_pending"]),
         ("oldest pending s", report["oldest_pending_age_seconds"]),
@@ -301,8 +302,8 @@ def publish_neo4j_backup_artifact(summary: dict[str, Any], repository: str, targ
         ("neo4j", f"{summary['version']} {summary.get('edition') or ''}".strip() if summary.get("version") else None),
         ("finished", summary.get("finished")),
         ("attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary.get("ratio")),
         ("downtime s", round(down, 3) if down is not None else "none (database kept running)"),
     ]
