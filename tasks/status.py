@@ -22,7 +22,8 @@ from prefect.logging import get_logger
 
 from seedvault.config import Settings
 from seedvault.errors import SeedvaultError, SizeAnomaly
-from seedvault.ops.status import StatusReport, compute_status, raise_if_anomalous, render_markdown
+from seedvault.ops.status import StatusReport, compute_status, raise_if_anomalous
+from seedvault.ops.status_markdown import render_markdown
 from seedvault.repository import Repository
 
 STATUS_KEY = "seedvault-status"

@@ -26,7 +26,8 @@ def status_cmd(
     targets), WAL lag, repository bytes and estimated cost. Exit 63 when something alerts: stale-backup,
     size-anomaly, key-age, drill-failed, verify-failed, wal-stale (thresholds: the [status] settings table).
     """
-    from seedvault.ops.status import compute_status, render_markdown
+    from seedvault.ops.status import compute_status
+    from seedvault.ops.status_markdown import render_markdown
 
     now = None
     if at:

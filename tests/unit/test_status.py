@@ -21,9 +21,9 @@ from seedvault.ops.status import (
     compute_status,
     key_first_use,
     raise_if_anomalous,
-    render_markdown,
     size_anomaly,
 )
+from seedvault.ops.status_markdown import render_markdown
 from tests.cli_runner import invoke
 from tests.fixtures.repo import LocalRepo, make_local_repo
 
