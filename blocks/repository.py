@@ -69,6 +69,12 @@ class SeedvaultRepository(Block):
         "daily/weekly/monthly/yearly, min_verified (default 1), pitr_window; sub-tables per kind, 'label:<name>' "
         "or '<kind>:<name>'. Empty: the defaults.",
     )
+    status: dict[str, Any] | None = Field(
+        default=None,
+        description="What the status view alerts on, as the settings' [status] table: size_band (0.5), "
+        "size_window (7), key_max_age (90d), stale_margin (2h), wal_max_age (off), periods per kind or "
+        '\'<kind>:<label>\' (e.g. {"neo4j": "off"}). Empty: the defaults (seedvault status --help).',
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> SeedvaultRepository:
@@ -109,6 +115,7 @@ class SeedvaultRepository(Block):
             zstd_threads=self.zstd_threads,
             chunk_size=self.chunk_size,
             retention=self.retention,
+            status=self.status,
         )
 
     def storage(self, *, create: bool = False) -> Storage:

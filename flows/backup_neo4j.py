@@ -30,10 +30,17 @@ from tasks.metrics import pushes_metrics
 from tasks.neo4j import backup_neo4j_task, neo4j_preflight
 from tasks.reports import publish_neo4j_backup_artifact, publish_neo4j_failure_artifact
 from tasks.retention import prune_after_backup
+from tasks.status import publish_status, size_anomaly_failure
 from tasks.verify import verify_backup_task
 
 
-@flow(name="backup-neo4j", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="backup-neo4j",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def backup_neo4j_flow(
     repository: str,
@@ -95,6 +102,10 @@ def backup_neo4j_flow(
         publish_neo4j_failure_artifact("backup", target, name, failure.message)
         raise failure from None
     publish_neo4j_backup_artifact(summary, repo_block.url, target, blk.display(name))
+    anomaly = size_anomaly_failure(repo, repo_block.settings(), summary["id"])
+    if anomaly is not None:  # kept and verified, but not pruned on its strength: the run fails so somebody looks
+        publish_neo4j_failure_artifact("backup", target, name, anomaly.message)
+        raise anomaly
     if prune and verify:  # last, and only after this backup passed verification
         summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     counts = summary.get("counts")

@@ -26,10 +26,17 @@ from tasks.metrics import pushes_metrics
 from tasks.platform import backup_platform_task, publish_group_artifact
 from tasks.reports import publish_failure_artifact
 from tasks.retention import prune_after_backup
+from tasks.status import publish_status
 from tasks.verify import verify_backup_task
 
 
-@flow(name="backup-platform", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="backup-platform",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def backup_platform_flow(
     repository: str,

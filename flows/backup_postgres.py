@@ -34,6 +34,7 @@ from tasks.metrics import pushes_metrics
 from tasks.postgres import preflight
 from tasks.reports import backup_summary, publish_backup_artifact, publish_failure_artifact
 from tasks.retention import prune_after_backup
+from tasks.status import publish_status, size_anomaly_failure
 from tasks.stream import STAGES, run_object_as_tasks
 from tasks.verify import verify_backup_task
 
@@ -70,7 +71,13 @@ def stream_postgres_backup(
     return backup_summary(report, attempt)
 
 
-@flow(name="backup-postgres", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="backup-postgres",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def backup_postgres_flow(
     repository: str,
@@ -130,6 +137,10 @@ def backup_postgres_flow(
         publish_failure_artifact("backup", pg.dbname, failure.message)
         raise failure from None
     publish_backup_artifact(summary, repo_block.url)
+    anomaly = size_anomaly_failure(repo, repo_block.settings(), summary["id"])
+    if anomaly is not None:  # kept and verified, but not pruned on its strength: the run fails so somebody looks
+        publish_failure_artifact("backup", pg.dbname, anomaly.message)
+        raise anomaly
     if prune and verify:  # last, and only after this backup passed verification
         summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     get_run_logger().info(

@@ -27,11 +27,18 @@ from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.reports import publish_base_backup_artifact, publish_server_failure_artifact
 from tasks.retention import prune_after_backup
+from tasks.status import publish_status, size_anomaly_failure
 from tasks.verify import verify_backup_task
 from tasks.wal import base_backup_task
 
 
-@flow(name="backup-postgres-base", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="backup-postgres-base",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def backup_postgres_base_flow(
     repository: str,
@@ -78,6 +85,10 @@ def backup_postgres_base_flow(
         publish_server_failure_artifact("base-backup", target, pg.display(), failure.message)
         raise failure from None
     publish_base_backup_artifact(summary, repo_block.url, target, pg.display())
+    anomaly = size_anomaly_failure(repo, repo_block.settings(), summary["id"])
+    if anomaly is not None:  # kept and verified, but not pruned on its strength: the run fails so somebody looks
+        publish_server_failure_artifact("base-backup", target, pg.display(), anomaly.message)
+        raise anomaly
     if prune and verify:  # last, and only after this backup passed verification
         summary["prune"] = prune_after_backup(repo, repo_block, summary["id"])
     get_run_logger().info(

@@ -23,6 +23,7 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.wal_freshness import DEFAULT_MAX_LAG, FreshnessReport
 from tasks.reports import publish_freshness_artifact, publish_server_failure_artifact
+from tasks.status import publish_status
 from tasks.wal import wal_freshness_task
 
 CHECK_TIMEOUT_SECONDS = 240  # below the 5-minute schedule interval
@@ -30,8 +31,9 @@ CHECK_TIMEOUT_SECONDS = 240  # below the 5-minute schedule interval
 
 @flow(
     name="check-wal-freshness",
-    on_failure=[notify_failure],
-    on_crashed=[notify_failure],
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
     persist_result=False,
     timeout_seconds=CHECK_TIMEOUT_SECONDS,
 )

@@ -18,6 +18,7 @@ name is refused, never dropped.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +27,15 @@ from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block, notify_failure, operator_error
-from seedvault.errors import SeedvaultError, UsageError
+from seedvault.errors import DrillTargetMissed, SeedvaultError, UsageError
+from seedvault.ops import logical_drill
 from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
 from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.metrics import pushes_metrics
-from tasks.platform import drill_platform_task, publish_platform_drill_artifact
+from tasks.platform import drill_platform_task, drill_verdict_rows, publish_platform_drill_artifact
 from tasks.postgres import drop_database, latest_backup, preflight, restore_task
 from tasks.reports import publish_drill_artifact, publish_failure_artifact
+from tasks.status import publish_status
 from tasks.verify import verify_backup_task
 
 
@@ -41,7 +44,13 @@ def scratch_name(source: str, now: datetime | None = None) -> str:
     return source[: 63 - len(suffix)] + suffix
 
 
-@flow(name="dr-drill", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="dr-drill",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def dr_drill_flow(
     repository: str,
@@ -60,8 +69,8 @@ def dr_drill_flow(
     label: str | None = None,
     random_within_days: float | None = None,
     seed: int | None = None,
-    rto_target: float = RTO_TARGET_S,
-    rpo_target: float = RPO_TARGET_S,
+    rto_target: float | None = None,
+    rpo_target: float | None = None,
 ) -> dict[str, Any]:
     """``mode="postgres"``: restore the latest backup of ``database`` into a scratch database, verify, drop.
     ``mode="platform"``: drill a platform group into scratch targets (see the module docstring).
@@ -79,12 +88,16 @@ def dr_drill_flow(
             removing it (both required with a Neo4j target: the restore takes no safety copy).
         scratch_parent: world-traversable parent of the scratch data directories (and their markers).
         group_id, label, random_within_days, seed: which group (default: the newest complete one).
-        rto_target, rpo_target: seconds (1 h, 15 min).
+        rto_target, rpo_target: seconds; default 1 h and, for the RPO, 15 min (platform: the WAL archive) or
+            25 h (postgres: the age of the nightly logical backup). Both modes record the figures in a
+            ``drill`` event, show them against the targets (pass/FAIL) in the artifact, and fail the run
+            when a target is missed, after the artifact is published.
     """
     if mode == "platform":
         return _platform_drill(repository, key, neo4j_target, DrillOptions(
             scratch_parent=scratch_parent, group_id=group_id, label=label, random_within_days=random_within_days,
-            seed=seed, rto_target=rto_target, rpo_target=rpo_target, neo4j_setup=neo4j_scratch_setup,
+            seed=seed, rto_target=RTO_TARGET_S if rto_target is None else rto_target,
+            rpo_target=RPO_TARGET_S if rpo_target is None else rpo_target, neo4j_setup=neo4j_scratch_setup,
             neo4j_teardown=neo4j_scratch_teardown,
         ))  # fmt: skip
     if mode != "postgres":
@@ -92,6 +105,7 @@ def dr_drill_flow(
     if target is None:
         raise UsageError("the postgres drill needs a target (PostgresTarget block)")
     source = database or target  # for the failure artifact, if the block cannot be loaded
+    started = time.monotonic()
     try:
         blk = load_block(PostgresTarget, target)
         source = database or blk.database
@@ -105,22 +119,38 @@ def dr_drill_flow(
         checked = verify_backup_task(quote(repo), backup_id)
         options = RestoreOptions(no_owner=no_owner, checksums=True)
         report = restore_task(quote(repo), backup_id, quote(pg), quote(options), purpose="drill")
+        restored_at, rto = datetime.now(UTC), time.monotonic() - started
         dropped = drop_database(quote(pg), scratch, protect=source)
-        finished = repo.manifest(backup_id)["finished"]
+        body = repo.manifest(backup_id)
+        finished = body["finished"]
     except SeedvaultError as exc:
         failure = operator_error(exc)
         publish_failure_artifact("dr-drill", source, failure.message)
         raise failure from None
     made = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     age = round((datetime.now(UTC) - made).total_seconds() / 3600, 2)
+    figures = logical_drill.judge(
+        rto,
+        (restored_at - made).total_seconds(),
+        logical_drill.RTO_TARGET_S if rto_target is None else rto_target,
+        logical_drill.RPO_TARGET_S if rpo_target is None else rpo_target,
+    )
+    logical_drill.record(repo, backup_id, body, figures)
     extra = [
+        *drill_verdict_rows(figures["rto"], figures["rpo"]),
         ("backup finished", finished),
         ("backup age h", age),
         ("verified bytes", checked["bytes"]),
         ("scratch database", f"{scratch} (dropped)"),
         ("drop s", dropped),
     ]
-    publish_drill_artifact(source, report, extra)
+    publish_drill_artifact(source, report, extra, passed=figures["passed"])
+    if not figures["passed"]:
+        missed = "; ".join(
+            f"{w.upper()} {figures[w]['seconds']:.3f} s missed the target of {figures[w]['target_seconds']:g} s"
+            for w in figures["missed"]
+        )
+        raise DrillTargetMissed(f"DR drill of {source}: backup {backup_id} restored and verified, but {missed}")
     get_run_logger().info(
         "DR drill of %s passed: backup %s (%.1f h old), %d tables, %d rows, %d checksums verified",
         source,
@@ -130,7 +160,8 @@ def dr_drill_flow(
         report["rows_verified"],
         report["checksums_verified"],
     )
-    return {**report, "source": source, "scratch_database": scratch, "backup_age_hours": age, "verify": checked}
+    return {**report, "source": source, "scratch_database": scratch, "backup_age_hours": age, "verify": checked,
+            "rto": figures["rto"], "rpo": figures["rpo"]}  # fmt: skip
 
 
 def _platform_drill(repository: str, key: str, neo4j_target: str | None, options: DrillOptions) -> dict[str, Any]:
@@ -154,7 +185,7 @@ def _platform_drill(repository: str, key: str, neo4j_target: str | None, options
         raise operator_error(exc) from None
     get_run_logger().info(
         "platform DR drill %s of group %s passed: RTO %.3f s (target %g), RPO %.3f s (target %g)",
-        report.drill_id, report.group_id, report.rto["seconds"], options.rto_target, report.rpo["seconds"],
+        report.drill_id, report.group_id, report.rto["seconds"], report.rto["target_seconds"], report.rpo["seconds"],
         options.rpo_target,
     )  # fmt: skip
     return report.as_dict()

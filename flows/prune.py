@@ -16,9 +16,16 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import prune_task
+from tasks.status import publish_status
 
 
-@flow(name="prune", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="prune",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def prune_flow(repository: str, key: str, dry_run: bool = False, notify_block: str | None = None) -> dict[str, Any]:
     """Delete what the retention policy (the repository block's ``retention``) no longer keeps.

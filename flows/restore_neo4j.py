@@ -30,10 +30,17 @@ from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.ops.neo4j_backup import KIND, chain_of
 from tasks.neo4j import latest_neo4j_backup, neo4j_preflight, restore_neo4j_task
 from tasks.reports import publish_neo4j_failure_artifact, publish_neo4j_restore_artifact
+from tasks.status import publish_status
 from tasks.verify import verify_backup_task
 
 
-@flow(name="restore-neo4j", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="restore-neo4j",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 def restore_neo4j_flow(
     repository: str,
     key: str,

@@ -18,9 +18,16 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.platform import publish_platform_restore_artifact, restore_platform_task
 from tasks.reports import publish_failure_artifact
+from tasks.status import publish_status
 
 
-@flow(name="restore-platform", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="restore-platform",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 def restore_platform_flow(
     repository: str,
     key: str,

@@ -18,9 +18,16 @@ from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.postgres import latest_backup, preflight, restore_task
 from tasks.reports import publish_failure_artifact, publish_restore_artifact
+from tasks.status import publish_status
 
 
-@flow(name="restore-postgres", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="restore-postgres",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 def restore_postgres_flow(
     repository: str,
     key: str,

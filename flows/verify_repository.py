@@ -18,9 +18,16 @@ from flows.failures import load_block, notify_failure, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import verify_scope_task
+from tasks.status import publish_status
 
 
-@flow(name="verify-repository", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="verify-repository",
+    on_completion=[publish_status],
+    on_failure=[notify_failure, publish_status],
+    on_crashed=[notify_failure, publish_status],
+    persist_result=False,
+)
 @pushes_metrics
 def verify_repository_flow(
     repository: str, key: str, scope: str = "sample", percent: int = 25, notify_block: str | None = None

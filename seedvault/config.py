@@ -70,6 +70,10 @@ class Settings:
     object_lock: str = "off"
     object_lock_days: int = 30
     prices: dict[str, float] = field(default_factory=dict)
+    # What `seedvault status` alerts on: the TOML table [status] (size_band, size_window, key_max_age,
+    # stale_margin, wal_max_age, [status.periods] per kind or "<kind>:<label>"), or the same as JSON in
+    # SEEDVAULT_STATUS. See seedvault.ops.status.
+    status: dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         from seedvault.storagecost import check_settings

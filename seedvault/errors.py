@@ -226,6 +226,23 @@ class MetricsPushFailed(SeedvaultError):
     exit_code = 63
 
 
+class SizeAnomaly(SeedvaultError):
+    """A committed, verified backup whose stored size is outside the band around the median of the last ones.
+
+    The backup is kept (it may be right: a big delete), but nothing is pruned on its strength and the run fails
+    so that somebody looks.
+    """
+
+    exit_code = 64
+
+
+class StatusAlerting(SeedvaultError):
+    """``seedvault status`` found something alerting (a stale backup, a size anomaly, an old key...): every
+    alert is in the report; the exit code lets cron and monitoring branch without parsing it."""
+
+    exit_code = 65
+
+
 class Interrupted(SeedvaultError):
     exit_code = 130
 

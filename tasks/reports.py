@@ -15,6 +15,7 @@ from prefect.artifacts import create_table_artifact
 
 from seedvault.ops.neo4j_backup import Neo4jBackupReport
 from seedvault.ops.postgres_backup import BackupReport
+from seedvault.units import human_bytes
 
 
 def artifact_key(*parts: str) -> str:
@@ -62,9 +63,9 @@ def backup_rows(summary: dict[str, Any], repository: str) -> list[dict[str, Any]
         ("repository", repository),
         ("finished", summary.get("finished")),
         ("stream attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("compressed bytes", summary.get("compressed_size")),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("compressed size", human_bytes(summary.get("compressed_size"))),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary["ratio"]),
     ]
     pairs += [(f"{step} s", steps.get(step)) for step in ("read", "compress", "encrypt", "hash", "upload")]
@@ -86,11 +87,20 @@ def publish_backup_artifact(summary: dict[str, Any], repository: str) -> UUID:
     )
 
 
+def failure_key(*parts: str) -> str:
+    """``seedvault-failure-<flow>-<subject>``: a failure never shares a key with a success (nor the status).
+
+    The success artifact of the same flow and subject stays the latest under its own key, so "the last good
+    backup" is one click; the failure is the latest under this one.
+    """
+    return artifact_key("seedvault-failure", *parts)
+
+
 def publish_failure_artifact(kind: str, database: str, reason: str) -> UUID:
-    """The same artifact key as a success, so the latest artifact always shows the latest outcome."""
+    """The failure of ``kind`` (backup, restore, dr-drill...) for ``database``, under its own key."""
     return create_table_artifact(
         _rows([("status", "failed"), ("database", database), ("reason", reason)]),
-        key=artifact_key(f"seedvault-{kind}", database),
+        key=failure_key(kind, database),
         description=f"seedvault {kind} of {database} failed",
     )
 
@@ -161,9 +171,9 @@ def publish_base_backup_artifact(summary: dict[str, Any], repository: str, targe
         ("wal", f"{summary['start_wal']}..{summary['stop_wal']}"),
         ("finished", summary["finished"]),
         ("attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("compressed bytes", summary.get("compressed_size")),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("compressed size", human_bytes(summary.get("compressed_size"))),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary.get("ratio")),
         ("files", summary.get("files")),
         ("pg_basebackup s", seconds.get("base")),
@@ -191,7 +201,7 @@ def publish_freshness_artifact(report: dict[str, Any], target: str) -> UUID:
         ("last archived", report["last_archived_wal"]),
         ("last archived at", report["last_archived_time"]),
         ("age s", report["age_seconds"]),
-        ("lag bytes", report["lag_bytes"]),
+        ("lag", human_bytes(report["lag_bytes"])),
         ("pending", report["pending"]),
         ("oldest pending", report["oldest_pending"]),
         ("oldest pending s", report["oldest_pending_age_seconds"]),
@@ -219,14 +229,20 @@ def publish_server_failure_artifact(kind: str, target: str, server: str, reason:
     """A server-level run (base backup, freshness check) that failed before it had numbers to show."""
     return create_table_artifact(
         _rows([("status", "failed"), ("server", server), ("reason", reason)]),
-        key=artifact_key(f"seedvault-{kind}", target),
+        key=failure_key(kind, target),
         description=f"seedvault {kind} of {server} failed",
     )
 
 
-def publish_drill_artifact(source: str, report: dict[str, Any], extra: list[tuple[str, Any]]) -> UUID:
+def publish_drill_artifact(
+    source: str, report: dict[str, Any], extra: list[tuple[str, Any]], *, passed: bool = True
+) -> UUID:
+    """The postgres drill's table: passed/FAILED first, then RTO and RPO against their targets (``extra``)."""
     return create_table_artifact(
-        restore_rows(report, [("drill of", source), *extra]),
+        [
+            {"field": "status", "value": "passed" if passed else "FAILED"},
+            *restore_rows(report, [("drill of", source), *extra]),
+        ],
         key=artifact_key("seedvault-dr-drill", source),
         description=f"seedvault DR drill of {source}: backup {report['backup_id']} restored, verified, dropped",
     )
@@ -286,8 +302,8 @@ def publish_neo4j_backup_artifact(summary: dict[str, Any], repository: str, targ
         ("neo4j", f"{summary['version']} {summary.get('edition') or ''}".strip() if summary.get("version") else None),
         ("finished", summary.get("finished")),
         ("attempts", summary.get("attempt")),
-        ("raw bytes", summary["raw_size"]),
-        ("stored bytes", summary["stored_size"]),
+        ("raw size", human_bytes(summary["raw_size"])),
+        ("stored size", human_bytes(summary["stored_size"])),
         ("ratio raw/stored", summary.get("ratio")),
         ("downtime s", round(down, 3) if down is not None else "none (database kept running)"),
     ]
@@ -325,9 +341,9 @@ def publish_neo4j_restore_artifact(report: dict[str, Any], target: str, where: s
 
 
 def publish_neo4j_failure_artifact(kind: str, target: str, database: str, reason: str) -> UUID:
-    """The same key as a success, so the latest artifact always shows the latest outcome."""
+    """Under its own key (:func:`failure_key`), never over the success artifact."""
     return create_table_artifact(
         _rows([("status", "failed"), ("database", database), ("reason", reason)]),
-        key=neo4j_key(kind, target, database),
+        key=failure_key("neo4j", kind, target, database),
         description=f"seedvault {kind} of Neo4j database {database} failed",
     )

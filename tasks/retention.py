@@ -20,6 +20,7 @@ from seedvault.ops import prune as prune_op
 from seedvault.ops.verify import Sample, VerifyResult, verify_all, verify_latest
 from seedvault.repository import Repository
 from seedvault.storagecost import lock_policy_conflict
+from seedvault.units import human_bytes
 from tasks.reports import artifact_key
 
 SCOPES = ("sample", "all", "latest", "wal")
@@ -117,7 +118,7 @@ def prune_rows(report: prune_op.PruneReport) -> list[dict[str, Any]]:
             "kind": "",
             "label": "",
             "decision": f"{len(report.deleted_backups)} backups, {report.deleted_wal} WAL files deleted",
-            "why": f"{report.bytes_freed} bytes freed",
+            "why": f"{human_bytes(report.bytes_freed)} freed",
         }
     )
     return rows

@@ -39,6 +39,7 @@ from seedvault.cli import (
     platform_cmds,
     prune_cmds,
     repo_cmds,
+    status_cmds,
     wal_cmds,
 )
 from seedvault.cli.runtime import state
@@ -93,6 +94,7 @@ wal_cmds.register(app)
 cost_cmds.register(app)
 audit_cmds.register(app)
 metrics_cmds.register(app)
+status_cmds.register(app)
 app.add_typer(key_cmds.app, name="key", help="Generate, rotate and retire master keys.")
 app.add_typer(legacy_cmds.app, name="legacy", help="Read the old openssl-encrypted backup files.")
 app.add_typer(pg_cmds.backup_app, name="backup", help="Back up a database (postgres, postgres-base, neo4j).")

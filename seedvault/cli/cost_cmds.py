@@ -7,10 +7,11 @@ import sys
 
 import typer
 
-from seedvault.cli.runtime import handle_errors, human_bytes, print_json, state
+from seedvault.cli.runtime import handle_errors, print_json, state
 from seedvault.errors import UsageError
 from seedvault.ops.lifecycle import lifecycle_rules
 from seedvault.ops.usage import NO_CLASS, Tally, usage
+from seedvault.units import human_bytes
 
 
 def _row(name: str, tally: Tally, priced: bool) -> str:

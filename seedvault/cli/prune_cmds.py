@@ -6,9 +6,10 @@ import sys
 
 import typer
 
-from seedvault.cli.runtime import handle_errors, human_bytes, print_json, state
+from seedvault.cli.runtime import handle_errors, print_json, state
 from seedvault.ops import prune as prune_op
 from seedvault.storagecost import lock_policy_conflict
+from seedvault.units import human_bytes
 
 
 @handle_errors

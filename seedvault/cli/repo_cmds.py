@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from seedvault import process
-from seedvault.cli.runtime import err, handle_errors, human_bytes, print_json, progress_bar, state
+from seedvault.cli.runtime import err, handle_errors, print_json, progress_bar, state
 from seedvault.config import parse_duration
 from seedvault.errors import BackupNotFound, SourceError, ToolMissing, UsageError, VerificationFailed
 from seedvault.ops import transfer
 from seedvault.ops.cleanup import cleanup as cleanup_op
 from seedvault.ops.verify import Sample, verify_all, verify_backup, verify_latest
+from seedvault.units import human_bytes
 
 if TYPE_CHECKING:
     from seedvault.audit import AuditState

@@ -314,7 +314,8 @@ def history(repo: Repository, limit: int = TREND) -> list[dict[str, Any]]:
     if not report.ok:
         log.warning("seedvault: warning: the audit log is not intact; the drill history shows its authentic events")
     out = []
-    for ev in [e for e in report.events if e.operation == OPERATION][-limit:]:
+    drills = [e for e in report.events if e.operation == OPERATION and e.details.get("mode", "platform") == "platform"]
+    for ev in drills[-limit:]:
         d = ev.details
 
         def s(ms: Any) -> float | None:

@@ -44,6 +44,8 @@ PINNED = {
     "WalStale": 61,
     "DrillTargetMissed": 62,
     "MetricsPushFailed": 63,
+    "SizeAnomaly": 64,
+    "StatusAlerting": 65,
     "Interrupted": 130,
 }
 

@@ -7,6 +7,7 @@ import pytest
 from flows.backup_postgres import backup_postgres_flow
 from flows.restore_postgres import restore_postgres_flow
 from seedvault.errors import BackupNotFound
+from seedvault.units import human_bytes
 from tests.prefect.api import as_fields, child_flow_runs, latest_table, task_runs
 from tests.prefect.conftest import table_hashes
 
@@ -36,7 +37,8 @@ def test_backup_flow_streams_as_tasks_verifies_and_publishes_artifact(saved_bloc
     fields = as_fields(rows)
     assert artifact.flow_run_id == state.state_details.flow_run_id
     assert fields["id"] == summary["id"] and fields["status"] == "completed, verified"
-    assert fields["raw bytes"] == summary["raw_size"] > fields["stored bytes"] > 0
+    assert fields["raw size"] == human_bytes(summary["raw_size"]) and summary["raw_size"] > summary["stored_size"] > 0
+    assert fields["stored size"] == human_bytes(summary["stored_size"])  # human-readable, as everywhere
     assert fields["ratio raw/stored"] == summary["ratio"]
     assert all(f"{s} s" in fields for s in ("read", "compress", "encrypt", "hash", "upload", "total"))
     assert fields["rows public.customers"] == source_db.counts["customers"]

@@ -50,7 +50,7 @@ def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_bloc
         _assert_clean(json.dumps(receiver.bodies), saved_blocks, pg_server)
 
         # A refused connection is not retried (the database is missing for good); the stream never started.
-        fields = as_fields(latest_table("seedvault-backup-no-such-database")[0])
+        fields = as_fields(latest_table("seedvault-failure-backup-no-such-database")[0])
         assert fields == {"status": "failed", "database": "no_such_database", "reason": reason}
     finally:
         automation.delete()

@@ -23,6 +23,7 @@ from seedvault import process
 from seedvault.crypto.keys import generate_raw_key
 from seedvault.errors import ConfigError, DatabaseLeftStopped, SourceError, TargetError
 from seedvault.repository import Repository
+from seedvault.units import human_bytes
 from tests.fixtures import fake_neo4j
 from tests.prefect.api import as_fields, latest_table, task_runs
 from tests.unit.test_neo4j_admin import DB, FakeGraph, _setup
@@ -61,6 +62,9 @@ class Neo4jEnv:
 
     def artifact(self, kind: str) -> dict:
         return as_fields(latest_table(f"seedvault-neo4j-{kind}-{self.target}-{DB}")[0])
+
+    def failure_artifact(self, kind: str) -> dict:
+        return as_fields(latest_table(f"seedvault-failure-neo4j-{kind}-{self.target}-{DB}")[0])
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +149,10 @@ def test_community_dump_backup_then_restore_is_byte_identical_with_a_safety_copy
     assert fields["id"] == summary["id"] and fields["status"] == "completed, verified"
     assert fields["mode"] == "dump" and fields["database"] == DB and fields["neo4j"] == "5.26.1 community"
     assert fields["downtime s"] == round(summary["downtime_seconds"], 3)
-    assert fields["raw bytes"] == summary["raw_size"] == len(b"NEO4JDUMP" + original)
-    assert fields["stored bytes"] == summary["stored_size"] > 0
+    assert fields["raw size"] == human_bytes(summary["raw_size"]) and summary["raw_size"] == len(
+        b"NEO4JDUMP" + original
+    )
+    assert fields["stored size"] == human_bytes(summary["stored_size"]) and summary["stored_size"] > 0
     assert fields["counts"] == "not recorded (no Bolt URI)" and "nodes" not in fields
 
     community.store.write_bytes(b"damaged")  # the live database goes bad
@@ -214,7 +220,7 @@ def test_failing_dump_fails_with_the_tools_message_and_neo4j_runs_again(communit
     (backup,) = _tasks(state)["backup-neo4j"]
     assert backup.run_count == 2 and backup.state.is_failed()
     assert community.repo().backup_ids() == [], "a failed backup never appears"
-    assert community.artifact("backup") == {"status": "failed", "database": DB, "reason": reason}
+    assert community.failure_artifact("backup") == {"status": "failed", "database": DB, "reason": reason}
     (hook,) = receiver.wait("/hook")
     assert hook["text"].startswith("seedvault: backup-neo4j failed | backup-neo4j run ") and reason in hook["text"]
     assert not any(form in json.dumps(receiver.bodies) for form in process.secret_forms(community.raw_key))

@@ -13,6 +13,7 @@ from flows.prune import prune_flow
 from flows.verify_repository import verify_repository_flow
 from seedvault.errors import UsageError, VerificationFailed
 from seedvault.format import layout
+from seedvault.units import human_bytes
 from tests.helpers import base_env, run_cli
 from tests.prefect.api import latest_table
 
@@ -58,7 +59,7 @@ def test_prune_flow_dry_run_then_deletes_and_the_artifact_says_why(kept_one, sav
     assert by_item[ids[0]]["decision"] == "deleted"
     assert by_item[ids[0]]["why"] == "outside the policy (keep_within 0s, keep_last 1, min_verified 0)"
     assert by_item[ids[2]]["why"] == "keep_last 1"
-    assert by_item["total"]["why"] == f"{done['bytes_freed']} bytes freed"
+    assert by_item["total"]["why"] == f"{human_bytes(done['bytes_freed'])} freed"
 
 
 def test_verify_flow_reads_everything_and_fails_naming_the_bad_backup(kept_one, saved_blocks):

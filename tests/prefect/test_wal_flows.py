@@ -21,6 +21,7 @@ from flows.failures import create_failure_automation
 from seedvault import process
 from seedvault.errors import WalStale
 from seedvault.sources.postgres.cluster import HOST
+from seedvault.units import human_bytes
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET
 from tests.fixtures.walenv import WalEnv
 from tests.prefect.api import as_fields, latest_table, task_runs
@@ -74,7 +75,8 @@ def test_base_backup_flow_completes_and_publishes_artifact(wal_blocks, wal_env: 
     assert fields["id"] == summary["id"] and fields["status"] == "completed, verified"
     assert fields["system id"] == system_id and fields["timeline"] == 1
     assert (fields["start lsn"], fields["stop lsn"]) == (summary["start_lsn"], summary["stop_lsn"])
-    assert fields["raw bytes"] == summary["raw_size"] and fields["stored bytes"] == summary["stored_size"] > 0
+    assert fields["raw size"] == human_bytes(summary["raw_size"])
+    assert fields["stored size"] == human_bytes(summary["stored_size"]) and summary["stored_size"] > 0
     assert fields["repository"] == f"s3://{wal_env.bucket}/repo"
     assert all(f"{s} s" in fields for s in ("pg_basebackup", "confirm wal", "total", "verify"))
 
@@ -169,7 +171,7 @@ def test_pitr_flow_recovers_into_a_new_directory_and_a_missing_block_fails_with_
     assert state.is_failed()
     with pytest.raises(ConfigError, match="no-such-repo"):
         state.result()
-    from tasks.reports import artifact_key
+    from tasks.reports import failure_key
 
-    rows, _ = latest_table(artifact_key("seedvault-restore-pitr", "postgres"))
+    rows, _ = latest_table(failure_key("restore-pitr", "postgres"))
     assert "no-such-repo" in json.dumps(rows)
