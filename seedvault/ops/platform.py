@@ -63,7 +63,7 @@ from seedvault.ops.neo4j_backup import Neo4jJob, backup_neo4j, utc_now
 from seedvault.repository import Repository
 from seedvault.sources.postgres.cluster import LocalCluster
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.sources.postgres.inspect import InspectOptions, row_count_sql, table_checksum, timescale_storage
+from seedvault.sources.postgres.inspect import InspectOptions, check_table, timescale_storage
 from seedvault.sources.postgres.inspect import tables as inspect_tables
 from seedvault.wal import names as wn
 from seedvault.wal.plan import PHYSICAL, Plan, Target, make_plan
@@ -461,24 +461,12 @@ def verify_postgres(conninfo_connect: Any, database: str, recorded: list[dict[st
     rows = checksums = 0
     with conninfo_connect(database) as conn, conn.cursor() as cur:
         for t in recorded:
-            qualified = sql.SQL("{}.{}").format(sql.Identifier(t["schema"]), sql.Identifier(t["name"]))
-            key = f"{t['schema']}.{t['name']}"
-            try:
-                cur.execute(row_count_sql(qualified, hypertable=bool(t.get("hypertable"))))
-            except psycopg.errors.UndefinedTable:
-                conn.rollback()
-                mismatches.append(f"{key} missing")
+            check = check_table(conn, cur, t, checksums=True, recorded_as="the restore point")
+            if check.problem is not None:
+                mismatches.append(check.problem)
                 continue
-            n = int(cur.fetchone()[0])
-            if n != int(t["rows"]):
-                mismatches.append(f"{key} has {n} rows, the restore point had {t['rows']}")
-                continue
-            rows += n
-            if t.get("sha256"):
-                if table_checksum(cur, t["schema"], t["name"]) != t["sha256"]:
-                    mismatches.append(f"{key} content checksum differs")
-                    continue
-                checksums += 1
+            rows += check.rows or 0
+            checksums += 1 if check.checksum_ok else 0
     if mismatches:
         shown = "; ".join(mismatches[:5]) + (f"; and {len(mismatches) - 5} more" if len(mismatches) > 5 else "")
         raise RestoreVerificationFailed(f"recovered PostgreSQL does not match the restore point: {shown}")

@@ -70,7 +70,7 @@ from seedvault.repository import Repository
 from seedvault.sources.postgres import toc
 from seedvault.sources.postgres.binaries import PgBinaries, find_client_binaries
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.sources.postgres.inspect import HYPERTABLES_SQL, row_count_sql, table_checksum, timescale_jobs
+from seedvault.sources.postgres.inspect import HYPERTABLES_SQL, check_table, timescale_jobs
 from seedvault.sources.postgres.logical import LogicalOptions
 from seedvault.sources.postgres.space import FreeSpace, local_free, server_free_space
 
@@ -524,29 +524,21 @@ class _Restore:
                 if tables is not None and (t["schema"], t["name"]) not in tables:
                     continue
                 key = toc.qualified((t["schema"], t["name"]))
-                qualified = sql.SQL("{}.{}").format(sql.Identifier(t["schema"]), sql.Identifier(t["name"]))
-                try:
-                    cur.execute(row_count_sql(qualified, hypertable=bool(t.get("hypertable"))))
-                except psycopg.errors.UndefinedTable:
-                    conn.rollback()
-                    mismatches.append(f"{key} missing")
+                check = check_table(conn, cur, t, checksums=self.opts.checksums)
+                if check.problem is not None and check.checksum_ok is None:  # missing, or its count differs
+                    mismatches.append(check.problem)
                     continue
-                rows = cur.fetchone()[0]
                 if t.get("estimated"):  # an estimate proves nothing: verified only by a matching checksum
                     self.report.estimated_skipped.append(key)
-                    if not (self.opts.checksums and t.get("sha256")):
+                    if check.checksum_ok is None:
                         self.report.tables_unverified.append(key)
                         continue
-                elif rows != t["rows"]:
-                    mismatches.append(f"{key} has {rows} rows, backup had {t['rows']}")
-                    continue
                 self.report.tables_verified += 1
-                self.report.rows_verified += rows
-                if self.opts.checksums and t.get("sha256"):
-                    if table_checksum(cur, t["schema"], t["name"]) != t["sha256"]:
-                        mismatches.append(f"{key} content checksum differs")
-                    else:
-                        self.report.checksums_verified += 1
+                self.report.rows_verified += check.rows or 0
+                if check.checksum_ok is False:
+                    mismatches.append(check.problem or f"{key} content checksum differs")
+                elif check.checksum_ok:
+                    self.report.checksums_verified += 1
             if tables is None and self.timescale and "jobs" in self.timescale:
                 mismatches += self._timescale_mismatches(cur)
         if mismatches:
