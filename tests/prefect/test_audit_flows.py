@@ -26,9 +26,10 @@ def test_backup_and_drill_flows_append_events_naming_their_flow_runs(saved_block
         ("backup", "ok"),
         ("verify", "ok"),  # the drill verifies before it restores
         ("restore-test", "ok"),
+        ("drill", "ok"),  # the drill's own event: RTO and RPO against the targets
     ]
     runs = [e.who.get("flow_run_id") for e in mine]
     assert all(e.who["via"] == "prefect" for e in mine) and None not in runs
-    assert runs[0] != runs[1] == runs[2]  # the backup flow's run, then the drill's
+    assert runs[0] != runs[1] == runs[2] == runs[3]  # the backup flow's run, then the drill's
     state = audit.state(repo)
     assert state.last_restore_tested[backup["id"]].ok and state.last_verified[backup["id"]].ok

@@ -263,7 +263,7 @@ def test_failed_restore_is_not_retried_and_the_previous_database_is_back(communi
     assert community.store.read_bytes() == live and community.running
     (restore,) = _tasks(state)["restore-neo4j"]
     assert restore.run_count == 1 and restore.empirical_policy.retries == 0
-    assert community.artifact("restore")["reason"] == reason
+    assert community.failure_artifact("restore")["reason"] == reason
 
 
 def test_restore_compares_counts_through_the_injected_graph(community: Neo4jEnv, bolt_seam):
