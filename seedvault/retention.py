@@ -325,12 +325,15 @@ def _plan_system(
         window = max(policies.for_(PHYSICAL, b.label).window() for b in fitting)
         start = now - window
         before = [b for b in fitting if b.source and fits(b.source, ancestry, Target("time", time=start))]
-        anchor = before[-1] if before else min(fitting, key=lambda b: b.backup_id)
+        # None consistent before the window starts: the one consistent first (its stop), not the one started
+        # first; two backups may start at the same LSN and stop hours apart (hypothesis found it).
+        anchor = before[-1] if before else min(fitting, key=_consistent_from)
         keep[anchor.backup_id].append(
             f"PITR anchor of timeline {tli}: newest base backup consistent before the pitr_window "
             f"{_span(window)} starts ({_iso(start)})"
             if before
-            else f"PITR anchor of timeline {tli}: oldest base backup (none is consistent before the window starts)"
+            else f"PITR anchor of timeline {tli}: the base backup consistent first (none is consistent before the"
+            " window starts)"
         )
         assert anchor.source is not None
         seg_size = int(anchor.source["wal_segment_size"])
@@ -341,6 +344,12 @@ def _plan_system(
                 continue
             if wn.segno_of(w.segment, seg_size) >= first:
                 wal_keep[w.key].append(f"PITR window of timeline {tli} (from anchor {anchor.backup_id})")
+
+
+def _consistent_from(b: BackupItem) -> tuple[int, str]:
+    """Sort key: where a base backup becomes consistent (its stop LSN), then its id."""
+    assert b.source is not None
+    return wn.parse_lsn(b.source["stop_lsn"]), b.backup_id
 
 
 def _consistency_wal(

@@ -340,3 +340,27 @@ def test_a_kept_platform_group_keeps_its_members_their_parents_and_the_wal_to_it
     unpinned = rt.BackupItem(**{**group.__dict__, "pinned": None})
     gone = {d.name for d in rt.plan([base, newer, full, diff, unpinned], wal, policies, now).backups if not d.keep}
     assert {group.backup_id, diff.backup_id, full.backup_id, base.backup_id} <= gone  # nothing holds them now
+
+
+def test_without_a_backup_before_the_window_the_anchor_is_the_one_consistent_first():
+    """Found by the property above: two base backups start at the same LSN, the one with the smaller id stops
+    six hours later; the window starts before both. The anchor must be the one consistent first, or the hours
+    between the two stops are lost."""
+    now = seg_time(40)
+    src = {"timeline": 1, "start_lsn": wn.format_lsn(1 * SEG + 40), "wal_segment_size": SEG}
+
+    def base(n: int, stop_seg: int) -> rt.BackupItem:
+        stop = seg_time(stop_seg) + timedelta(minutes=30)
+        source = {
+            **src,
+            "stop_lsn": wn.format_lsn(stop_seg * SEG + 100),
+            "stop_time": stop.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        return rt.BackupItem(_bid(seg_time(1), n), rt.PHYSICAL, "pg", stop, system_id=SID, source=source)
+
+    late, early = base(1, 2), base(2, 1)  # the smaller id stops a segment later
+    wal = [rt.WalItem(SID, f"wal/1/{n}", n, "segment", 1, n, seg_time(s) + STEP)
+           for s in range(1, 40) for n in [wn.segment_name(1, s, SEG)]]  # fmt: skip
+    policies = rt.policies_from({"keep_within": "1d", "min_verified": 0, "pitr_window": "60d"})
+    decided = {d.name: d for d in rt.plan([late, early], wal, policies, now).backups}
+    assert decided[early.backup_id].keep and any("PITR anchor" in r for r in decided[early.backup_id].reasons)
