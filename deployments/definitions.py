@@ -112,6 +112,29 @@ DAILY_WAL = "daily-wal-0600-utc"
 DAILY_WAL_CRON = "0 6 * * *"
 TAGS = ["seedvault"]
 
+HOUR, DAY = 3600.0, 86400.0
+# "flow/deployment" -> (period, margin) in seconds: with a notification block, a proactive automation sends one
+# message when no run of the deployment completed within period + margin (the schedule did not run at all).
+WATCHED: dict[str, tuple[float, float]] = {
+    f"backup-postgres/{NIGHTLY_BACKUP}": (DAY, HOUR),
+    f"backup-postgres-base/{DAILY_BASE_BACKUP}": (DAY, HOUR),
+    f"backup-neo4j/{NEO4J_NIGHTLY}": (DAY, HOUR),
+    f"backup-neo4j/{NEO4J_INCREMENTAL}": (15 * 60.0, 15 * 60.0),
+    f"backup-platform/{DAILY_PLATFORM}": (DAY, HOUR),
+    f"check-wal-freshness/{WAL_FRESHNESS}": (5 * 60.0, 10 * 60.0),
+    f"dr-drill/{MONTHLY_DRILL}": (31 * DAY, DAY),
+}
+
+
+def watched(deployments: list[RunnerDeployment]) -> dict[str, tuple[float, float]]:
+    """The deployments among ``deployments`` whose missed runs alert: in :data:`WATCHED`, with an active schedule."""
+    out = {}
+    for d in deployments:
+        name = f"{d.flow_name}/{d.name}"
+        if name in WATCHED and any(getattr(s, "active", True) for s in d.schedules or []):
+            out[name] = WATCHED[name]
+    return out
+
 
 def build(
     repository: str,

@@ -6,7 +6,9 @@ online FULL and an online backup runs every 15 minutes. A Neo4j-only platform le
 ``serve`` needs no work pool: this process polls the Prefect API and runs the flows when due. On SIGTERM it
 pauses its deployments' schedules (Prefect's default), so stopping it stops the schedules visibly.
 ``--register-only`` creates or updates the deployments and exits (for tests, or to inspect them in the UI);
-``--automation`` also creates the server-side failure automation for ``--notify-block``.
+``--automation`` also creates, for ``--notify-block``, the missed-run automations (one per scheduled backup
+deployment: no completed run within its period plus a margin). Failures themselves are reported by the flows'
+hooks only, so each failure sends one message.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--neo4j-scratch-teardown", help="command removing it")
     p.add_argument("--scratch-parent", help="parent of the drill's scratch data directories")
     p.add_argument("--notify-block", help="<block-type-slug>/<name> of a notification block for failures")
-    p.add_argument("--automation", action="store_true", help="create the failure automation for --notify-block")
+    p.add_argument("--automation", action="store_true", help="create the missed-run automations for --notify-block")
     p.add_argument("--register-only", action="store_true", help="create/update the deployments, do not serve")
     args = p.parse_args(argv)
     if args.target is None and args.neo4j_target is None:
@@ -73,14 +75,16 @@ def main(argv: Sequence[str] | None = None) -> list[object]:
         neo4j_scratch_teardown=args.neo4j_scratch_teardown,
         scratch_parent=args.scratch_parent,
     )
-    if args.automation:
-        if not args.notify_block:
-            raise SystemExit("--automation needs --notify-block")
-        from flows.failures import create_failure_automation
+    if args.automation and not args.notify_block:
+        raise SystemExit("--automation needs --notify-block")
+    if args.register_only or args.automation:
+        ids = [d.apply() for d in deployments]  # the automations name deployments that must exist first
+        if args.automation:
+            from deployments.setup import register_missed_run_automations
 
-        create_failure_automation(args.notify_block)
-    if args.register_only:
-        return [d.apply() for d in deployments]
+            register_missed_run_automations(args.notify_block, deployments)
+        if args.register_only:
+            return ids
     from prefect import serve
 
     serve(*deployments)

@@ -10,8 +10,11 @@ From one TOML file (secrets from the environment or files it names, never from t
    (no ``[neo4j]``: no Neo4j deployment), on a process work pool (default) or, with ``--serve``, served by this
    process; a deployment that another mode registered is replaced, not patched, so switching between
    ``prefect deploy``/work pool and ``serve`` never leaves a work pool without a path behind;
-4. with ``[notify]``, passes the webhook block to every deployment (the flows' failure hook sends the message;
-   no server automation is added on top, which would send a second one for the same failure).
+4. with ``[notify]``, passes the webhook block to every deployment (the flows' hooks send the one message per
+   failure and the "recovered" message; no failure automation is added on top, which would send a second one)
+   and creates one proactive automation per scheduled backup deployment for the one alert no hook can send:
+   the backup that did not happen (:data:`deployments.definitions.WATCHED`); automations of deployments no
+   longer configured are deleted.
 
 Running it again with the same file changes nothing but what the file changed (idempotent). ``--dry-run``
 prints what it would do. Example file: ``deployments/seedvault-deploy.example.toml``.
@@ -246,6 +249,20 @@ def register(plan: Plan, deployments: list[Any], *, serve: bool) -> list[Any]:
     return ids
 
 
+def register_missed_run_automations(notify_block: str, deployments: list[Any]) -> list[str]:
+    """One proactive "no completed run within period + margin" automation per watched deployment; stale ones go."""
+    from deployments.definitions import watched
+    from flows.failures import create_missed_backup_automation, delete_missed_backup_automations, missed_automation_name
+
+    wanted = watched(deployments)
+    names = []
+    for deployment, (period, margin) in wanted.items():
+        create_missed_backup_automation(notify_block, deployment, period_s=period, margin_s=margin)
+        names.append(missed_automation_name(deployment))
+    delete_missed_backup_automations(keep=set(names))
+    return names
+
+
 def _ensure_pool(client: Any, name: str) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -275,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_host_files(plan):
             print(f"wrote {path}")
         ids = register(plan, deployments, serve=args.serve)
+        if "notify" in plan.blocks:
+            for name in register_missed_run_automations(f"custom-webhook/{plan.blocks['notify']}", deployments):
+                print(f"automation {name}")
         where = "served by this process" if args.serve else f"on work pool {plan.work_pool}"
         print(f"{len(ids)} deployments registered {where}; blocks: {', '.join(plan.blocks.values())}")
     except ConfigError as exc:

@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_backup import backup_postgres
 from seedvault.sources.postgres.logical import LogicalOptions
@@ -73,7 +73,7 @@ def stream_postgres_backup(
 
 @flow(
     name="backup-postgres",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.reports import publish_base_backup_artifact, publish_server_failure_artifact
@@ -34,7 +34,7 @@ from tasks.wal import base_backup_task
 
 @flow(
     name="backup-postgres-base",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

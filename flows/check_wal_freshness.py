@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.wal_freshness import DEFAULT_MAX_LAG, FreshnessReport
 from tasks.reports import publish_freshness_artifact, publish_server_failure_artifact
@@ -31,7 +31,7 @@ CHECK_TIMEOUT_SECONDS = 240  # below the 5-minute schedule interval
 
 @flow(
     name="check-wal-freshness",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

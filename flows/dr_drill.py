@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import DrillTargetMissed, SeedvaultError, UsageError
 from seedvault.ops import logical_drill
 from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
@@ -46,7 +46,7 @@ def scratch_name(source: str, now: datetime | None = None) -> str:
 
 @flow(
     name="dr-drill",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import prune_task
@@ -21,7 +21,7 @@ from tasks.status import publish_status
 
 @flow(
     name="prune",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.ops.neo4j_backup import KIND, chain_of
 from tasks.neo4j import latest_neo4j_backup, neo4j_preflight, restore_neo4j_task
@@ -36,7 +36,7 @@ from tasks.verify import verify_backup_task
 
 @flow(
     name="restore-neo4j",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from tasks.platform import publish_platform_restore_artifact, restore_platform_task
 from tasks.reports import publish_failure_artifact
@@ -23,7 +23,7 @@ from tasks.status import publish_status
 
 @flow(
     name="restore-platform",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.postgres import latest_backup, preflight, restore_task
@@ -23,7 +23,7 @@ from tasks.status import publish_status
 
 @flow(
     name="restore-postgres",
-    on_completion=[publish_status],
+    on_completion=[notify_recovered, publish_status],
     on_failure=[notify_failure, publish_status],
     on_crashed=[notify_failure, publish_status],
     persist_result=False,

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_pitr import parse_target, restore_pitr
 from seedvault.repository import Repository
@@ -29,7 +29,13 @@ def pitr_task(repo: Repository, target: Any, data_dir: str, **kwargs: Any) -> di
     return restore_pitr(repo, target, data_dir, **kwargs).as_dict()
 
 
-@flow(name="restore-postgres-pitr", on_failure=[notify_failure], on_crashed=[notify_failure], persist_result=False)
+@flow(
+    name="restore-postgres-pitr",
+    on_completion=[notify_recovered],
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+    persist_result=False,
+)
 def restore_postgres_pitr_flow(
     repository: str,
     key: str,

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from flows.backup_postgres import backup_postgres_flow
-from flows.failures import create_failure_automation
 from flows.restore_postgres import restore_postgres_flow
 from seedvault import process
 from seedvault.errors import ConfigError, DatabaseUnreachable
@@ -25,35 +24,32 @@ def _assert_clean(text: str, saved_blocks, pg_server) -> None:
         assert not any(form in text for form in process.secret_forms(secret))
 
 
-def test_failed_backup_raises_reason_notifies_and_triggers_automation(saved_blocks, pg_server, receiver):
-    automation = create_failure_automation("custom-webhook/sv-automation")
-    try:
-        time.sleep(2)  # let the harness's trigger service load the new automation
-        with pytest.raises(DatabaseUnreachable) as info:
-            backup_postgres_flow(
-                **saved_blocks.params(),
-                database="no_such_database",
-                retries=1,
-                retry_delay_seconds=0,
-                notify_block="custom-webhook/sv-hook",
-                return_state=False,
-            )
-        reason = str(info.value)
-        assert reason.startswith("PostgreSQL postgres@127.0.0.1:") and "refused the connection" in reason
-        assert 'database "no_such_database" does not exist' in reason and "\n" not in reason
+def test_failed_backup_raises_reason_and_sends_one_message(saved_blocks, pg_server, receiver):
+    with pytest.raises(DatabaseUnreachable) as info:
+        backup_postgres_flow(
+            **saved_blocks.params(),
+            database="no_such_database",
+            retries=1,
+            retry_delay_seconds=0,
+            notify_block="custom-webhook/sv-hook",
+            return_state=False,
+        )
+    reason = str(info.value)
+    assert reason.startswith("PostgreSQL postgres@127.0.0.1:") and "refused the connection" in reason
+    assert 'database "no_such_database" does not exist' in reason and "\n" not in reason
 
-        (hook,) = receiver.wait("/hook")
-        assert hook["text"].startswith("seedvault: backup-postgres failed | backup-postgres run ")
-        assert reason in hook["text"]
-        (auto,) = receiver.wait("/automation")
-        assert "backup-postgres" in auto["text"] and "Failed" in auto["text"] and reason in auto["text"]
-        _assert_clean(json.dumps(receiver.bodies), saved_blocks, pg_server)
+    (hook,) = receiver.wait("/hook")
+    subject, body = hook["text"].split(" | ", 1)
+    assert subject == "seedvault backup-failed: backup-postgres (no deployment) [postgres no_such_database]"
+    assert f"Reason: DatabaseRefused: {reason}" in body and "Runbook: RUNBOOK.md section 27.1" in body
+    assert "Run: http://127.0.0.1:" in body and "/runs/flow-run/" in body
+    time.sleep(2)
+    assert len(receiver.bodies["/hook"]) == 1  # one message per failure, after the last retry
+    _assert_clean(json.dumps(receiver.bodies), saved_blocks, pg_server)
 
-        # A refused connection is not retried (the database is missing for good); the stream never started.
-        fields = as_fields(latest_table("seedvault-failure-backup-no-such-database")[0])
-        assert fields == {"status": "failed", "database": "no_such_database", "reason": reason}
-    finally:
-        automation.delete()
+    # A refused connection is not retried (the database is missing for good); the stream never started.
+    fields = as_fields(latest_table("seedvault-failure-backup-no-such-database")[0])
+    assert fields == {"status": "failed", "database": "no_such_database", "reason": reason}
 
 
 def test_flow_run_records_the_preflight_retry_and_no_stream(saved_blocks, pg_server):
@@ -111,8 +107,11 @@ def test_hook_takes_the_block_from_the_environment_and_survives_a_dead_receiver(
     monkeypatch.setenv(NOTIFY_ENV, "custom-webhook/sv-hook")
     notify_failure(flow, run, state)
     (body,) = receiver.wait("/hook")
-    assert body["text"] == f"seedvault: dr-drill crashed | dr-drill run brave-run Crashed: {state.message}"
+    subject, text = body["text"].split(" | ", 1)
+    assert subject == "seedvault crashed: dr-drill (no deployment) [postgres]"
+    assert text.startswith("What: run crashed (its process died): dr-drill run brave-run Crashed\n")
+    assert f"Reason: {state.message}" in text and "RUNBOOK.md section 27.10" in text
     receiver.server.shutdown()
     receiver.server.server_close()
     notify_failure(flow, run, state)  # delivery fails: logged by type, never raised over the flow's own failure
-    assert "could not send the failure notification through block custom-webhook/sv-hook" in caplog.text
+    assert "could not send the notification through block custom-webhook/sv-hook" in caplog.text

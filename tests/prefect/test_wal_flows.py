@@ -17,7 +17,6 @@ import pytest
 
 from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
-from flows.failures import create_failure_automation
 from seedvault import process
 from seedvault.errors import WalStale
 from seedvault.sources.postgres.cluster import HOST
@@ -93,48 +92,42 @@ def test_freshness_flow_completes_when_healthy_and_fails_and_notifies_when_stale
     assert fields["status"] == "fresh" and fields["last archived"] == report["last_archived_wal"]
     assert "reason" not in fields and fields["server"] == report["server"]
 
-    automation = create_failure_automation("custom-webhook/sv-automation")
-    try:
-        with env.connect() as conn:
-            conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+    with env.connect() as conn:
+        conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        try:
+            broken_at = conn.execute("SELECT now()").fetchone()[0]
+            conn.execute("INSERT INTO ev (ts, note) VALUES (clock_timestamp(), 'stale')")
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                failed_at = conn.execute("SELECT last_failed_time FROM pg_stat_archiver").fetchone()[0]
+                if failed_at is not None and failed_at > broken_at:
+                    break
+                time.sleep(0.2)
+            time.sleep(3)  # longer than max_lag below
+            state = check_wal_freshness_flow(
+                **_params(wal_blocks), max_lag=2, notify_block="custom-webhook/sv-hook", return_state=True
+            )
+        finally:
+            conn.execute("ALTER SYSTEM RESET archive_command")
             conn.execute("SELECT pg_reload_conf()")
-            time.sleep(0.5)
-            try:
-                broken_at = conn.execute("SELECT now()").fetchone()[0]
-                conn.execute("INSERT INTO ev (ts, note) VALUES (clock_timestamp(), 'stale')")
-                conn.execute("SELECT pg_switch_wal()")
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    failed_at = conn.execute("SELECT last_failed_time FROM pg_stat_archiver").fetchone()[0]
-                    if failed_at is not None and failed_at > broken_at:
-                        break
-                    time.sleep(0.2)
-                time.sleep(3)  # longer than max_lag below
-                state = check_wal_freshness_flow(
-                    **_params(wal_blocks), max_lag=2, notify_block="custom-webhook/sv-hook", return_state=True
-                )
-            finally:
-                conn.execute("ALTER SYSTEM RESET archive_command")
-                conn.execute("SELECT pg_reload_conf()")
-        assert state.is_failed()
-        with pytest.raises(WalStale) as info:
-            state.result()
-        reason = str(info.value)
-        assert reason.startswith("WAL archiving is failing on postgres@") and "\n" not in reason
-        # Both notification paths fire with the one-line reason: the flow's hook and the server's automation.
-        (hook,) = receiver.wait("/hook")
-        assert hook["text"].startswith("seedvault: check-wal-freshness failed | check-wal-freshness run ")
-        assert reason in hook["text"]
-        (auto,) = receiver.wait("/automation")
-        assert "check-wal-freshness" in auto["text"] and "Failed" in auto["text"] and reason in auto["text"]
-        sent = json.dumps(receiver.bodies)
-        for secret in (wal_blocks["raw_key"], env.password, S3_SECRET):
-            assert not any(form in sent for form in process.secret_forms(secret))
-        fields = as_fields(latest_table(f"seedvault-wal-freshness-{TARGET}")[0])
-        assert fields["status"] == "stale (failing, lag, not-archiving)" and fields["reason"] in reason
-        assert fields["failed count"] >= 1 and fields["pending"] >= 1
-    finally:
-        automation.delete()
+    assert state.is_failed()
+    with pytest.raises(WalStale) as info:
+        state.result()
+    reason = str(info.value)
+    assert reason.startswith("WAL archiving is failing on postgres@") and "\n" not in reason
+    # One message, from the flow's hook, with the one-line reason and the runbook section.
+    (hook,) = receiver.wait("/hook")
+    assert hook["text"].startswith("seedvault wal-stale: check-wal-freshness (no deployment) [postgres")
+    assert reason in hook["text"] and "RUNBOOK.md section 27.7" in hook["text"]
+    sent = json.dumps(receiver.bodies)
+    for secret in (wal_blocks["raw_key"], env.password, S3_SECRET):
+        assert not any(form in sent for form in process.secret_forms(secret))
+    fields = as_fields(latest_table(f"seedvault-wal-freshness-{TARGET}")[0])
+    assert fields["status"] == "stale (failing, lag, not-archiving)" and fields["reason"] in reason
+    assert fields["failed count"] >= 1 and fields["pending"] >= 1
     # Archiving repaired: the archiver catches up and the check completes again.
     env.wait_archived()
     assert check_wal_freshness_flow(**_params(wal_blocks), max_lag=2)["ok"]
