@@ -13,6 +13,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: dict[str, list[dict]] = {}
+        self.received: list[tuple[float, str, dict]] = []  # (time.time(), path, body), in arrival order
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -21,7 +22,9 @@ class Receiver:
 
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.bodies.setdefault(self.path, []).append(json.loads(data))
+                body = json.loads(data)
+                receiver.bodies.setdefault(self.path, []).append(body)
+                receiver.received.append((time.time(), self.path, body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,46 +21,13 @@ import httpx
 import pytest
 
 from seedvault.crypto.keys import generate_raw_key
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.prefect.real_server import ROOT, deployments, prefect_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")  # fmt: skip
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).json() is True:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert proc.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "prefect server did not come up in 120 s"
-            time.sleep(0.5)
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _setup(url: str, config: Path, *extra: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -70,12 +35,6 @@ def _setup(url: str, config: Path, *extra: str, env: dict[str, str]) -> subproce
     full.update(env, PREFECT_API_URL=url, DO_NOT_TRACK="1")
     return subprocess.run([sys.executable, "-m", "deployments.setup", "--config", str(config), *extra], cwd=ROOT,
                           env=full, capture_output=True, text=True, timeout=300)  # fmt: skip
-
-
-def _deployments(url: str) -> dict[str, dict]:
-    flows = {f["id"]: f["name"] for f in httpx.post(f"{url}/flows/filter", json={}, timeout=30).json()}
-    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in httpx.post(f"{url}/deployments/filter", json={},
-                                                                          timeout=30).json()}  # fmt: skip
 
 
 def test_setup_registers_exactly_the_configured_stores_and_the_ui_can_start_every_restore(server, tmp_path) -> None:
@@ -110,7 +69,7 @@ dir = "{tmp_path / "host"}"
     assert first.returncode == 0, first.stderr
     for text in (first.stdout, first.stderr):
         assert pg_password not in text and s3_secret not in text and key.read_text().strip() not in text
-    got = _deployments(server)
+    got = deployments(server)
     expected = {
         "backup-postgres/nightly-0200-utc": "0 2 * * *", "backup-postgres-base/daily-0100-utc": "0 1 * * *",
         "check-wal-freshness/every-5-minutes": "*/5 * * * *", "dr-drill/monthly-1st-0400-utc": "0 4 1 * *",
@@ -148,7 +107,7 @@ dir = "{tmp_path / "host"}"
 
     again = _setup(server, config, env=env)  # idempotent: the same deployments, updated in place
     assert again.returncode == 0, again.stderr
-    assert {n: d["id"] for n, d in _deployments(server).items()} == {n: d["id"] for n, d in got.items()}
+    assert {n: d["id"] for n, d in deployments(server).items()} == {n: d["id"] for n, d in got.items()}
 
     switch = subprocess.run(
         [sys.executable, "-c", "import sys; from pathlib import Path; from deployments.setup import *;"
@@ -157,7 +116,7 @@ dir = "{tmp_path / "host"}"
                        "PREFECT_API_URL": server}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert switch.returncode == 0, switch.stderr
-    served = _deployments(server)
+    served = deployments(server)
     assert set(served) == set(expected) and all(d["work_pool_name"] is None for d in served.values())
 
     bad = tmp_path / "bad.toml"
