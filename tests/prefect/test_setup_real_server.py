@@ -37,6 +37,13 @@ def _setup(url: str, config: Path, *extra: str, env: dict[str, str]) -> subproce
                           env=full, capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+def _automations(url: str) -> set[str]:
+    autos = httpx.post(f"{url}/automations/filter", json={}, timeout=30).json()
+    names = [a["name"] for a in autos]
+    assert len(names) == len(set(names))
+    return set(names)
+
+
 def test_setup_registers_exactly_the_configured_stores_and_the_ui_can_start_every_restore(server, tmp_path) -> None:
     pg_password, s3_secret = "pg-" + secrets.token_hex(12), "s3-" + secrets.token_hex(12)
     key = tmp_path / "master.key"
@@ -87,6 +94,11 @@ dir = "{tmp_path / "host"}"
         else:
             (s,) = d["schedules"]
             assert (s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) == (cron, "UTC", True)
+    # With [notify]: one missed-run automation per scheduled backup deployment (failures are the hooks' job).
+    missed = {"seedvault-missed-" + name for name in ("backup-postgres--nightly-0200-utc",
+              "backup-postgres-base--daily-0100-utc", "check-wal-freshness--every-5-minutes",
+              "dr-drill--monthly-1st-0400-utc")}  # fmt: skip
+    assert _automations(server) == missed
     # The UI's "Run" on each on-demand deployment: a run with the block names and the operator's fields.
     for name, params in (("restore-postgres/on-demand", {"database": "tsdb_check"}),
                          ("restore-postgres-pitr/on-demand", {"data_dir": "/srv/pitr", "latest": True})):  # fmt: skip
@@ -108,6 +120,7 @@ dir = "{tmp_path / "host"}"
     again = _setup(server, config, env=env)  # idempotent: the same deployments, updated in place
     assert again.returncode == 0, again.stderr
     assert {n: d["id"] for n, d in deployments(server).items()} == {n: d["id"] for n, d in got.items()}
+    assert _automations(server) == missed  # replaced, not added twice
 
     switch = subprocess.run(
         [sys.executable, "-c", "import sys; from pathlib import Path; from deployments.setup import *;"
