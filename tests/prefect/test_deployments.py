@@ -179,45 +179,75 @@ def test_serve_needs_a_target_and_incremental_needs_neo4j(capsys):
     assert "--neo4j-incremental needs --neo4j-target" in capsys.readouterr().err
 
 
-def test_prefect_yaml_matches_the_definitions_and_its_entrypoints_load():
+def test_prefect_yaml_is_generated_from_the_example_and_its_entrypoints_load(tmp_path):
     from prefect.flows import load_flow_from_entrypoint
 
-    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    from deployments.setup import main as setup_main
+
+    example = "deployments/seedvault-deploy.example.toml"
+    out = tmp_path / "prefect.yaml"
+    assert setup_main(["--config", str(PREFECT_YAML.parent / "seedvault-deploy.example.toml"), "--prefect-yaml",
+                       str(out)]) == 0  # fmt: skip
+    committed = PREFECT_YAML.read_text()
+    regenerated = out.read_text().replace(str(PREFECT_YAML.parent / "seedvault-deploy.example.toml"), example)
+    assert committed == regenerated.replace(str(out), "deployments/prefect.yaml"), "regenerate deployments/prefect.yaml"
+    spec = yaml.safe_load(committed)
     root = PREFECT_YAML.parents[1]
     by_name = {}
     for d in spec["deployments"]:
         path, func = d["entrypoint"].split(":")
         by_name[(load_flow_from_entrypoint(f"{root / path}:{func}").name, d["name"])] = d
     expected = {
-        ("backup-postgres", definitions.NIGHTLY_BACKUP): (definitions.NIGHTLY_BACKUP_CRON, True),
-        ("dr-drill", definitions.MONTHLY_DRILL): (definitions.MONTHLY_DRILL_CRON, True),
-        ("backup-platform", definitions.DAILY_PLATFORM): (definitions.DAILY_PLATFORM_CRON, True),
-        ("backup-postgres-base", definitions.DAILY_BASE_BACKUP): (definitions.DAILY_BASE_BACKUP_CRON, True),
-        ("check-wal-freshness", definitions.WAL_FRESHNESS): (definitions.WAL_FRESHNESS_CRON, True),
-        ("backup-neo4j", definitions.NEO4J_NIGHTLY): (definitions.NEO4J_NIGHTLY_CRON, True),
-        # Enterprise only: registered paused, to be resumed where online backups exist.
-        ("backup-neo4j", definitions.NEO4J_INCREMENTAL): (definitions.NEO4J_INCREMENTAL_CRON, False),
-        ("prune", definitions.DAILY_PRUNE): (definitions.DAILY_PRUNE_CRON, True),
-        ("verify-repository", definitions.WEEKLY_SAMPLE): (definitions.WEEKLY_SAMPLE_CRON, True),
-        ("verify-repository", definitions.MONTHLY_ALL): (definitions.MONTHLY_ALL_CRON, True),
-        ("verify-repository", definitions.DAILY_WAL): (definitions.DAILY_WAL_CRON, True),
-    }
+        ("backup-postgres", definitions.NIGHTLY_BACKUP): definitions.NIGHTLY_BACKUP_CRON,
+        ("dr-drill", definitions.MONTHLY_DRILL): definitions.MONTHLY_DRILL_CRON,
+        ("backup-platform", definitions.DAILY_PLATFORM): definitions.DAILY_PLATFORM_CRON,
+        ("backup-postgres-base", definitions.DAILY_BASE_BACKUP): definitions.DAILY_BASE_BACKUP_CRON,
+        ("check-wal-freshness", definitions.WAL_FRESHNESS): definitions.WAL_FRESHNESS_CRON,
+        ("backup-neo4j", definitions.NEO4J_NIGHTLY): definitions.NEO4J_NIGHTLY_CRON,
+        ("prune", definitions.DAILY_PRUNE): definitions.DAILY_PRUNE_CRON,
+        ("verify-repository", definitions.WEEKLY_SAMPLE): definitions.WEEKLY_SAMPLE_CRON,
+        ("verify-repository", definitions.MONTHLY_ALL): definitions.MONTHLY_ALL_CRON,
+        ("verify-repository", definitions.DAILY_WAL): definitions.DAILY_WAL_CRON,
+        ("restore-postgres", "on-demand"): None, ("restore-postgres-pitr", "on-demand"): None,
+        ("restore-neo4j", "on-demand"): None, ("restore-platform", "on-demand"): None,
+    }  # fmt: skip
+    # The example's Neo4j is Community (incremental = false): no 15-minute deployment at all, not a paused one.
     assert set(by_name) == set(expected) and len(spec["deployments"]) == len(expected)
-    for name, (cron, active) in expected.items():
+    for name, cron in expected.items():
         d = by_name[name]
-        assert d["schedules"] == [{"cron": cron, "timezone": "UTC", "active": active}]
+        assert d["schedules"] == ([{"cron": cron, "timezone": "UTC", "active": True}] if cron else [])
+        assert d["parameters"]["notify_block"] == "custom-webhook/seedvault-notify"
+        assert d["work_pool"] == {"name": "seedvault"}
         assert set(d["parameters"]) >= (
             {"repository", "key"}
-            if name[0] in ("prune", "verify-repository", "dr-drill")
+            if name[0] in ("prune", "verify-repository", "dr-drill", "restore-postgres-pitr")
             else {"repository", "key", "target"}
         )
     drill = by_name[("dr-drill", "monthly-1st-0400-utc")]["parameters"]
     assert drill["mode"] == "platform" and drill["neo4j_scratch_setup"] and drill["neo4j_scratch_teardown"]
     assert by_name[("backup-platform", "daily-0300-utc")]["parameters"]["neo4j_target"] == "seedvault-neo4j"
     assert by_name[("backup-neo4j", "nightly-0200-utc")]["parameters"]["mode"] == "dump"
-    every = by_name[("backup-neo4j", "every-15-minutes")]
-    assert every["parameters"]["mode"] == "online" and every["parameters"]["backup_type"] == "AUTO"
-    assert every["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+def test_prefect_yaml_of_a_postgres_only_platform_has_no_neo4j_and_an_enterprise_one_the_15_minute_backup(tmp_path):
+    from deployments.setup import main as setup_main
+
+    example = (PREFECT_YAML.parent / "seedvault-deploy.example.toml").read_text()
+    pg_only = tmp_path / "pg.toml"
+    pg_only.write_text(example.split("[neo4j]")[0] + "[notify]" + example.split("[notify]")[1])
+    assert setup_main(["--config", str(pg_only), "--prefect-yaml", str(tmp_path / "pg.yaml")]) == 0
+    names = {(d["entrypoint"].split(":")[1], d["name"]) for d in
+             yaml.safe_load((tmp_path / "pg.yaml").read_text())["deployments"]}  # fmt: skip
+    assert not any("neo4j" in flow or "platform" in flow for flow, _ in names)
+    assert ("restore_postgres_flow", "on-demand") in names and ("backup_postgres_flow", "nightly-0200-utc") in names
+    enterprise = tmp_path / "ee.toml"
+    enterprise.write_text(example.replace("incremental = false", "incremental = true"))
+    assert setup_main(["--config", str(enterprise), "--prefect-yaml", str(tmp_path / "ee.yaml")]) == 0
+    every = [d for d in yaml.safe_load((tmp_path / "ee.yaml").read_text())["deployments"]
+             if d["name"] == definitions.NEO4J_INCREMENTAL]  # fmt: skip
+    assert len(every) == 1 and every[0]["schedules"][0]["active"] is True
+    assert every[0]["parameters"]["mode"] == "online" and every[0]["parameters"]["backup_type"] == "AUTO"
+    assert every[0]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
 
 
 def test_prefect_yaml_scopes_of_the_verification_deployments():
