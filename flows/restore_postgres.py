@@ -49,7 +49,14 @@ def restore_postgres_flow(
         database: the database to create (or, with ``replace``, to replace keeping a safety copy).
         backup_id: the backup to restore; default: the latest backup of ``source_database``.
         source_database: whose latest backup to take (default: the target block's database).
-        replace, with_globals, no_owner, checksums, jobs: as ``seedvault restore postgres``.
+        replace: off (the default): restore into ``database``, which must not exist, so live data is never
+            touched. On: ``database`` is replaced: the backup is restored under a new name and verified, the
+            live database is renamed to a safety copy, the restored one takes its name; the copy stays until
+            you drop it (RUNBOOK.md section 11).
+        with_globals: also restore roles and tablespaces stored with the backup.
+        no_owner: skip ownership and privileges (a server without the source's roles).
+        checksums: compare every table's content checksum, not only its row count.
+        jobs: parallel pg_restore jobs (the backup is spooled to local disk first); empty: one stream, no spool.
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
     try:
