@@ -35,7 +35,14 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.logging import get_logger
 
-from flows.messages import Message, failure_message, missed_message, recovered_message, store_of
+from flows.messages import (
+    Message,
+    failure_message,
+    missed_message,
+    recovered_message,
+    status_alert_message,
+    store_of,
+)
 from seedvault.errors import ConfigError, SeedvaultError
 
 NOTIFY_ENV = "SEEDVAULT_NOTIFY_BLOCK"
@@ -121,6 +128,39 @@ def notify_recovered(flow: Any, flow_run: Any, state: Any) -> None:
         store=store_of(flow.name, params),
     )
     _send(name, message)
+
+
+REMINDED_KINDS = ("key-age",)
+
+
+def remind_status_alerts(repo: Any, settings: Any, notify_block: str | None, repository_url: str) -> int:
+    """One message per standing status alert of :data:`REMINDED_KINDS` (the master key's age); returns how many.
+
+    Called by the daily ``prune`` run, so an overdue rotation is said once a day, not by every run (the
+    5-minute freshness check would send 288 a day). Other alert kinds have their own message already (a failed
+    run, a missed schedule). A status that cannot be computed is a warning, never a failed prune.
+    """
+    from prefect.context import get_run_context
+
+    from seedvault.ops.status import compute_status
+
+    name = notify_block or os.environ.get(NOTIFY_ENV)
+    if not name:
+        return 0
+    try:
+        report = compute_status(repo, settings)
+    except SeedvaultError as exc:
+        log.warning("the status alerts were not checked: %s", exc.one_line())
+        return 0
+    run = get_run_context().flow_run  # type: ignore[union-attr]
+    sent = 0
+    for alert in report.alerts:
+        if alert.kind in REMINDED_KINDS:
+            _send(name, status_alert_message(kind=alert.kind, alert_subject=alert.subject, text=alert.message,
+                                             repository=repository_url, deployment=_deployment_name("prune", run),
+                                             run_url=_run_url(run)))  # fmt: skip
+            sent += 1
+    return sent
 
 
 def _send(block_name: str, message: Message) -> None:

@@ -165,3 +165,21 @@ def _span(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)} min"
     return f"{seconds:g} s"
+
+
+def status_alert_message(
+    *, kind: str, alert_subject: str, text: str, repository: str, deployment: str | None, run_url: str | None
+) -> Message:
+    """A standing condition the status view found (e.g. ``key-age``), sent as a reminder by a daily run."""
+    what, section = ALERT_KINDS[kind]
+    subject = f"seedvault {kind}: {alert_subject} [{repository}]"
+    body = "\n".join(
+        (
+            f"What: {what}: {alert_subject}",
+            f"Where: repository {repository}, deployment {deployment or '-'}",
+            f"Reason: {_one_line(text)}",
+            f"Run: {run_url or 'no Prefect UI URL known (set PREFECT_UI_URL)'}",
+            f"Runbook: RUNBOOK.md section {section} ({what})",
+        )
+    )
+    return Message(subject, body)

@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
-from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.failures import load_block, notify_failure, notify_recovered, operator_error, remind_status_alerts
 from seedvault.errors import SeedvaultError
 from tasks.metrics import pushes_metrics
 from tasks.retention import prune_task
@@ -34,11 +34,14 @@ def prune_flow(repository: str, key: str, dry_run: bool = False, notify_block: s
         repository: name of a saved ``SeedvaultRepository`` block (its ``retention`` is the policy).
         key: name of a saved ``SeedvaultEncryptionKey`` block.
         dry_run: only publish the plan; delete nothing.
-        notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
+        notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures, and for the daily
+            reminder of a master key older than the rotation age (the status view's ``key-age`` alert).
     """
     try:
         repo_block = load_block(SeedvaultRepository, repository)
         repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
-        return prune_task(quote(repo), quote(repo_block.settings()), repo_block.url, dry_run=dry_run)
+        result = prune_task(quote(repo), quote(repo_block.settings()), repo_block.url, dry_run=dry_run)
     except SeedvaultError as exc:
         raise operator_error(exc) from None
+    result["reminders"] = remind_status_alerts(repo, repo_block.settings(), notify_block, repo_block.url)
+    return result

@@ -83,3 +83,26 @@ def test_failed_backup_keeps_the_success_artifact_and_publishes_its_own(saved_bl
     text = json.dumps([a.model_dump(mode="json") for a in status[:2]], default=str) + json.dumps(failed)
     for secret in (saved_blocks.raw_key, pg_server.password):
         assert not any(form in text for form in process.secret_forms(secret))
+
+
+def test_daily_prune_reminds_once_of_a_master_key_past_its_rotation_age(receiver, tmp_path):
+    import time
+
+    from blocks import SeedvaultEncryptionKey, SeedvaultRepository
+    from flows.prune import prune_flow
+
+    repo = make_local_repo(tmp_path)
+    (tmp_path / "p").write_bytes(os.urandom(1000))
+    assert invoke(["put", "--label", "key-age", "--input", str(tmp_path / "p")], repo.env).exit_code == 0
+    SeedvaultEncryptionKey(kind="raw", value=repo.key_file.read_text().strip()).save("age-key", overwrite=True)
+    SeedvaultRepository(local_path=str(repo.root)).save("age-repo", overwrite=True)
+    params = {"repository": "age-repo", "key": "age-key", "notify_block": "custom-webhook/sv-hook"}
+    assert prune_flow(**params)["reminders"] == 0  # a new key: nothing to say
+    time.sleep(1.2)
+    SeedvaultRepository(local_path=str(repo.root), status={"key_max_age": "1s"}).save("age-repo", overwrite=True)
+    assert prune_flow(**params)["reminders"] == 1
+    (body,) = receiver.wait("/hook")
+    subject, text = body["text"].split(" | ", 1)
+    assert subject.startswith("seedvault key-age: key k-") and f"[file://{repo.root}]" in subject
+    assert "older than" in text and "RUNBOOK.md section 27.8" in text and "/runs/flow-run/" in text
+    assert repo.key_file.read_text().strip() not in json.dumps(receiver.bodies)
