@@ -21,6 +21,7 @@ from seedvault.ops.verify import Sample, VerifyResult, verify_all, verify_latest
 from seedvault.repository import Repository
 from seedvault.storagecost import lock_policy_conflict
 from seedvault.units import human_bytes
+from tasks.postgres import transient_only
 from tasks.reports import artifact_key
 
 SCOPES = ("sample", "all", "latest", "wal")
@@ -132,7 +133,14 @@ def publish_prune_artifact(report: prune_op.PruneReport, repository_url: str) ->
     )
 
 
-@task(name="verify-repository", retries=1, retry_delay_seconds=60, cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="verify-repository",
+    retries=1,
+    retry_delay_seconds=60,
+    retry_condition_fn=transient_only,  # an integrity failure is the same on every read: no retry, no delay
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def verify_scope_task(repo: Repository, repository_url: str, scope: str, percent: int = 25) -> dict[str, Any]:
     """Verify ``scope`` (sample P %, all, latest, wal); publishes what was read; fails naming every bad item."""
     if scope not in SCOPES:

@@ -1,8 +1,10 @@
 """``verify`` as an ordinary task: read every byte of a backup back through the authenticators.
 
 Unlike the streaming stages it reads a committed, immutable backup, so retrying it alone is safe; it has its
-own retry policy for storage hiccups. A backup that fails verification stays in the repository (it is
-complete, and an operator may want to inspect it) but the flow fails with the first problem named.
+own retry policy for storage hiccups (only those: a mismatch or an authentication failure is the same on
+every read, and retrying it only delays the failure and its message). A backup that fails verification
+stays in the repository (it is complete, and an operator may want to inspect it) but the flow fails with the
+first problem named.
 """
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from prefect.cache_policies import NO_CACHE
 from seedvault.errors import VerificationFailed
 from seedvault.ops.verify import verify_backup
 from seedvault.repository import Repository
+from tasks.postgres import transient_only
 
 
-@task(name="verify-backup", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="verify-backup",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=transient_only,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def verify_backup_task(repo: Repository, backup_id: str) -> dict[str, Any]:
     """Read the whole backup back; raise :class:`VerificationFailed` naming the first problem."""
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from seedvault.errors import UsageError, VerificationFailed
 from seedvault.format import layout
 from seedvault.units import human_bytes
 from tests.helpers import base_env, run_cli
-from tests.prefect.api import latest_table
+from tests.prefect.api import latest_table, task_runs
 
 KEEP_ONE = {"keep_within": "0s", "keep_last": 1, "min_verified": 0}
 
@@ -77,6 +77,9 @@ def test_verify_flow_reads_everything_and_fails_naming_the_bad_backup(kept_one, 
     assert state.is_failed()
     with pytest.raises(VerificationFailed, match=f"1 of 3 backups failed verification; {ids[1]}: "):
         state.result()
+    # A bad object is bad on every read: no retry (it only delayed the failure and its message by a minute).
+    (verify_run,) = [r for r in task_runs(state.state_details.flow_run_id) if r.name.startswith("verify-repository")]
+    assert verify_run.run_count == 1 and verify_run.state.is_failed()
     key = f"seedvault-verify-all-{str(root).strip('/').replace('/', '-').replace('_', '-').lower()}"[:100]
     rows, _ = latest_table(key)
     assert [(r["item"], r["ok"]) for r in rows] == [(ids[0], True), (ids[1], False), (ids[2], True), ("total", False)]
