@@ -222,7 +222,8 @@ def test_failing_dump_fails_with_the_tools_message_and_neo4j_runs_again(communit
     assert community.repo().backup_ids() == [], "a failed backup never appears"
     assert community.failure_artifact("backup") == {"status": "failed", "database": DB, "reason": reason}
     (hook,) = receiver.wait("/hook")
-    assert hook["text"].startswith("seedvault: backup-neo4j failed | backup-neo4j run ") and reason in hook["text"]
+    assert hook["text"].startswith("seedvault backup-failed: backup-neo4j (no deployment) [neo4j neo4j] | ")
+    assert reason in hook["text"] and "Where: store neo4j, database neo4j" in hook["text"]
     assert not any(form in json.dumps(receiver.bodies) for form in process.secret_forms(community.raw_key))
 
 
