@@ -2,12 +2,12 @@
 
 A local HTTP receiver is the webhook. Deployments on a process work pool, run by ``prefect worker start``:
 
-* manual runs (``create_flow_run``, what the UI's "Run" does): a backup whose database is unreachable, a
-  backup whose S3 endpoint is down (upload failed), a backup that is a size anomaly, a DR drill with a tiny
-  RTO target, a WAL freshness check on a server that does not archive;
+* manual runs (``create_flow_run``, what the UI's "Run" does): a backup whose database is unreachable, a DR
+  drill with a tiny RTO target, a WAL freshness check on a server that does not archive;
 * runs the *scheduler* creates (no ``Scheduled`` event, the case that held a server automation for 15
-  minutes): a failed backup, and a backup killed with SIGKILL mid-dump (the worker marks it Crashed and runs
-  the crash hook itself);
+  minutes): a backup whose database is unreachable, a backup whose S3 endpoint is down (upload failed), a
+  backup that is a size anomaly, and a backup killed with SIGKILL mid-dump (the worker marks it Crashed and
+  runs the crash hook itself);
 * a deployment whose schedule never runs: the proactive "missed backup" automation;
 * the failed manual deployment fixed and run again: one "recovered" message, and none for the next success.
 
@@ -174,9 +174,10 @@ def env(pg_server, tmp_path_factory) -> Iterator[Env]:
         ids = {
             "backup-postgres/manual": _deploy(backup_postgres_flow, "manual", {**backup, "target": "nt-pg-down"}),
             "backup-postgres/upload": _deploy(backup_postgres_flow, "upload", {
-                **backup, "repository": "nt-s3-down", "target": "nt-pg"}),
+                **backup, "repository": "nt-s3-down", "target": "nt-pg"}, [Interval(3600, anchor_date=soon)]),
             "backup-postgres/size": _deploy(backup_postgres_flow, "size", {
-                **backup, "target": "nt-pg", "database": "nt_big", "label": "sizes"}),
+                **backup, "target": "nt-pg", "database": "nt_big", "label": "sizes"},
+                [Interval(3600, anchor_date=soon)]),
             "dr-drill/tiny-rto": _deploy(dr_drill_flow, "tiny-rto", {
                 **common, "target": "nt-pg", "database": "nt_src", "rto_target": 0.001}),
             "check-wal-freshness/stale": _deploy(check_wal_freshness_flow, "stale", {**common, "target": "nt-pg"}),
@@ -206,15 +207,15 @@ def test_one_message_per_failure_kind_for_manual_and_scheduled_runs(env: Env) ->
     lock = env.pg_server.connect("nt_lock", autocommit=False)
     lock.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
     try:
-        manual = {name: env.run(name) for name in ("backup-postgres/manual", "backup-postgres/upload",
-                                                    "backup-postgres/size", "dr-drill/tiny-rto",
-                                                    "check-wal-freshness/stale")}  # fmt: skip
-        crash = env.scheduled_run("backup-postgres/scheduled-crash")
-        fail = env.scheduled_run("backup-postgres/scheduled-fail")
-        _kill_when_waiting(env, crash)
-        runs = {name: env.wait_final(run_id) for name, run_id in manual.items()}
-        runs["backup-postgres/scheduled-fail"] = env.wait_final(fail)
-        runs["backup-postgres/scheduled-crash"] = env.wait_final(crash)
+        # Started as the UI's "Run" does: a backup, a drill, a freshness check.
+        ids = {name: env.run(name) for name in ("backup-postgres/manual", "dr-drill/tiny-rto",
+                                                 "check-wal-freshness/stale")}  # fmt: skip
+        # Created by the scheduler (no Scheduled event): a backup, an upload, a size anomaly, a kill -9.
+        for name in ("backup-postgres/scheduled-fail", "backup-postgres/upload", "backup-postgres/size",
+                     "backup-postgres/scheduled-crash"):  # fmt: skip
+            ids[name] = env.scheduled_run(name)
+        _kill_when_waiting(env, ids["backup-postgres/scheduled-crash"])
+        runs = {name: env.wait_final(run_id) for name, run_id in ids.items()}
     finally:
         lock.rollback()
         lock.close()
