@@ -74,6 +74,19 @@ class Settings:
     # stale_margin, wal_max_age, [status.periods] per kind or "<kind>:<label>"), or the same as JSON in
     # SEEDVAULT_STATUS. See seedvault.ops.status.
     status: dict[str, Any] | str | None = None
+    # The second repository (another region, other credentials): the TOML table [replica] with the same keys as
+    # here (repository, s3_endpoint, s3_credentials_file, retention, object_lock, ...), or that table as JSON
+    # in SEEDVAULT_REPLICA. `seedvault replicate` copies to it; restores fall back to it when this repository
+    # is unreachable. See replica_settings().
+    replica: dict[str, Any] | str | None = None
+    # "on": every command works on the replica instead (its settings from [replica]); `seedvault --replica ...`
+    # sets it, and a PITR read from the replica sets it for its restore_command (SEEDVAULT_USE_REPLICA=on).
+    use_replica: str = "off"
+
+    @property
+    def is_replica(self) -> bool:
+        """Whether these are the replica's settings (from :meth:`replica_settings`)."""
+        return bool(getattr(self, "_is_replica", False))
 
     def __post_init__(self) -> None:
         from seedvault.storagecost import check_settings
@@ -99,6 +112,33 @@ class Settings:
             if not isinstance(table, dict):
                 raise ConfigError("SEEDVAULT_RETENTION must be a JSON object of retention settings")
         return policies_from(table)
+
+    def replica_settings(self, repository: str | None = None) -> Settings | None:
+        """The settings of the second repository (``[replica]``), or None when there is none.
+
+        Why not inherit everything: a replica lives elsewhere. Where it is and how it is stored (the
+        repository URL, the S3 endpoint, region, credentials file, encryption, storage classes, Object Lock,
+        retention, prices) come only from ``[replica]``, so a primary's endpoint or 30-day lock never leaks
+        onto it; the rest (chunking, caches, lease timing, status thresholds) is inherited. The master key is
+        always the primary's: the copied objects open only with it. ``repository`` (``--to``) replaces the
+        table's URL.
+        """
+        table = _table(self.replica, "replica", "SEEDVAULT_REPLICA")
+        if repository:
+            table["repository"] = repository
+        if not table.get("repository"):
+            return None
+        for name in table:
+            if name not in _FIELDS or name in REPLICA_FORBIDDEN:
+                raise ConfigError(f"[replica]: setting {name!r} cannot be set for the replica")
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in REPLICA_LOCAL}
+        values["replica"] = None
+        values["use_replica"] = "off"
+        for name, value in table.items():
+            values[name] = _coerce(name, value, "[replica]")
+        out = Settings(**values)
+        object.__setattr__(out, "_is_replica", True)
+        return out
 
     def lease_stale_after(self) -> timedelta:
         return timedelta(seconds=parse_duration(self.lease_stale))
@@ -130,6 +170,30 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+# Where and how a repository is stored: a replica never inherits these from the primary (Settings.replica_settings).
+REPLICA_LOCAL = {
+    "repository", "s3_endpoint", "s3_region", "s3_storage_class", "s3_sse", "s3_sse_kms_key_id",
+    "s3_credentials_file", "storage_class", "object_lock", "object_lock_days", "retention", "prices",
+}  # fmt: skip
+REPLICA_FORBIDDEN = {"key_file", "passphrase_file", "replica", "use_replica"}
+_ON = ("on", "1", "true", "yes")
+
+
+def _table(value: dict[str, Any] | str | None, name: str, env: str) -> dict[str, Any]:
+    """A settings table given as a TOML table or (from the environment or a block) as a JSON object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    import json
+
+    try:
+        table = json.loads(value)
+    except ValueError:
+        raise ConfigError(f"{env} is not valid JSON (an object of {name} settings)") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{env} must be a JSON object of {name} settings")
+    return table
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:
@@ -182,7 +246,14 @@ def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = N
     for name, value in (overrides or {}).items():
         if name in _FIELDS and value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-    return Settings(**values)
+    settings = Settings(**values)
+    if str(settings.use_replica).lower() in _ON:
+        replica = settings.replica_settings()
+        if replica is None:
+            raise ConfigError("use_replica is on (--replica) but no [replica] repository is configured",
+                              hint="set [replica] repository in the config file, or SEEDVAULT_REPLICA")  # fmt: skip
+        return replica
+    return settings
 
 
 def parse_duration(text: str) -> float:

@@ -243,6 +243,19 @@ class StatusAlerting(SeedvaultError):
     exit_code = 65
 
 
+class ReplicationIncomplete(SeedvaultError):
+    """``seedvault replicate`` could not copy everything: a copy was wrong on arrival twice (its backup's manifest
+    was not published at the destination), or a backup it depends on failed. The rest was copied."""
+
+    exit_code = 66
+
+
+class ReplicationLagging(SeedvaultError):
+    """``seedvault replicate --status``: the replica lacks something older than ``replication_max_lag``."""
+
+    exit_code = 67
+
+
 class Interrupted(SeedvaultError):
     exit_code = 130
 

@@ -17,6 +17,7 @@ import signal
 TRACE_ENV = "SEEDVAULT_FAULT_TRACE"
 KILL_ENV = "SEEDVAULT_FAULT_KILL_AT"
 FAIL_ENV = "SEEDVAULT_FAULT_FAIL_AT"  # raise InjectedFailure there instead (an operation failing midway)
+CORRUPT_ENV = "SEEDVAULT_FAULT_CORRUPT_AT"  # corrupt() answers True there: the caller damages what it wrote
 
 
 class InjectedFailure(RuntimeError):
@@ -46,3 +47,22 @@ def reached(phase: str) -> None:
 
 
 _COUNTS: dict[str, int] = {}
+
+
+def corrupt(phase: str) -> bool:
+    """Whether the caller should damage what it just stored at ``phase`` (a bad copy arriving, for tests).
+
+    ``SEEDVAULT_FAULT_CORRUPT_AT`` = ``<phase>`` (every time) or ``<phase>:<n>`` (the n-th time only).
+    """
+    at = os.environ.get(CORRUPT_ENV)
+    if not at:
+        return False
+    if at == phase:
+        return True
+    if at.startswith(phase + ":"):
+        _CORRUPTS[phase] = _CORRUPTS.get(phase, 0) + 1
+        return str(_CORRUPTS[phase]) == at[len(phase) + 1 :]
+    return False
+
+
+_CORRUPTS: dict[str, int] = {}

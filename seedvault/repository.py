@@ -84,8 +84,12 @@ class Repository:
         self._master: MasterKey | None = None
 
     # --- configuration ---------------------------------------------------------------------------
-    def config(self, *, create: bool = False) -> dict:
-        """The repository config; created atomically (no-overwrite) on first write when ``create``."""
+    def config(self, *, create: bool = False, kdf: dict | None = None) -> dict:
+        """The repository config; created atomically (no-overwrite) on first write when ``create``.
+
+        ``kdf``: the key-derivation parameters of a new config (a replica takes its source's, so that one
+        passphrase derives the same master key in both); default: fresh ones.
+        """
         if self._config is not None:
             return self._config
         try:
@@ -96,11 +100,11 @@ class Repository:
                     f"no seedvault repository at {self.storage.url}",
                     hint="check SEEDVAULT_REPOSITORY, or run 'seedvault init'",
                 ) from None
-            data = self._create_config()
+            data = self._create_config(kdf)
         self._config = self._parse_config(data)
         return self._config
 
-    def _create_config(self) -> bytes:
+    def _create_config(self, kdf: dict | None = None) -> bytes:
         import uuid
 
         body = {
@@ -108,7 +112,7 @@ class Repository:
             "version": REPO_VERSION,
             "id": str(uuid.uuid4()),
             "created": _now(),
-            "kdf": new_kdf_params(),
+            "kdf": kdf or new_kdf_params(),
         }
         data = json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
         try:

@@ -38,6 +38,7 @@ from seedvault.cli import (
     pg_cmds,
     platform_cmds,
     prune_cmds,
+    replicate_cmds,
     repo_cmds,
     status_cmds,
     wal_cmds,
@@ -72,6 +73,9 @@ def root(
         None, "--passphrase-file", help="Passphrase file [env SEEDVAULT_PASSPHRASE_FILE]."
     ),
     config: str = typer.Option(None, "--config", help="TOML settings file [env SEEDVAULT_CONFIG]."),
+    replica: bool = typer.Option(
+        False, "--replica", help="Work on the second repository ([replica]) instead [env SEEDVAULT_USE_REPLICA=on]."
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Streaming, encrypted, tamper-evident backups for PostgreSQL/TimescaleDB and Neo4j."""
@@ -83,6 +87,7 @@ def root(
             "key_file": key_file,
             "passphrase_file": passphrase_file,
             "config": config,
+            "use_replica": "on" if replica else None,
         }
     )
 
@@ -90,6 +95,7 @@ def root(
 assert neo4j_cmds and platform_cmds  # register backup/restore neo4j and platform on pg_cmds' sub-apps
 repo_cmds.register(app)
 prune_cmds.register(app)
+replicate_cmds.register(app)
 wal_cmds.register(app)
 cost_cmds.register(app)
 audit_cmds.register(app)

@@ -111,7 +111,7 @@ def drill_platform_cmd(
         if problems:
             raise DrillTargetMissed("; ".join(problems))
         return
-    repo = st.repository()
+    repo = st.repository(fallback=True)
     if history:
         rows = pd.history(repo)
         if json_out:

@@ -157,7 +157,7 @@ def restore_neo4j_cmd(
     st = state(ctx)
     job = _job(database, uri, user, password_file, admin_prefix, neo4j_home, neo4j_conf, staging_dir,
                stop_command, start_command, edition)  # fmt: skip
-    report = restore_neo4j(st.repository(), st.settings, backup_id, job, safety_copy=not no_safety_copy,
+    report = restore_neo4j(st.repository(fallback=True), st.settings, backup_id, job, safety_copy=not no_safety_copy,
                            until=restore_until, staging=staging)  # fmt: skip
     if json_out:
         print_json(report.as_dict())

@@ -98,7 +98,7 @@ def restore_postgres_cmd(
 
     st = state(ctx)
     target = PgTarget.from_dsn(target_dsn)
-    repo = st.repository()
+    repo = st.repository(fallback=True)
     opts = RestoreOptions(
         replace=replace,
         drop_previous=drop_previous,
@@ -212,7 +212,7 @@ def restore_postgres_pitr_cmd(
         to_time=to_time, to_lsn=to_lsn, to_name=to_name, latest=latest, immediate=immediate, exclusive=exclusive
     )
     report = restore_pitr(
-        st.repository(),
+        st.repository(fallback=True),
         target,
         data_dir,
         port=port,

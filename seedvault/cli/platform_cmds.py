@@ -119,7 +119,8 @@ def restore_platform_cmd(
     st = state(ctx)
     job = None if no_neo4j else _job(database, uri, user, password_file, admin_prefix, neo4j_home, neo4j_conf,
                                      staging_dir, stop_command, start_command, edition)  # fmt: skip
-    report = restore_platform(st.repository(), st.settings, job, data_dir, group_id=group_id, label=group_label,
+    repo = st.repository(fallback=True)
+    report = restore_platform(repo, st.settings, job, data_dir, group_id=group_id, label=group_label,
                               port=port, run_as=run_as, restore_command=restore_command, archive_mode=archive_mode,
                               safety_copy=not no_safety_copy, stop_after=stop)  # fmt: skip
     if json_out:

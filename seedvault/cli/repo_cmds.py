@@ -97,7 +97,7 @@ def get(
     """Restore a backup's data to standard output or a file; only authenticated bytes are written."""
     from seedvault import leases as lease_mod
 
-    repo = state(ctx).repository()
+    repo = state(ctx).repository(fallback=True)
     with lease_mod.shared(repo, "get", [backup_id]), progress_bar("get") as progress:
         target = output if output is not None else sys.stdout.buffer
         transfer.get(repo, backup_id, target, name=object_name, progress=progress)

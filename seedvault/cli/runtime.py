@@ -41,14 +41,25 @@ class AppState:
             self._settings = load(self.overrides)
         return self._settings
 
-    def repository(self, *, key: bool = True, create: bool = False) -> Repository:
+    def repository(self, *, key: bool = True, create: bool = False, fallback: bool = False) -> Repository:
+        """The repository of the settings; ``fallback`` (restores): the replica when it is unreachable, said on stderr.
+
+        See :mod:`seedvault.ops.fallback` for why only restores fall back.
+        """
         if self._repo is None:
             from seedvault.storage.open import open_storage
 
             settings = self.settings
-            storage = open_storage(settings, create=create)
-            self._repo = Repository(storage, settings.key_source(required=key))
-            self._repo.catalog_cache = settings.catalog_cache  # type: ignore[attr-defined]  # seedvault.catalog
+            if fallback and not settings.is_replica:
+                from seedvault.ops.fallback import open_for_restore
+
+                chosen = open_for_restore(settings, key=key, warn=err)
+                self._repo, self._settings = chosen.repository, chosen.settings
+            else:
+                storage = open_storage(settings, create=create)
+                self._repo = Repository(storage, settings.key_source(required=key))
+                self._repo.catalog_cache = settings.catalog_cache  # type: ignore[attr-defined]  # seedvault.catalog
+            self._repo.is_replica = self.settings.is_replica  # type: ignore[attr-defined]  # read by PITR
         return self._repo
 
 

@@ -323,14 +323,22 @@ def _recover(
         for name in list(settings):  # on the source, ALTER SYSTEM beat our block: keep what it ran with
             if name in effective:
                 settings[name] = effective[name]
-        settings["restore_command"] = restore_command_for(effective.get("archive_command"), restore_command)
+        archive = effective.get("archive_command")
+        if getattr(repo, "is_replica", False) and wal_push_part(archive):
+            # Read from the replica (--replica, or the fallback): so must restore_command and the read-ahead daemon.
+            archive = f"SEEDVAULT_USE_REPLICA=on {wal_push_part(archive)}"
+        settings["restore_command"] = restore_command_for(archive, restore_command)
         if "archive_command" in effective and "archive_command" not in settings:
             settings["archive_command"] = effective["archive_command"]
         if archive_mode == "off":
             settings["archive_mode"] = "off"
         settings.update(_target_settings(target, plan.timeline))
         if restore_command is None and read_ahead > 0:
-            reader = _ReadAhead.start(cluster, settings.get("archive_command") or "", read_ahead)
+            reader = _ReadAhead.start(
+                cluster,
+                archive if archive and "SEEDVAULT_USE_REPLICA" in archive else settings.get("archive_command") or "",
+                read_ahead,
+            )
             if reader is not None:
                 settings["restore_command"] = reader.restore_command(settings["restore_command"])
         cluster.configure(extra_conf=settings)

@@ -192,6 +192,8 @@ def prune(
     first = rt.plan(inputs.backups, inputs.wal, policies, now, histories=inputs.histories)
     if _wal_locks(repo, inputs, first.deletions()[1], now):  # WAL files still under Object Lock stay
         first = rt.plan(inputs.backups, inputs.wal, policies, now, histories=inputs.histories)
+    if _backup_locks(repo, inputs, first.deletions()[0], now):  # a replica's own lock is not in the manifest
+        first = rt.plan(inputs.backups, inputs.wal, policies, now, histories=inputs.histories)
     report = PruneReport(first, unreadable=inputs.unreadable)
     if lock_conflict:
         first.warnings.append(lock_conflict)
@@ -218,6 +220,26 @@ def prune(
             _delete(repo, report, doomed, doomed_wal, inputs, progress)
             ev.details.update(deleted_wal=report.deleted_wal, bytes_freed=report.bytes_freed)
     return report
+
+
+def _backup_locks(repo: Repository, inputs: Inputs, doomed: list[rt.BackupItem], now: datetime) -> bool:
+    """Ask the storage for the Object Lock of each backup the plan deletes whose manifest records none.
+
+    Why: a replicated backup carries the lock of the repository it was copied into (seedvault.ops.replicate),
+    while its manifest (copied byte for byte) records the source's. One HEAD per doomed backup.
+    """
+    changed = False
+    by_id = {b.backup_id: i for i, b in enumerate(inputs.backups)}
+    for b in doomed:
+        try:
+            retention = repo.storage.retention(layout.manifest_key(b.backup_id))
+        except SeedvaultError:
+            continue
+        if storagecost.locked(retention, now) and (b.locked_until is None or retention[1] > b.locked_until):  # type: ignore[index]
+            assert retention is not None
+            inputs.backups[by_id[b.backup_id]] = replace(b, locked_until=retention[1])
+            changed = True
+    return changed
 
 
 def _wal_locks(repo: Repository, inputs: Inputs, doomed_wal: list[rt.WalItem], now: datetime) -> bool:

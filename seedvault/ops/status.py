@@ -60,6 +60,8 @@ class StatusPolicy:
     key_max_age: float = 90 * DAY
     stale_margin: float = 2 * 3600.0
     wal_max_age: float | None = None
+    # `seedvault replicate --status` alerts (replication-lag) when the oldest thing the replica lacks is older.
+    replication_max_lag: float = 2 * 3600.0
     periods: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_PERIODS))
 
     @classmethod
@@ -71,7 +73,8 @@ class StatusPolicy:
             except ValueError:
                 raise ConfigError("SEEDVAULT_STATUS is not valid JSON (an object of status settings)") from None
         table = dict(table or {})
-        unknown = set(table) - {"size_band", "size_window", "key_max_age", "stale_margin", "wal_max_age", "periods"}
+        known = {"size_band", "size_window", "key_max_age", "stale_margin", "wal_max_age", "periods"}
+        unknown = set(table) - known - {"replication_max_lag"}
         if unknown:
             raise ConfigError(f"status: unknown setting(s) {', '.join(sorted(unknown))}")
         out = cls()
@@ -82,7 +85,7 @@ class StatusPolicy:
             raise ConfigError("status: size_band must be a number, size_window an integer") from None
         if not 0 < out.size_band < 10 or out.size_window < MIN_HISTORY:
             raise ConfigError(f"status: size_band must be in (0, 10), size_window at least {MIN_HISTORY}")
-        for name in ("key_max_age", "stale_margin", "wal_max_age"):
+        for name in ("key_max_age", "stale_margin", "wal_max_age", "replication_max_lag"):
             if table.get(name) is not None:
                 setattr(out, name, parse_duration(str(table[name])))
         for name, value in dict(table.get("periods") or {}).items():

@@ -205,6 +205,15 @@ def _object_size(response: dict[str, Any]) -> int:
     return int(response.get("ContentLength") or 0)
 
 
+def _access_key_id(session: boto3.Session | None) -> str | None:
+    """The access key id this storage signs with (public, compared only), or None when it cannot be told."""
+    try:
+        credentials = (session or boto3.Session()).get_credentials()
+        return None if credentials is None else credentials.get_frozen_credentials().access_key
+    except Exception:  # noqa: BLE001 - no credentials yet: no server-side copy, nothing else changes
+        return None
+
+
 def _utc(value: datetime) -> datetime:
     """botocore hands out tz-aware datetimes in tzlocal/tzutc; seedvault uses datetime.UTC throughout."""
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
@@ -520,16 +529,7 @@ class _S3Writer(ObjectWriter):
         missing or shorter, PutObjectRetention sets it (allowed: it only extends).
         """
         assert self._lock is not None
-        resp = self._s._client.head_object(Bucket=self._s.bucket, Key=self._full)
-        until = resp.get("ObjectLockRetainUntilDate")
-        mode = resp.get("ObjectLockMode")
-        if mode == self._lock.mode and until is not None and _utc(until) >= self._lock.retain_until:
-            return
-        self._s._client.put_object_retention(
-            Bucket=self._s.bucket,
-            Key=self._full,
-            Retention={"Mode": self._lock.mode, "RetainUntilDate": self._lock.retain_until},
-        )
+        self._s.confirm_lock(self._full, self._lock)
 
     def _shutdown(self) -> None:
         if self._executor is not None:
@@ -737,6 +737,52 @@ class S3Storage(Storage):
                 ) from exc
         self._client = client
         self.endpoint = _safe_endpoint(endpoint_url or getattr(getattr(client, "meta", None), "endpoint_url", None))
+        self.region = getattr(getattr(client, "meta", None), "region_name", region)
+        self.access_key_id = _access_key_id(session if self._owns_client else None)
+
+    # -- server-side copy (seedvault.storage.s3copy) -------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def write_args(self) -> dict[str, str]:
+        return dict(self._write_args)
+
+    @property
+    def conditional_writes(self) -> bool:
+        return self._conditional_writes
+
+    def disable_conditional_writes(self) -> None:
+        self._disable_conditional_writes()
+
+    def full_key(self, key: str) -> str:
+        return self._full_key(key)
+
+    def translate(self, exc: BaseException, key: str | None) -> SeedvaultError:
+        return self._translate(exc, key)
+
+    def can_copy_from(self, source: Storage) -> bool:
+        """Whether :meth:`copy_from` can copy from ``source`` without the bytes passing through this host."""
+        from seedvault.storage import s3copy
+
+        return isinstance(source, S3Storage) and s3copy.same_service(self, source)
+
+    def copy_from(self, source: S3Storage, key: str, size: int, options: WriteOptions | None = None) -> None:
+        """Server-side copy of ``key`` (``size`` bytes) from ``source``; never overwrites (ObjectExists)."""
+        from seedvault.storage import s3copy
+
+        s3copy.copy_object(self, source, key, size, options)
+
+    def confirm_lock(self, full: str, lock: Any) -> None:
+        """Make sure the object carries ``lock`` (PutObjectRetention where the endpoint ignored it)."""
+        resp = self._client.head_object(Bucket=self.bucket, Key=full)
+        until = resp.get("ObjectLockRetainUntilDate")
+        if resp.get("ObjectLockMode") == lock.mode and until is not None and _utc(until) >= lock.retain_until:
+            return
+        self._client.put_object_retention(
+            Bucket=self.bucket, Key=full, Retention={"Mode": lock.mode, "RetainUntilDate": lock.retain_until}
+        )
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _full_key(self, key: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError, StorageError
+from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError, StorageError, StorageUnreachable
 
 PUSH_MAX_EXIT = 125
 FETCH_MISSING = 1
@@ -120,7 +120,15 @@ def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None
             return 0
         except ObjectNotFound:
             return FETCH_MISSING  # not archived: the normal end of the archive
-        except StorageError as exc:  # unreachable / throttled: retry a while, then stop recovery
+        except StorageUnreachable as exc:  # the replica, when there is one (seedvault.ops.fallback), else retry
+            if _replica_instead(overrides, exc):
+                overrides = {**overrides, "use_replica": "on"}
+                continue
+            if time.monotonic() + delay > deadline:
+                return _fatal(name, exc.one_line())
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        except StorageError as exc:  # throttled, broken connections: retry a while, then stop recovery
             if time.monotonic() + delay > deadline:
                 return _fatal(name, exc.one_line())
             time.sleep(delay)
@@ -129,6 +137,26 @@ def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None
             return _fatal(name, exc.one_line())
         except (KeyboardInterrupt, Exception) as exc:
             return _fatal(name, _first_line(exc))
+
+
+def _replica_instead(overrides: dict[str, Any], exc: StorageUnreachable) -> bool:
+    """Switch to the replica (saying so) when the repository is unreachable and a replica is configured."""
+    from seedvault.config import load
+
+    if overrides.get("use_replica") == "on":
+        return False
+    try:
+        settings = load(overrides)
+        replica = None if settings.is_replica else settings.replica_settings()
+    except SeedvaultError:
+        return False
+    if replica is None:
+        return False
+    from seedvault.storage.base import redact_url
+
+    _say(f"seedvault wal-fetch: warning: repository {redact_url(settings.repository or '')} is unreachable "
+         f"({exc.one_line()}); reading from the replica {redact_url(replica.repository or '')}")  # fmt: skip
+    return True
 
 
 def _fatal(name: str, message: str) -> int:

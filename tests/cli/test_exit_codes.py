@@ -46,6 +46,8 @@ PINNED = {
     "MetricsPushFailed": 63,
     "SizeAnomaly": 64,
     "StatusAlerting": 65,
+    "ReplicationIncomplete": 66,
+    "ReplicationLagging": 67,
     "Interrupted": 130,
 }
 

@@ -1,0 +1,334 @@
+"""``replicate``: a second, verified copy of every backup and WAL file in another repository.
+
+What is copied: every complete backup the destination lacks (its key objects, its data objects, then its
+manifest **last**, so a half-copied backup is never listed at the destination), then every WAL file it lacks
+(epoch key objects first, then timeline histories, then records oldest first). Byte for byte, so the copies
+authenticate with the same master key (FORMAT.md section 13, "Replication"), each verified on arrival
+(:mod:`seedvault.ops.replicate_copy`).
+
+What is not: what the destination's **own** retention policy would delete at once. The plan of
+:mod:`seedvault.retention` is made over what both repositories hold, with the destination's policy, pins
+and verification results: a backup or WAL file it would prune is not copied (else a destination that keeps
+less than the source would get back, every hour, what its prune just deleted). Replication never deletes
+anything at the destination; the destination's prune does, by its own policy (it may keep longer).
+
+Order and safety:
+
+* The source lease names what is being copied, so the source's prune keeps it until the copy is done; a
+  backup a running source prune is already deleting is skipped. The destination lease names the backups
+  being written, so the destination's ``cleanup`` leaves their unpublished objects alone.
+* A backup's parent and members (a platform group's) are published at the destination before it.
+* A ``kill -9`` anywhere leaves at most unpublished objects at the destination (no manifest: not listed;
+  ``cleanup`` removes them after its grace) and a lease that turns stale. A rerun checks what it finds and
+  copies the rest: it converges.
+* A copy that is wrong on arrival is deleted and copied again once; wrong twice, its backup's manifest is
+  not published and the backup is reported as failed (the run exits non-zero after copying the others).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from seedvault import audit, catalog, faults, leases, storagecost
+from seedvault import retention as rt
+from seedvault.errors import ChecksumMismatch, ConfigError, IntegrityError, SeedvaultError
+from seedvault.format import layout
+from seedvault.format import manifest as mf
+from seedvault.ops import prune as pr
+from seedvault.ops.platform import members_of
+from seedvault.ops.replicate_copy import Copied, copy_verified, same_bytes, same_digest
+from seedvault.repository import Repository
+from seedvault.storage.base import WriteOptions, redact_url
+from seedvault.wal.plan import _parse_time
+
+log = logging.getLogger(__name__)
+
+FAULT_KEYS = "replicate-keys-copied"
+FAULT_BEFORE_MANIFEST = "replicate-before-manifest"
+FAULT_PUBLISHED = "replicate-manifest-published"
+
+
+@dataclass
+class ReplicationReport:
+    """What one run did; ``failed`` non-empty: some copy was wrong twice (exit non-zero)."""
+
+    source: str
+    destination: str
+    copied_backups: list[str] = field(default_factory=list)
+    present_backups: int = 0
+    not_wanted: list[str] = field(default_factory=list)  # the destination's policy would delete them at once
+    skipped: list[str] = field(default_factory=list)  # "<id>: why" (unreadable at the source, being pruned)
+    failed: list[str] = field(default_factory=list)  # "<id or key>: why"
+    wal_copied: int = 0
+    wal_present: int = 0
+    wal_not_wanted: int = 0
+    objects: int = 0
+    bytes_copied: int = 0
+    server_side: int = 0
+    streamed: int = 0
+    retried: list[str] = field(default_factory=list)  # keys copied again after a wrong copy
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def count(self, copied: Copied) -> None:
+        if copied.retried:
+            self.retried.append(copied.key)
+        if copied.how == "present":
+            return
+        self.objects += 1
+        self.bytes_copied += copied.size
+        if copied.how == "server-side":
+            self.server_side += 1
+        else:
+            self.streamed += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source": self.source,
+            "destination": self.destination,
+            "copied_backups": self.copied_backups,
+            "present_backups": self.present_backups,
+            "not_wanted": self.not_wanted,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "wal_copied": self.wal_copied,
+            "wal_present": self.wal_present,
+            "wal_not_wanted": self.wal_not_wanted,
+            "objects": self.objects,
+            "bytes_copied": self.bytes_copied,
+            "server_side": self.server_side,
+            "streamed": self.streamed,
+            "retried": self.retried,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Wanted:
+    """What the destination should hold: the plan over both repositories with the destination's policy."""
+
+    src: pr.Inputs
+    dst: pr.Inputs
+    backups: dict[str, dict]  # id -> authenticated body (source), those the destination's policy keeps
+    not_wanted: list[str]
+    wal: set[str]  # storage keys of the source's WAL the destination's policy keeps
+    warnings: list[str]
+
+
+def open_destination(src: Repository, dst: Repository) -> None:
+    """Create (or check) the destination's config: same format, the source's key-derivation parameters.
+
+    Why the KDF: a passphrase derives the master key with the repository's scrypt parameters; a replica with
+    other parameters would derive another key, and the copies would not open there.
+    """
+    config = src.config()
+    dst.config(create=True, kdf=config.get("kdf"))
+    if dst.config()["id"] == config["id"]:
+        raise ConfigError(f"{redact_url(dst.storage.url)} is the source repository itself; replicate to another one")
+    if src.master.kind == "passphrase" and dst.config().get("kdf") != config.get("kdf"):
+        raise ConfigError(
+            f"the repository at {redact_url(dst.storage.url)} derives keys with other scrypt parameters than the "
+            "source: the source's passphrase-keyed backups would not open there",
+            hint="replicate to a new (empty) repository, which takes the source's parameters",
+        )
+
+
+def plan(src: Repository, dst: Repository, policies: rt.Policies, now: datetime) -> Wanted:
+    """Gather both repositories and plan the destination (see the module docstring)."""
+    state = pr.audit_state(dst)
+    warnings = [f"destination audit log: {p}" for p in state.problems]
+    src_in = pr.gather(src, pr.MutableState())
+    dst_in = pr.gather(dst, state)
+    bodies = {b.backup_id: b for b in dst_in.backups}
+    src_bodies: dict[str, dict] = {}
+    for entry in catalog.Catalog(src).entries():
+        if entry.body is not None:
+            src_bodies[entry.backup_id] = entry.body
+            bodies.setdefault(entry.backup_id, pr._item(entry.backup_id, entry.body, state))
+    wal = {w.key: w for w in dst_in.wal}
+    for w in src_in.wal:
+        wal.setdefault(w.key, w)
+    histories = {**dst_in.histories, **src_in.histories}
+    if state.problems:  # the destination's pins cannot be trusted: keep everything (copy, never lose)
+        return Wanted(src_in, dst_in, src_bodies, [], {w.key for w in src_in.wal}, warnings)
+    result = rt.plan(list(bodies.values()), list(wal.values()), policies, now, histories=histories)
+    keep = {d.item.backup_id for d in result.backups if d.keep}  # type: ignore[union-attr]
+    keep_wal = {d.item.key for d in result.wal if d.keep}  # type: ignore[union-attr]
+    wanted = {bid: body for bid, body in src_bodies.items() if bid in keep}
+    not_wanted = sorted(bid for bid in src_bodies if bid not in keep)
+    return Wanted(src_in, dst_in, wanted, not_wanted, {w.key for w in src_in.wal} & keep_wal, warnings)
+
+
+def replicate(
+    src: Repository,
+    dst: Repository,
+    policies: rt.Policies,
+    *,
+    now: datetime | None = None,
+    include_wal: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ReplicationReport:
+    """Copy what the destination lacks and its policy keeps; verified, manifests last (module docstring)."""
+    from time import monotonic
+
+    from seedvault.ops import replicate_wal
+
+    started = monotonic()
+    now = now or datetime.now(UTC)
+    report = ReplicationReport(redact_url(src.storage.url), redact_url(dst.storage.url))
+    open_destination(src, dst)
+    wanted = plan(src, dst, policies, now)
+    for line in wanted.warnings:
+        log.warning("seedvault: warning: %s", line)
+    report.not_wanted = wanted.not_wanted
+    present = set(dst.backup_ids())
+    todo = [bid for bid in sorted(wanted.backups, reverse=True) if bid not in present]  # newest first
+    report.present_backups = len(set(wanted.backups) & present)
+    with (
+        _source_lease(src, todo) as src_lease,
+        leases.HeldLease(dst, "replicate", todo) as _dst_lease,
+        audit.audited(dst, "replicate") as ev,
+    ):
+        busy = _being_pruned(src, src_lease, todo)
+        report.skipped += [f"{bid}: being deleted by a prune at the source" for bid in sorted(busy)]
+        copier = _BackupCopier(src, dst, wanted.backups, present, report, now, busy, progress)
+        for bid in todo:
+            copier.copy(bid)
+        if include_wal:
+            replicate_wal.replicate_wal(src, dst, wanted, report, progress)
+        report.seconds = monotonic() - started
+        ev.backup_ids = list(report.copied_backups)
+        ev.details.update(_audit_details(src, report))
+        if not report.ok:
+            ev.result = "failed"
+    audit.record(src, "replicate", backup_ids=report.copied_backups, details={
+        **_audit_details(src, report), "to": dst.config()["id"]})  # fmt: skip
+    return report
+
+
+def _audit_details(src: Repository, report: ReplicationReport) -> dict[str, Any]:
+    return {
+        "from": src.config()["id"],
+        "backups": len(report.copied_backups),
+        "wal_files": report.wal_copied,
+        "objects": report.objects,
+        "bytes": report.bytes_copied,
+        "server_side": report.server_side,
+        "failed": len(report.failed),
+    }
+
+
+def _source_lease(src: Repository, ids: list[str]) -> Any:
+    """The source's prune keeps what is being copied; read-only source credentials: a warning, no lease."""
+    try:
+        return leases.HeldLease(src, "replicate", ids)
+    except SeedvaultError as exc:
+        log.warning("seedvault: warning: no lease at the source (%s): a prune there may delete a backup being "
+                    "copied (its copy then fails and is retried next run)", exc.one_line())  # fmt: skip
+        return leases._NoLease()
+
+
+def _being_pruned(src: Repository, lease: Any, ids: list[str]) -> set[str]:
+    """Ids a running prune at the source is deleting (read after our lease is stored: race-free, see leases)."""
+    try:
+        intents = leases.read_leases(src).intents(besides=getattr(lease, "lease_id", None))
+    except SeedvaultError:
+        return set()
+    return set(ids) & set(intents)
+
+
+class _BackupCopier:
+    """Copies backups one by one, each after the ones it depends on (parent, group members)."""
+
+    def __init__(
+        self,
+        src: Repository,
+        dst: Repository,
+        bodies: dict[str, dict],
+        present: set[str],
+        report: ReplicationReport,
+        now: datetime,
+        busy: set[str],
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.src, self.dst, self.bodies, self.report, self.now = src, dst, bodies, report, now
+        self.done = set(present)
+        self.failed: set[str] = set()
+        self.busy = busy
+        self.progress = progress
+        self.policy = storagecost.policy_of(dst.storage)
+
+    def copy(self, bid: str) -> bool:
+        """Publish ``bid`` at the destination (after its dependencies); False when it could not be."""
+        if bid in self.done:
+            return True
+        if bid in self.failed or bid in self.busy:
+            return False
+        body = self.bodies.get(bid)
+        if body is None:
+            return False
+        for dep in [body.get("parent"), *members_of(body)]:
+            if isinstance(dep, str) and dep not in self.done and not self.copy(dep):
+                self._fail(bid, f"it depends on {dep}, which could not be copied")
+                return False
+        try:
+            self._copy(bid, body)
+        except (IntegrityError, ChecksumMismatch) as exc:
+            self._fail(bid, exc.one_line())
+            return False
+        self.done.add(bid)
+        self.report.copied_backups.append(bid)
+        if self.progress:
+            self.progress(f"copied backup {bid}")
+        return True
+
+    def _fail(self, bid: str, why: str) -> None:
+        self.failed.add(bid)
+        self.report.failed.append(f"{bid}: {why}")
+        log.warning("seedvault: warning: backup %s was not replicated: %s", bid, why)
+
+    def _copy(self, bid: str, body: dict) -> None:
+        src, dst = self.src.storage, self.dst.storage
+        data_key = self.src.data_key(bid)
+        prefix = layout.keys_prefix(bid)
+        for info in src.list(prefix):  # key objects first (FORMAT.md section 7): only those missing
+            if dst.exists(info.key):
+                continue
+            data = src.get_bytes(info.key)
+            self.report.count(copy_verified(src, dst, info.key, size=len(data), check=same_bytes(data), data=data))
+        faults.reached(FAULT_KEYS)
+        options = self._options(body)
+        for obj in body["objects"]:
+            key = layout.data_key(bid, obj["name"])
+            check = same_digest(int(obj["stored_size"]), str(obj["sha256"]))
+            self.report.count(copy_verified(src, dst, key, size=int(obj["stored_size"]), check=check, options=options))
+        if self.dst.data_key(bid) != data_key:  # our key object arrived and opens the same data key
+            raise IntegrityError(f"backup {bid}: its key object at the destination opens another data key")
+        faults.reached(FAULT_BEFORE_MANIFEST)
+        stored = src.get_bytes(layout.manifest_key(bid))
+        mf.open_(stored, data_key, bid)  # the manifest being published is the authentic one
+        key = layout.manifest_key(bid)
+        self.report.count(
+            copy_verified(src, dst, key, size=len(stored), check=same_bytes(stored), options=options, data=stored)
+        )
+        faults.reached(FAULT_PUBLISHED)
+        try:
+            catalog.record(self.dst, body)
+        except SeedvaultError as exc:  # the index is a cache: readers find the backup from its key objects
+            log.warning("seedvault: warning: backup %s is not in the destination's index yet: %s", bid, exc.one_line())
+
+    def _options(self, body: dict) -> WriteOptions:
+        """The destination's storage class and Object Lock for this backup (its lock counted from its start)."""
+        started = _parse_time(str(body.get("started")))
+        options = self.policy.backup(str(body.get("kind")), body.get("labels"), started)
+        if options.lock is not None and options.lock.retain_until <= self.now + timedelta(minutes=1):
+            options = WriteOptions(options.storage_class, None)  # its retention has passed already
+        return options
