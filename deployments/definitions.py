@@ -25,7 +25,14 @@ restore-postgres/on-demand                    on demand             restore a lo
 restore-postgres-pitr/on-demand               on demand             point-in-time recovery into a new data directory
 restore-neo4j/on-demand                       on demand             restore a Neo4j backup after a verified safety copy
 restore-platform/on-demand                    on demand             with ``platform``: both stores to one group
+replicate/hourly-at-45-utc                    ``45 * * * *``        with ``replica``: copy what the second repository
+                                                                    lacks (its own policy), verified; lag alert
+prune/replica-daily-0345-utc                  ``45 3 * * *``        with ``replica``: the replica's own retention
 ============================================  ====================  ================================================
+
+With ``replica`` (a second repository block: another region, other credentials, its own retention and Object
+Lock), the restores and the drill get ``replica`` as a parameter too: they read from it when the first
+repository cannot be reached, and say so.
 
 Every backup flow also ends with a prune, once its own verify passed; ``prune/daily-0330-utc`` covers days whose
 backups failed (nothing else would apply the policy then) and is where a dry run is read in the UI.
@@ -80,6 +87,7 @@ from flows.backup_postgres_base import backup_postgres_base_flow
 from flows.check_wal_freshness import check_wal_freshness_flow
 from flows.dr_drill import dr_drill_flow
 from flows.prune import prune_flow
+from flows.replicate import replicate_flow
 from flows.restore_neo4j import restore_neo4j_flow
 from flows.restore_platform import restore_platform_flow
 from flows.restore_postgres import restore_postgres_flow
@@ -110,6 +118,10 @@ MONTHLY_ALL = "monthly-all-2nd-0500-utc"
 MONTHLY_ALL_CRON = "0 5 2 * *"  # the 2nd: never with the drill (the 1st, 04:00)
 DAILY_WAL = "daily-wal-0600-utc"
 DAILY_WAL_CRON = "0 6 * * *"
+HOURLY_REPLICATE = "hourly-at-45-utc"
+HOURLY_REPLICATE_CRON = "45 * * * *"  # clear of the hour's backups (01:00, 02:00, 03:00), after they committed
+REPLICA_PRUNE = "replica-daily-0345-utc"
+REPLICA_PRUNE_CRON = "45 3 * * *"
 TAGS = ["seedvault"]
 
 HOUR, DAY = 3600.0, 86400.0
@@ -123,6 +135,7 @@ WATCHED: dict[str, tuple[float, float]] = {
     f"backup-platform/{DAILY_PLATFORM}": (DAY, HOUR),
     f"check-wal-freshness/{WAL_FRESHNESS}": (5 * 60.0, 10 * 60.0),
     f"dr-drill/{MONTHLY_DRILL}": (31 * DAY, DAY),
+    f"replicate/{HOURLY_REPLICATE}": (HOUR, HOUR),
 }
 
 
@@ -154,6 +167,7 @@ def build(
     neo4j_scratch_setup: str | None = None,
     neo4j_scratch_teardown: str | None = None,
     scratch_parent: str | None = None,
+    replica: str | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments for one platform: PostgreSQL (logical backup, DR drill, with ``wal`` base backup +
     freshness) when ``target`` is given, and Neo4j (nightly, and the 15-minute online backup on request)
@@ -180,6 +194,8 @@ def build(
             platform drill restores PostgreSQL only); neo4j_scratch_setup / neo4j_scratch_teardown: the
             commands creating and removing it (both needed with it).
         scratch_parent: parent of the drill's scratch data directories (default: the flow's).
+        replica: the second ``SeedvaultRepository`` block: adds ``replicate`` (hourly) and the replica's prune,
+            and the restores and drills read from it when the first repository is unreachable.
     """
     if target is None and neo4j_target is None:
         raise ValueError("nothing to deploy: give a PostgreSQL target, a Neo4j target, or both")
@@ -188,19 +204,43 @@ def build(
     if neo4j_scratch_target and not (neo4j_scratch_setup and neo4j_scratch_teardown):
         raise ValueError("the drill's scratch Neo4j needs both the setup and the teardown command")
     common: dict[str, Any] = {"repository": repository, "key": key, "notify_block": notify_block}
-    out = _postgres(common, target, database, drill_target, base_target, wal) if target is not None else []
+    reading = {**common, "replica": replica} if replica else common  # restores and drills: the fallback
+    out = _postgres(common, reading, target, database, drill_target, base_target, wal) if target is not None else []
     if platform:
         assert target is not None and neo4j_target is not None
         scratch = {"neo4j_target": neo4j_scratch_target, "neo4j_scratch_setup": neo4j_scratch_setup,
                    "neo4j_scratch_teardown": neo4j_scratch_teardown}  # fmt: skip
         if scratch_parent:
             scratch["scratch_parent"] = scratch_parent
-        out[1] = _platform_drill(common, scratch)
+        out[1] = _platform_drill(reading, scratch)
         out.append(_platform_backup(common, target, database, neo4j_target, neo4j_database))
     if neo4j_target is not None:
         out += _neo4j(common, neo4j_target, neo4j_database, neo4j_incremental)
     out += _maintenance(common, wal=wal and target is not None)
-    return out + _on_demand(common, target, database, neo4j_target, neo4j_database, wal=wal, platform=platform)
+    if replica:
+        out += _replication(common, replica)
+    return out + _on_demand(reading, target, database, neo4j_target, neo4j_database, wal=wal, platform=platform)
+
+
+def _replication(common: dict[str, Any], replica: str) -> list[RunnerDeployment]:
+    """Hourly copy to the second repository, and its own daily prune (its policy, its block)."""
+    copy = replicate_flow.to_deployment(
+        name=HOURLY_REPLICATE,
+        schedules=[Cron(HOURLY_REPLICATE_CRON, timezone=TIMEZONE)],
+        parameters={**common, "replica": replica},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        tags=[*TAGS, "replicate"],
+        description="Hourly: copy every backup and WAL file the second repository lacks (manifests last, each "
+        "verified on arrival, its own retention); fails on a copy wrong twice or a lag over replication_max_lag.",
+    )
+    prune = prune_flow.to_deployment(
+        name=REPLICA_PRUNE,
+        schedules=[Cron(REPLICA_PRUNE_CRON, timezone=TIMEZONE)],
+        parameters={**common, "repository": replica},
+        tags=[*TAGS, "prune", "replica"],
+        description="Daily: apply the second repository's own retention policy (it may keep longer).",
+    )
+    return [copy, prune]
 
 
 ON_DEMAND = "on-demand"
@@ -323,6 +363,7 @@ def _maintenance(common: dict[str, Any], *, wal: bool) -> list[RunnerDeployment]
 
 def _postgres(
     common: dict[str, Any],
+    reading: dict[str, Any],
     target: str,
     database: str | None,
     drill_target: str | None,
@@ -339,7 +380,7 @@ def _postgres(
     drill = dr_drill_flow.to_deployment(
         name=MONTHLY_DRILL,
         schedules=[Cron(MONTHLY_DRILL_CRON, timezone=TIMEZONE)],
-        parameters={**common, "target": drill_target or target, "database": database},
+        parameters={**reading, "target": drill_target or target, "database": database},
         tags=[*TAGS, "dr-drill"],
         description="Monthly DR drill: restore the latest backup into a scratch database, verify, drop it.",
     )

@@ -42,6 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--neo4j-scratch-setup", help="command creating the scratch Neo4j instance")
     p.add_argument("--neo4j-scratch-teardown", help="command removing it")
     p.add_argument("--scratch-parent", help="parent of the drill's scratch data directories")
+    p.add_argument("--replica", help="SeedvaultRepository block of the second repository: hourly replicate + fallback")
     p.add_argument("--notify-block", help="<block-type-slug>/<name> of a notification block for failures")
     p.add_argument("--automation", action="store_true", help="create the missed-run automations for --notify-block")
     p.add_argument("--register-only", action="store_true", help="create/update the deployments, do not serve")
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> list[object]:
         neo4j_scratch_setup=args.neo4j_scratch_setup,
         neo4j_scratch_teardown=args.neo4j_scratch_teardown,
         scratch_parent=args.scratch_parent,
+        replica=args.replica,
     )
     if args.automation and not args.notify_block:
         raise SystemExit("--automation needs --notify-block")

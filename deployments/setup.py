@@ -91,7 +91,7 @@ def load_plan(path: Path) -> Plan:
     plan.work_pool = prefect.get("work_pool", DEFAULT_POOL)
     for role, default in (("repository", "seedvault-repository"), ("key", "seedvault-key"),
                           ("postgres", "seedvault-postgres"), ("neo4j", "seedvault-neo4j"),
-                          ("notify", "seedvault-notify")):  # fmt: skip
+                          ("notify", "seedvault-notify"), ("replica", "seedvault-replica")):  # fmt: skip
         table = plan.section(role)
         if table is not None:
             plan.blocks[role] = str(table.get("block", default))
@@ -103,14 +103,9 @@ def save_blocks(plan: Plan) -> dict[str, str]:
     """Create or update every block the file describes; returns role -> block name."""
     from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
 
-    repo = plan.section("repository") or {}
-    kwargs: dict[str, Any] = {k: repo[k] for k in ("retention", "storage_class", "compression") if k in repo}
-    if "local_path" in repo:
-        SeedvaultRepository(local_path=str(repo["local_path"]), **kwargs).save(
-            plan.blocks["repository"], overwrite=True
-        )
-    else:
-        SeedvaultRepository(s3_bucket=_s3_bucket(repo), **kwargs).save(plan.blocks["repository"], overwrite=True)
+    for role in ("repository", "replica"):  # the replica: a second repository with its own credentials and policy
+        if (table := plan.section(role)) is not None:
+            _repository_block(SeedvaultRepository, table, role).save(plan.blocks[role], overwrite=True)
     key = plan.section("key") or {}
     value = secret(key, "value", "key")
     if value is None:
@@ -141,18 +136,29 @@ def save_blocks(plan: Plan) -> dict[str, str]:
     return plan.blocks
 
 
-def _s3_bucket(repo: dict[str, Any]) -> Any:
+REPOSITORY_KEYS = ("retention", "storage_class", "compression", "object_lock", "object_lock_days", "s3_storage_class",
+                   "status", "pushgateway_url")  # fmt: skip
+
+
+def _repository_block(cls: Any, table: dict[str, Any], where: str) -> Any:
+    kwargs: dict[str, Any] = {k: table[k] for k in REPOSITORY_KEYS if k in table}
+    if "local_path" in table:
+        return cls(local_path=str(table["local_path"]), **kwargs)
+    return cls(s3_bucket=_s3_bucket(table, where), **kwargs)
+
+
+def _s3_bucket(repo: dict[str, Any], where: str = "repository") -> Any:
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
     url = str(repo.get("url", ""))
     if not url.startswith("s3://"):
-        raise ConfigError('[repository] needs url = "s3://bucket/prefix" or local_path')
+        raise ConfigError(f'[{where}] needs url = "s3://bucket/prefix" or local_path')
     bucket, _, prefix = url[len("s3://") :].partition("/")
     params = AwsClientParameters(endpoint_url=repo["s3_endpoint"]) if repo.get("s3_endpoint") else AwsClientParameters()
     creds = AwsCredentials(
         aws_access_key_id=repo.get("aws_access_key_id"),
-        aws_secret_access_key=secret(repo, "aws_secret_access_key", "repository"),
+        aws_secret_access_key=secret(repo, "aws_secret_access_key", where),
         region_name=repo.get("s3_region"),
         aws_client_parameters=params,
     )
@@ -168,31 +174,38 @@ def write_host_files(plan: Plan) -> list[Path]:
     repo, key = plan.section("repository") or {}, plan.section("key") or {}
     out = Path(str(archive["dir"]))
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    if "local_path" in repo:
-        lines.append(f'repository = "file://{repo["local_path"]}"')
-    else:
-        lines.append(f'repository = "{repo["url"]}"')
-        if repo.get("s3_endpoint"):
-            lines.append(f's3_endpoint = "{repo["s3_endpoint"]}"')
-        if repo.get("s3_region"):
-            lines.append(f's3_region = "{repo["s3_region"]}"')
-        creds = out / "aws-credentials"
-        body = (f"[default]\naws_access_key_id = {repo.get('aws_access_key_id', '')}\n"
-                f"aws_secret_access_key = {secret(repo, 'aws_secret_access_key', 'repository') or ''}\n")  # fmt: skip
-        _write_private(creds, body)
-        lines.append(f's3_credentials_file = "{creds}"')
+    written: list[Path] = []
+    lines = _location_lines(repo, "repository", out / "aws-credentials", written)
     if not key.get("value_file"):
         raise ConfigError("[archive] needs [key] value_file: archive_command reads the key from a file")
     lines.append(f'key_file = "{key["value_file"]}"')
     if archive.get("wal_state_dir"):
         lines.append(f'wal_state_dir = "{archive["wal_state_dir"]}"')
+    if (replica := plan.section("replica")) is not None:
+        # What wal-fetch reads when the repository is unreachable, and what a PITR from the replica sets.
+        lines += ["", "[replica]", *_location_lines(replica, "replica", out / "aws-credentials-replica", written)]
     config = out / "seedvault.toml"
     tmp = config.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.chmod(0o644)
     os.replace(tmp, config)
-    return [config] + ([out / "aws-credentials"] if "local_path" not in repo else [])
+    return [config, *written]
+
+
+def _location_lines(table: dict[str, Any], where: str, creds: Path, written: list[Path]) -> list[str]:
+    """The settings lines of one repository location (and its credentials file, written 0600)."""
+    if "local_path" in table:
+        return [f'repository = "file://{table["local_path"]}"']
+    lines = [f'repository = "{table["url"]}"']
+    for name in ("s3_endpoint", "s3_region"):
+        if table.get(name):
+            lines.append(f'{name} = "{table[name]}"')
+    body = (f"[default]\naws_access_key_id = {table.get('aws_access_key_id', '')}\n"
+            f"aws_secret_access_key = {secret(table, 'aws_secret_access_key', where) or ''}\n")  # fmt: skip
+    _write_private(creds, body)
+    written.append(creds)
+    lines.append(f's3_credentials_file = "{creds}"')
+    return lines
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -223,6 +236,7 @@ def deployments_for(plan: Plan) -> list[Any]:
         neo4j_database=(n4 or {}).get("database"),
         neo4j_incremental=bool((n4 or {}).get("incremental", False)),
         platform=bool(platform.get("enabled", False)),
+        replica=plan.blocks.get("replica"),
         **scratch,
     )
 

@@ -25,8 +25,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import Neo4jTarget, PostgresTarget
 from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.repositories import open_for_restore
 from seedvault.errors import DrillTargetMissed, SeedvaultError, UsageError
 from seedvault.ops import logical_drill
 from seedvault.ops.platform_drill import DEFAULT_SCRATCH_PARENT, RPO_TARGET_S, RTO_TARGET_S, DrillOptions
@@ -71,6 +72,7 @@ def dr_drill_flow(
     seed: int | None = None,
     rto_target: float | None = None,
     rpo_target: float | None = None,
+    replica: str | None = None,
 ) -> dict[str, Any]:
     """``mode="postgres"``: restore the latest backup of ``database`` into a scratch database, verify, drop.
     ``mode="platform"``: drill a platform group into scratch targets (see the module docstring).
@@ -92,9 +94,12 @@ def dr_drill_flow(
             25 h (postgres: the age of the nightly logical backup). Both modes record the figures in a
             ``drill`` event, show them against the targets (pass/FAIL) in the artifact, and fail the run
             when a target is missed, after the artifact is published.
+        replica: name of the second ``SeedvaultRepository`` block (the ``replicate`` flow's destination): read
+            from it when this repository is unreachable (a drill of the DR path itself), saying so in the log
+            and the result (empty: never).
     """
     if mode == "platform":
-        return _platform_drill(repository, key, neo4j_target, DrillOptions(
+        return _platform_drill(repository, key, replica, neo4j_target, DrillOptions(
             scratch_parent=scratch_parent, group_id=group_id, label=label, random_within_days=random_within_days,
             seed=seed, rto_target=RTO_TARGET_S if rto_target is None else rto_target,
             rpo_target=RPO_TARGET_S if rpo_target is None else rpo_target, neo4j_setup=neo4j_scratch_setup,
@@ -113,7 +118,7 @@ def dr_drill_flow(
         if scratch == source:
             raise UsageError(f"the scratch database must not be {source}, the database under drill")
         pg = blk.pg_target(scratch)
-        repo = load_block(SeedvaultRepository, repository).open(load_block(SeedvaultEncryptionKey, key).key_source())
+        repo = open_for_restore(repository, key, replica).repo
         preflight(quote(repo), quote(pg), backup=False)
         backup_id = latest_backup(quote(repo), source)
         checked = verify_backup_task(quote(repo), backup_id)
@@ -164,11 +169,13 @@ def dr_drill_flow(
             "rto": figures["rto"], "rpo": figures["rpo"]}  # fmt: skip
 
 
-def _platform_drill(repository: str, key: str, neo4j_target: str | None, options: DrillOptions) -> dict[str, Any]:
+def _platform_drill(
+    repository: str, key: str, replica: str | None, neo4j_target: str | None, options: DrillOptions
+) -> dict[str, Any]:
     try:
-        repo_block = load_block(SeedvaultRepository, repository)
+        opened = open_for_restore(repository, key, replica)
+        repo, repo_block = opened.repo, opened.block
         n_blk = load_block(Neo4jTarget, neo4j_target) if neo4j_target else None
-        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
         if n_blk is None:
             report = drill_platform_task(quote(repo), quote(repo_block.settings()), None, quote(options))
         else:

@@ -32,6 +32,8 @@ ALERT_KINDS: dict[str, tuple[str, str]] = {
     "missed-backup": ("a backup did not happen", "27.9"),
     "crashed": ("run crashed (its process died)", "27.10"),
     "restore-failed": ("restore failed", "27.11"),
+    "replication-failed": ("replication to the second repository failed", "27.12"),
+    "replication-lag": ("the second repository lags behind", "27.12"),
     "drill-failed": ("DR drill failed", "27.6"),
     "failed": ("run failed", "27.11"),
 }
@@ -44,7 +46,7 @@ def store_of(flow_name: str, parameters: dict) -> str:
         return "platform"
     if "neo4j" in flow_name:
         return "neo4j"
-    if flow_name in ("prune", "verify-repository"):
+    if flow_name in ("prune", "verify-repository", "replicate"):
         return "repository"
     return "postgres"
 
@@ -64,6 +66,7 @@ def kind_of(flow_name: str, state_name: str, message: str | None) -> str:
     checks: tuple[tuple[type[BaseException], str], ...] = (
         (errors.SizeAnomaly, "size-anomaly"),
         (errors.DrillTargetMissed, "drill-target-missed"),
+        (errors.ReplicationLagging, "replication-lag"),
         (errors.WalStale, "wal-stale"),
         (errors.WalGap, "wal-stale"),
         (errors.ForeignWal, "wal-stale"),
@@ -76,6 +79,8 @@ def kind_of(flow_name: str, state_name: str, message: str | None) -> str:
             return kind
     if flow_name.startswith("restore-"):
         return "restore-failed"
+    if flow_name == "replicate":
+        return "replication-failed"
     if flow_name == "dr-drill":
         return "drill-failed"
     if flow_name == "check-wal-freshness":

@@ -24,8 +24,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from blocks import Neo4jTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import Neo4jTarget
 from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.repositories import open_for_restore
 from seedvault.errors import BackupNotFound, SeedvaultError
 from seedvault.ops.neo4j_backup import KIND, chain_of
 from tasks.neo4j import latest_neo4j_backup, neo4j_preflight, restore_neo4j_task
@@ -52,6 +53,7 @@ def restore_neo4j_flow(
     restore_until: str | None = None,
     verify_first: bool = True,
     staging: bool = False,
+    replica: str | None = None,
     notify_block: str | None = None,
 ) -> dict[str, Any]:
     """Restore over ``database`` (default: the target block's); returns the restore report.
@@ -67,15 +69,17 @@ def restore_neo4j_flow(
         restore_until: online backups on 5.x: restore to this time or transaction id (``--restore-until``).
         verify_first: read the backup (and for an online DIFF its whole chain) back before stopping anything.
         staging: load from a staging file on the Neo4j side even where neo4j-admin streams (5.x).
+        replica: name of the second ``SeedvaultRepository`` block (the ``replicate`` flow's destination): read
+            from it when this repository is unreachable, saying so in the log and the result (empty: never).
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
     name = database or "(the block's database)"  # for the failure artifact, if the block cannot be loaded
     try:
         blk = load_block(Neo4jTarget, target)
         name = database or blk.database
-        repo_block = load_block(SeedvaultRepository, repository)
         with blk.open_job(name) as job:
-            repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
+            opened = open_for_restore(repository, key, replica)
+            repo, repo_block = opened.repo, opened.block
             if backup_id is None:
                 backup_id = latest_neo4j_backup(quote(repo), source_database or name)
             body = repo.manifest(backup_id)  # authenticated: the key fits
@@ -99,6 +103,7 @@ def restore_neo4j_flow(
                 staging=staging,
             )
             report["verify_seconds"] = verify_seconds
+            report["read_from_replica"] = opened.note
     except SeedvaultError as exc:
         failure = operator_error(exc)
         publish_neo4j_failure_artifact("restore", target, name, failure.message)

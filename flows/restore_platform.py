@@ -13,8 +13,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from blocks import Neo4jTarget, PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import Neo4jTarget, PostgresTarget
 from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.repositories import open_for_restore
 from seedvault.errors import SeedvaultError
 from tasks.platform import publish_platform_restore_artifact, restore_platform_task
 from tasks.reports import publish_failure_artifact
@@ -40,6 +41,7 @@ def restore_platform_flow(
     port: int | None = None,
     archive_mode: str = "preserve",
     safety_copy: bool = True,
+    replica: str | None = None,
     notify_block: str | None = None,
 ) -> dict[str, Any]:
     """Restore group ``group_id`` (default: the newest complete one); PostgreSQL into ``data_dir``.
@@ -51,11 +53,13 @@ def restore_platform_flow(
             password is how the flow verifies it (None: PGPASSFILE/PGPASSWORD on the worker).
         archive_mode: ``preserve`` (the recovered server archives, a new timeline) or ``off``.
         safety_copy: dump the current Neo4j database first (kept as a backup; put back if the restore fails).
+        replica: name of the second ``SeedvaultRepository`` block (the ``replicate`` flow's destination): read
+            from it when this repository is unreachable, saying so in the log and the result (empty: never).
     """
     try:
-        repo_block = load_block(SeedvaultRepository, repository)
+        opened = open_for_restore(repository, key, replica)
+        repo, repo_block = opened.repo, opened.block
         n_blk = load_block(Neo4jTarget, neo4j_target) if neo4j_target else None
-        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
         password = load_block(PostgresTarget, target).pg_target().password if target else None
         kwargs = dict(group_id=group_id, label=label, port=port, archive_mode=archive_mode, safety_copy=safety_copy,
                       password=quote(password))  # fmt: skip
@@ -69,6 +73,7 @@ def restore_platform_flow(
         failure = operator_error(exc)
         publish_failure_artifact("restore-platform", group_id or label or "platform", failure.message)
         raise failure from None
+    report["read_from_replica"] = opened.note
     publish_platform_restore_artifact(report)
     get_run_logger().info("restored platform group %s; postgres on port %s", report["group_id"],
                           report["postgres"]["port"])  # fmt: skip

@@ -12,8 +12,9 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import PostgresTarget
 from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.repositories import open_for_restore
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_restore import RestoreOptions
 from tasks.postgres import latest_backup, preflight, restore_task
@@ -40,6 +41,7 @@ def restore_postgres_flow(
     no_owner: bool = False,
     checksums: bool = True,
     jobs: int | None = None,
+    replica: str | None = None,
     notify_block: str | None = None,
 ) -> dict[str, Any]:
     """Restore into ``database`` on the target block's server; returns the verification report.
@@ -57,12 +59,15 @@ def restore_postgres_flow(
         no_owner: skip ownership and privileges (a server without the source's roles).
         checksums: compare every table's content checksum, not only its row count.
         jobs: parallel pg_restore jobs (the backup is spooled to local disk first); empty: one stream, no spool.
+        replica: name of the second ``SeedvaultRepository`` block (the ``replicate`` flow's destination): read
+            from it when this repository is unreachable, saying so in the log and the result (empty: never).
         notify_block: ``"<block-type-slug>/<name>"`` of a notification block for failures.
     """
     try:
         blk = load_block(PostgresTarget, target)
         pg = blk.pg_target(database)
-        repo = load_block(SeedvaultRepository, repository).open(load_block(SeedvaultEncryptionKey, key).key_source())
+        opened = open_for_restore(repository, key, replica)
+        repo = opened.repo
         preflight(quote(repo), quote(pg), backup=False)
         if backup_id is None:
             backup_id = latest_backup(quote(repo), source_database or blk.database)
@@ -74,5 +79,6 @@ def restore_postgres_flow(
         failure = operator_error(exc)
         publish_failure_artifact("restore", database, failure.message)
         raise failure from None
+    report["read_from_replica"] = opened.note
     publish_restore_artifact(report)
     return report

@@ -16,8 +16,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from blocks import PostgresTarget, SeedvaultEncryptionKey, SeedvaultRepository
+from blocks import PostgresTarget
 from flows.failures import load_block, notify_failure, notify_recovered, operator_error
+from flows.repositories import open_for_restore
 from seedvault.errors import SeedvaultError
 from seedvault.ops.postgres_pitr import parse_target, restore_pitr
 from seedvault.repository import Repository
@@ -52,6 +53,7 @@ def restore_postgres_pitr_flow(
     port: int | None = None,
     archive_mode: str = "preserve",
     stop_after: bool = False,
+    replica: str | None = None,
     notify_block: str | None = None,
 ) -> dict[str, Any]:
     """Recover PostgreSQL to one target into ``data_dir`` on the worker; returns the recovery report.
@@ -66,10 +68,13 @@ def restore_postgres_pitr_flow(
         backup_id: base backup to start from (default: the newest that ends before the target).
         archive_mode: ``preserve`` (the copy archives on a new timeline) or ``off`` (a look-only copy).
         stop_after: stop the recovered server once promoted (default: left running for the operator).
+        replica: name of the second ``SeedvaultRepository`` block (the ``replicate`` flow's destination): read
+            from it when this repository is unreachable, saying so in the log and the result (empty: never);
+            restore_command then reads the replica too (the host's seedvault config needs its [replica] table).
     """
     try:
-        repo_block = load_block(SeedvaultRepository, repository)
-        repo = repo_block.open(load_block(SeedvaultEncryptionKey, key).key_source())
+        opened = open_for_restore(repository, key, replica)
+        repo = opened.repo
         password = load_block(PostgresTarget, target).pg_target().password if target else None
         goal = parse_target(to_time=to_time, to_lsn=to_lsn, to_name=to_name, latest=latest, immediate=False,
                               exclusive=exclusive)  # fmt: skip
@@ -82,6 +87,7 @@ def restore_postgres_pitr_flow(
         raise failure from None
     rows = _rows([
         ("base backup", report["plan"].get("backup_id")),
+        ("read from the replica", opened.note),
         ("system", report["plan"].get("system_id")),
         ("recovered to", report.get("stop_reason") or "end of archived WAL"),
         ("timeline / LSN", f"{report['timeline']} / {report['lsn']}"),
@@ -90,4 +96,5 @@ def restore_postgres_pitr_flow(
     ])  # fmt: skip
     create_table_artifact(key="seedvault-restore-pitr", table=rows, description="Point-in-time recovery")
     get_run_logger().info("recovered %s on port %s", report["data_dir"], report["port"])
+    report["read_from_replica"] = opened.note
     return report

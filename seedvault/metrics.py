@@ -108,6 +108,10 @@ class Snapshot:
     usage: UsageReport | None = None
     audit_ok: bool = True
     problems: list[str] = field(default_factory=list)
+    # destination (its URL) -> (the newest successful replicate's start and end, from the audit log)
+    replicated: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # destination -> (lag seconds, lag bytes): what appeared in this repository since that replicate started
+    replication_lag: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def group(self, key: Group) -> GroupFigures:
         return self.groups.setdefault(key, GroupFigures())
@@ -134,6 +138,7 @@ def collect(repo: Repository, *, now: datetime | None = None, prices: Mapping[st
     listing = list(repo.storage.list(""))
     for info in listing:
         _note_wal(snap, info)
+    _replication_lag(snap, bodies, listing)
     snap.usage = usage(repo, prices, listing=listing)
     snap.problems += snap.usage.problems
     return snap
@@ -150,6 +155,29 @@ def _note_wal(snap: Snapshot, info: ObjectInfo) -> None:
     t = info.modified.timestamp()
     if t > snap.wal_last_archived.get(system_id, 0.0):
         snap.wal_last_archived[system_id] = t
+
+
+def _replication_lag(snap: Snapshot, bodies: dict[str, dict], listing: list[ObjectInfo]) -> None:
+    """Per destination: the age and bytes of what reached this repository after its last good replicate began.
+
+    Why this bound, from the source alone: a successful run copied everything that was there when it started
+    (its destination's policy aside), so what is newer may be missing there. ``seedvault replicate --status``
+    compares both repositories exactly; this is what a scrape can afford.
+    """
+    wal = [(info.modified.timestamp(), info.size) for info in listing if _is_wal_record(info)]
+    for destination, (started, _) in snap.replicated.items():
+        times = [(t, int(b.get("stored_size") or 0)) for b in bodies.values() if (t := _time(b.get("finished")))]
+        newer = [(t, size) for t, size in times + wal if t > started]
+        oldest = min((t for t, _ in newer), default=None)
+        lag = max(0.0, snap.now - oldest) if oldest is not None else 0.0
+        snap.replication_lag[destination] = (lag, sum(size for _, size in newer))
+
+
+def _is_wal_record(info: ObjectInfo) -> bool:
+    if not info.key.startswith(WAL_ROOT):
+        return False
+    rest = info.key[len(WAL_ROOT) :].split("/")
+    return len(rest) == 4 and rest[0].isdigit() and len(rest[1]) == 8
 
 
 def _failed_group(details: Mapping[str, Any], by_label: Mapping[tuple[str, str], Group]) -> Group:
@@ -189,6 +217,9 @@ def _from_audit(repo: Repository, snap: Snapshot, groups_by_id: dict[str, Group]
                     fig.last_verified = max(fig.last_verified or 0.0, at)
         elif ev.operation in DRILL_OPERATIONS:
             _drill(snap, ev, at, groups_by_id)
+        elif ev.operation == "replicate" and ev.result == "ok" and isinstance(ev.details.get("to_url"), str):
+            started = _time(ev.details.get("started"))
+            snap.replicated[ev.details["to_url"]] = (started if started is not None else at, at)
 
 
 def _drill(snap: Snapshot, ev: audit.Event, at: float, groups_by_id: dict[str, Group]) -> None:
@@ -291,6 +322,7 @@ class _SnapshotCollector:
         snap = self.snap
         if snap.usage is not None:
             yield from _usage_families(snap.usage)
+        yield from self._replication()
         ok = GaugeMetricFamily(PREFIX + "audit_chain_ok", "1 if the audit log is intact and readable, else 0.")
         ok.add_metric([], 1.0 if snap.audit_ok else 0.0)
         yield ok
@@ -300,6 +332,23 @@ class _SnapshotCollector:
         at = GaugeMetricFamily(PREFIX + "metrics_generated_timestamp_seconds", "When these figures were read.")
         at.add_metric([], snap.now)
         yield at
+
+    def _replication(self) -> Iterable[Metric]:
+        label = ["destination"]
+        last = GaugeMetricFamily(PREFIX + "replication_last_success_timestamp_seconds",
+                                 "End of the newest good replicate to the destination.", labels=label)  # fmt: skip
+        lag = GaugeMetricFamily(PREFIX + "replication_lag_seconds",
+                                "Age of the oldest backup or WAL file newer than the last good replicate's start.",
+                                labels=label)  # fmt: skip
+        size = GaugeMetricFamily(PREFIX + "replication_lag_bytes",
+                                 "Stored bytes newer than the last good replicate's start.", labels=label)  # fmt: skip
+        for destination, (_, ended) in sorted(self.snap.replicated.items()):
+            last.add_metric([destination], ended)
+            seconds, nbytes = self.snap.replication_lag.get(destination, (0.0, 0))
+            lag.add_metric([destination], seconds)
+            size.add_metric([destination], float(nbytes))
+        if last.samples:
+            yield from (last, lag, size)
 
 
 def _usage_families(report: UsageReport) -> Iterable[Metric]:

@@ -209,8 +209,10 @@ def replicate(
         ev.details.update(_audit_details(src, report))
         if not report.ok:
             ev.result = "failed"
-    audit.record(src, "replicate", backup_ids=report.copied_backups, details={
-        **_audit_details(src, report), "to": dst.config()["id"]})  # fmt: skip
+    details = {**_audit_details(src, report), "to": dst.config()["id"], "to_url": report.destination,
+               "started": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}  # fmt: skip
+    audit.record(src, "replicate", backup_ids=report.copied_backups, result="ok" if report.ok else "failed",
+                 details=details)  # fmt: skip
     return report
 
 

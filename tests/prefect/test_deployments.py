@@ -250,6 +250,33 @@ def test_prefect_yaml_of_a_postgres_only_platform_has_no_neo4j_and_an_enterprise
     assert every[0]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
 
 
+def test_a_replica_adds_the_hourly_replicate_its_own_prune_and_the_fallback_of_every_restore(tmp_path):
+    from deployments.setup import main as setup_main
+
+    example = (PREFECT_YAML.parent / "seedvault-deploy.example.toml").read_text()
+    with_replica = tmp_path / "replica.toml"
+    with_replica.write_text(example.replace("# [replica]", "[replica]").replace('# url = "s3://platform-backups-dr',
+                            'url = "s3://platform-backups-dr'))  # fmt: skip
+    assert setup_main(["--config", str(with_replica), "--prefect-yaml", str(tmp_path / "r.yaml")]) == 0
+    spec = yaml.safe_load((tmp_path / "r.yaml").read_text())["deployments"]
+    by = {(d["entrypoint"].split(":")[1], d["name"]): d for d in spec}
+    copy = by[("replicate_flow", definitions.HOURLY_REPLICATE)]
+    assert copy["schedules"] == [{"cron": definitions.HOURLY_REPLICATE_CRON, "timezone": "UTC", "active": True}]
+    assert (
+        copy["parameters"]["replica"] == "seedvault-replica" and copy["parameters"]["repository"] != "seedvault-replica"
+    )
+    prune = by[("prune_flow", definitions.REPLICA_PRUNE)]
+    assert prune["parameters"]["repository"] == "seedvault-replica"
+    for (flow, _name), d in by.items():  # every restore and the drill read the replica when the first is down
+        if flow.startswith("restore_") or flow == "dr_drill_flow":
+            assert d["parameters"]["replica"] == "seedvault-replica", flow
+        elif flow.startswith("backup_"):
+            assert "replica" not in d["parameters"], flow  # writers never switch repositories
+    # Without [replica] (the example as committed): neither deployment, no replica parameter anywhere.
+    committed = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    assert not any("replicate" in d["entrypoint"] or "replica" in d["parameters"] for d in committed)
+
+
 def test_prefect_yaml_scopes_of_the_verification_deployments():
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     params = {d["name"]: d["parameters"] for d in spec["deployments"] if "verify_repository" in d["entrypoint"]}
