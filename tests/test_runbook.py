@@ -145,7 +145,7 @@ def test_runbook_blocks_run(where, tmp_path, request, pg_server, pg_db):
     )
 
     def drop_extras() -> None:
-        for suffix in ("_scratch", "_table"):
+        for suffix in ("_scratch", "_table", "_scratch_replica"):
             pg_server.drop_database(pg_db + suffix)
         _drop_safety_copies(pg_server, pg_db)
 

@@ -86,6 +86,7 @@ def test_every_dashboard_and_alert_expression_returns_data(prom_stack, moto_serv
     WalStore(repo, SYSID).push(_segment(tmp_path, 3))
     _drill_event(repo, ok=True, rto_ms=1_000)
     _drill_event(repo, ok=False, rto_ms=7_200_000)  # the newest drill missed its RTO target (1 h)
+    _cli(env, "replicate", "--to", f"file://{tmp_path / 'replica'}")  # the replication series
 
     def publish() -> None:
         _cli(env, "metrics", "--textfile", str(prom_stack.textfile), "--push", prom_stack.pushgateway_url)
