@@ -63,6 +63,11 @@ def _make_dirs(path: Path) -> None:
                 raise
 
 
+def _all_before(directory: str, start_after: str) -> bool:
+    """Whether every key below ``directory`` (ending in "/") sorts at or before ``start_after``."""
+    return directory < start_after and not start_after.startswith(directory)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -183,29 +188,38 @@ class LocalStorage(Storage):
             raise _translate(exc, key) from exc
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result, bool]]:
-        base = self.root
+    def _walk(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """Files below ``prefix`` (key, stat, temporary?); with ``start_after`` only keys after it are stat()ed.
+
+        Why the pruning: the audit log lists its prefix from the newest event it knows (``start_after``) before
+        every append; stat()ing every older event made each append cost O(events), a sweep of thousands of
+        operations quadratic. Directories whose every key sorts before ``start_after`` are not entered.
+        """
+        base = str(self.root)
         # Start from the deepest existing directory of the prefix to avoid walking the whole tree.
         start_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = base / start_rel if start_rel else base
+        start = self.root / start_rel if start_rel else self.root
         if not start.is_dir():
             return
         for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, base)
+            head = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            if start_after:
+                dirnames[:] = [d for d in dirnames if not _all_before(f"{head}{d}/", start_after)]
             dirnames.sort()
             for name in filenames:
-                full = Path(dirpath) / name
-                rel = full.relative_to(base).as_posix()
-                if not rel.startswith(prefix):
+                rel = head + name
+                if not rel.startswith(prefix) or (start_after is not None and rel <= start_after):
                     continue
                 try:
-                    st = full.stat()
+                    st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
                 yield rel, st, TEMP_MARKER in name
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         try:
-            rows = [(rel, st) for rel, st, tmp in self._walk(prefix) if not tmp and rel > (start_after or "")]
+            rows = [(rel, st) for rel, st, tmp in self._walk(prefix, start_after) if not tmp]
         except OSError as exc:
             raise _translate(exc, prefix or "/") from exc
         for rel, st in sorted(rows):

@@ -28,6 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def api_post(url: str, path: str, body: dict) -> httpx.Response:
+    """POST to the server's API; a 503 (SQLite busy under load) is retried, as Prefect's own client does."""
+    for attempt in range(10):
+        r = httpx.post(f"{url}{path}", json=body, timeout=30)
+        if r.status_code != 503:
+            return r
+        time.sleep(0.5 * (attempt + 1))
+    return r
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without its PREFECT_* settings (the harness's), analytics off."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

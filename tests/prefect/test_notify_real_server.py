@@ -32,7 +32,7 @@ import pytest
 
 from seedvault import process
 from tests.helpers import run_cli
-from tests.prefect.real_server import ROOT, free_port, prefect_server, process_worker
+from tests.prefect.real_server import ROOT, api_post, free_port, prefect_server, process_worker
 from tests.prefect.receiver import Receiver
 
 POOL = "sv-notify"
@@ -52,12 +52,7 @@ class Env:
 
     def run(self, deployment: str, **parameters: Any) -> str:
         """What the UI's "Run" does; a 503 (SQLite busy) is retried, as Prefect's own client does."""
-        for attempt in range(10):
-            r = httpx.post(f"{self.url}/deployments/{self.ids[deployment]}/create_flow_run",
-                           json={"parameters": parameters}, timeout=30)  # fmt: skip
-            if r.status_code != 503:
-                break
-            time.sleep(0.5 * (attempt + 1))
+        r = api_post(self.url, f"/deployments/{self.ids[deployment]}/create_flow_run", {"parameters": parameters})
         assert r.status_code == 201, r.text
         return r.json()["id"]
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from seedvault.crypto.keys import generate_raw_key
-from tests.prefect.real_server import ROOT, deployments, prefect_server
+from tests.prefect.real_server import ROOT, api_post, deployments, prefect_server
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,7 @@ dir = "{tmp_path / "host"}"
     # The UI's "Run" on each on-demand deployment: a run with the block names and the operator's fields.
     for name, params in (("restore-postgres/on-demand", {"database": "tsdb_check"}),
                          ("restore-postgres-pitr/on-demand", {"data_dir": "/srv/pitr", "latest": True})):  # fmt: skip
-        r = httpx.post(
-            f"{server}/deployments/{got[name]['id']}/create_flow_run", json={"parameters": params}, timeout=30
-        )
+        r = api_post(server, f"/deployments/{got[name]['id']}/create_flow_run", {"parameters": params})
         assert r.status_code == 201, r.text
         run = r.json()
         assert run["parameters"]["target"] == "seedvault-postgres" and run["parameters"]["key"] == "seedvault-key"
