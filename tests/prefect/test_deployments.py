@@ -307,3 +307,51 @@ def test_build_with_a_platform_adds_the_daily_group_and_makes_the_monthly_drill_
         definitions.build("repo", "key", "pg", platform=True)
     with pytest.raises(ValueError, match="setup and the teardown"):
         definitions.build("repo", "key", "pg", neo4j_target="g", platform=True, neo4j_scratch_target="s")
+
+
+def test_the_host_files_carry_the_replica_with_its_own_credentials_file(tmp_path, monkeypatch):
+    """What wal-fetch and a PITR from the replica read on the database host: a [replica] table of its own."""
+    from deployments.setup import load_plan, write_host_files
+    from seedvault.config import load
+
+    key = tmp_path / "master.key"
+    key.write_text("x\n")
+    monkeypatch.setenv("T_S3", "primary-secret-1")
+    monkeypatch.setenv("T_DR", "replica-secret-2")
+    config = tmp_path / "deploy.toml"
+    config.write_text(f"""
+[repository]
+url = "s3://primary/sv"
+s3_endpoint = "http://127.0.0.1:9000"
+aws_access_key_id = "AKIAPRIMARY"
+aws_secret_access_key_env = "T_S3"
+[replica]
+url = "s3://dr/sv"
+s3_endpoint = "http://127.0.0.1:9001"
+s3_region = "eu-west-1"
+aws_access_key_id = "AKIAREPLICA"
+aws_secret_access_key_env = "T_DR"
+retention = {{ keep_within = "90d" }}
+[key]
+value_file = "{key}"
+[postgres]
+database = "tsdb"
+[archive]
+dir = "{tmp_path / "host"}"
+""")
+    written = write_host_files(load_plan(config))
+    host = tmp_path / "host"
+    assert set(written) == {host / "seedvault.toml", host / "aws-credentials", host / "aws-credentials-replica"}
+    settings = load(env={"SEEDVAULT_CONFIG": str(host / "seedvault.toml")})
+    assert settings.repository == "s3://primary/sv" and settings.s3_endpoint == "http://127.0.0.1:9000"
+    replica = settings.replica_settings()
+    assert replica is not None and replica.repository == "s3://dr/sv" and replica.s3_region == "eu-west-1"
+    assert replica.s3_endpoint == "http://127.0.0.1:9001" and replica.key_file == str(key)
+    assert replica.s3_credentials_file == str(host / "aws-credentials-replica")
+    creds = (host / "aws-credentials-replica").read_text()
+    assert "replica-secret-2" in creds and "primary-secret-1" not in creds
+    assert oct((host / "aws-credentials-replica").stat().st_mode & 0o777) == "0o600"
+    assert "secret" not in (host / "seedvault.toml").read_text()
+    # SEEDVAULT_USE_REPLICA=on (what a PITR from the replica puts in restore_command) selects it.
+    chosen = load(env={"SEEDVAULT_CONFIG": str(host / "seedvault.toml"), "SEEDVAULT_USE_REPLICA": "on"})
+    assert chosen.repository == "s3://dr/sv" and chosen.is_replica
