@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from seedvault import leases
 from seedvault.config import load
 from seedvault.format import layout
 from seedvault.ops import prune as pr
@@ -112,6 +113,7 @@ def test_server_side_copy_on_one_endpoint_multipart_and_the_destination_lock(sou
     assert dst_settings is not None
     dst_settings.s3_endpoint, dst_settings.s3_region = moto_server.endpoint_url, S3_REGION
     dst_settings.object_lock, dst_settings.object_lock_days = "governance", 90
+    dst_settings.s3_storage_class = "STANDARD_IA"  # the replica's own class
     src = Repository(open_storage(settings), settings.key_source())
     dst = Repository(open_storage(dst_settings, create=True), dst_settings.key_source())
     report = replicate(src, dst, dst_settings.retention_policies())
@@ -124,6 +126,8 @@ def test_server_side_copy_on_one_endpoint_multipart_and_the_destination_lock(sou
     mode, until = dst.storage.retention(layout.manifest_key(big))  # the destination's own lock, from the start
     assert mode == "GOVERNANCE" and until > datetime.now(UTC) + timedelta(days=80)
     assert src.storage.retention(layout.manifest_key(big)) is None  # the source has none
+    assert dst.storage.head(layout.data_key(big, "data")).storage_class == "STANDARD_IA"
+    assert src.storage.head(layout.data_key(big, "data")).storage_class == "STANDARD"
     # The destination's prune keeps what its lock holds although the manifest records no lock.
     policies = load(env={"SEEDVAULT_RETENTION": json.dumps({"keep_within": "0s", "min_verified": 0})})
     plan = pr.prune(dst, policies.retention_policies(), now=datetime.now(UTC) + timedelta(days=2))
@@ -148,6 +152,10 @@ def test_kill_9_at_every_phase_never_lists_an_incomplete_backup_and_a_rerun_conv
         assert killed.returncode == -9, (point, killed.returncode, killed.stderr)
         ids = _ids(env, "--replica")
         listed.append(ids)
+        if point == "replicate-before-manifest":  # the killed run's lease at the destination named its backups
+            dst = Repository(open_storage(load(env=dict(env, SEEDVAULT_USE_REPLICA="on"))))
+            held = [lease for lease in leases.read_leases(dst).stale if lease.operation == "replicate"]
+            assert held and set(held[-1].backup_ids) - set(ids), held
         if ids:  # whatever is listed is complete: every object there and matching its manifest
             assert run_cli(["--replica", "verify", "--all"], env).returncode == 0, point
     assert listed[0] == [] and listed[-1], listed  # nothing before the first manifest; progress by the end

@@ -111,9 +111,12 @@ FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY job_id
 
 # TimescaleDB's own storage: chunks (plain and compressed) and the internal compressed hypertables. Their
 # rows are the hypertable's, counted and checksummed through it (a compressed chunk's table cannot even be
-# read on its own: "chunk ... has no dimension slices").
+# read on its own: "chunk ... has no dimension slices"). A chunk whose table is gone (TimescaleDB before 2.26
+# kept dropped chunks in its catalog, flagged ``dropped``; 2.26 removed that column) is left out by asking
+# whether its table exists, which reads the same on every version.
 STORAGE_SQL = """
-SELECT schema_name, table_name, 'chunk' FROM _timescaledb_catalog.chunk WHERE NOT dropped
+SELECT schema_name, table_name, 'chunk' FROM _timescaledb_catalog.chunk
+WHERE to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
 UNION ALL
 SELECT schema_name, table_name, CASE WHEN compression_state = 2 THEN 'chunk' ELSE 'hypertable' END
 FROM _timescaledb_catalog.hypertable
