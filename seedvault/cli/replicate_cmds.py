@@ -44,7 +44,7 @@ def replicate(
     if dst_settings is None:
         raise ConfigError("no destination: pass --to URL or configure [replica] repository")
     src = st.repository()
-    dst = Repository(open_storage(dst_settings, create=not status), dst_settings.key_source())
+    dst = Repository(open_storage(dst_settings, create=True), dst_settings.key_source())
     dst.catalog_cache = dst_settings.catalog_cache  # type: ignore[attr-defined]
     policies = dst_settings.retention_policies()
     if status:

@@ -141,12 +141,12 @@ def open_destination(src: Repository, dst: Repository) -> None:
         )
 
 
-def plan(src: Repository, dst: Repository, policies: rt.Policies, now: datetime) -> Wanted:
-    """Gather both repositories and plan the destination (see the module docstring)."""
-    state = pr.audit_state(dst)
+def plan(src: Repository, dst: Repository | None, policies: rt.Policies, now: datetime) -> Wanted:
+    """Gather both repositories and plan the destination (see the module docstring); ``dst`` None: it is empty."""
+    state = pr.audit_state(dst) if dst is not None else pr.MutableState()
     warnings = [f"destination audit log: {p}" for p in state.problems]
     src_in = pr.gather(src, pr.MutableState())
-    dst_in = pr.gather(dst, state)
+    dst_in = pr.gather(dst, state) if dst is not None else pr.Inputs([], [], {}, [], {})
     bodies = {b.backup_id: b for b in dst_in.backups}
     src_bodies: dict[str, dict] = {}
     for entry in catalog.Catalog(src).entries():
@@ -179,8 +179,6 @@ def replicate(
     """Copy what the destination lacks and its policy keeps; verified, manifests last (module docstring)."""
     from time import monotonic
 
-    from seedvault.ops import replicate_wal
-
     started = monotonic()
     now = now or datetime.now(UTC)
     report = ReplicationReport(redact_url(src.storage.url), redact_url(dst.storage.url))
@@ -192,6 +190,34 @@ def replicate(
     present = set(dst.backup_ids())
     todo = [bid for bid in sorted(wanted.backups, reverse=True) if bid not in present]  # newest first
     report.present_backups = len(set(wanted.backups) & present)
+    try:
+        _copy_all(src, dst, wanted, todo, present, report, now, include_wal, progress)
+    except BaseException as exc:
+        failed = {"to": dst.config()["id"], "to_url": report.destination, "error": audit.error_line(exc)}
+        audit.record(src, "replicate", result="failed", failed_with=exc, details=failed)
+        raise
+    report.seconds = monotonic() - started
+    details = {**_audit_details(src, report), "to": dst.config()["id"], "to_url": report.destination,
+               "started": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}  # fmt: skip
+    audit.record(src, "replicate", backup_ids=report.copied_backups, result="ok" if report.ok else "failed",
+                 details=details)  # fmt: skip
+    return report
+
+
+def _copy_all(
+    src: Repository,
+    dst: Repository,
+    wanted: Wanted,
+    todo: list[str],
+    present: set[str],
+    report: ReplicationReport,
+    now: datetime,
+    include_wal: bool,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """Under a lease at each end and the destination's audit event: the backups, then the WAL."""
+    from seedvault.ops import replicate_wal
+
     with (
         _source_lease(src, todo) as src_lease,
         leases.HeldLease(dst, "replicate", todo) as _dst_lease,
@@ -204,16 +230,10 @@ def replicate(
             copier.copy(bid)
         if include_wal:
             replicate_wal.replicate_wal(src, dst, wanted, report, progress)
-        report.seconds = monotonic() - started
         ev.backup_ids = list(report.copied_backups)
         ev.details.update(_audit_details(src, report))
         if not report.ok:
             ev.result = "failed"
-    details = {**_audit_details(src, report), "to": dst.config()["id"], "to_url": report.destination,
-               "started": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}  # fmt: skip
-    audit.record(src, "replicate", backup_ids=report.copied_backups, result="ok" if report.ok else "failed",
-                 details=details)  # fmt: skip
-    return report
 
 
 def _audit_details(src: Repository, report: ReplicationReport) -> dict[str, Any]:

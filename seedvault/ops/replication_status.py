@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seedvault import retention as rt
+from seedvault.format import layout
 from seedvault.ops.replicate import open_destination, plan
 from seedvault.repository import Repository
 from seedvault.storage.base import redact_url
@@ -70,8 +71,10 @@ def replication_status(
 ) -> ReplicationStatus:
     """Compare the two repositories (reads both catalogs and WAL listings; copies nothing)."""
     now = now or datetime.now(UTC)
-    open_destination(src, dst)
-    wanted = plan(src, dst, policies, now)
+    exists = dst.storage.exists(layout.CONFIG)  # an empty replica lacks everything; asking creates nothing
+    if exists:
+        open_destination(src, dst)
+    wanted = plan(src, dst if exists else None, policies, now)
     present = {b.backup_id for b in wanted.dst.backups}
     out = ReplicationStatus(redact_url(src.storage.url), redact_url(dst.storage.url), max_lag_seconds=max_lag)
     out.backups_at_destination = len(present)

@@ -75,11 +75,14 @@ def _replica(server, **extra) -> dict:
 
 
 def test_replicate_to_another_region_copies_everything_byte_identical(source, moto_server_b) -> None:
-    env = dict(source["env"], SEEDVAULT_REPLICA=json.dumps(_replica(moto_server_b)))
+    replica = _replica(moto_server_b)
+    env = dict(source["env"], SEEDVAULT_REPLICA=json.dumps(replica))
     status = run_cli(["replicate", "--status", "--json"], env)
     assert status.returncode == 0 or status.returncode == 67, status.stderr  # nothing there yet
     before = json.loads(status.stdout)
     assert len(before["backups_lacking"]) == 3 and before["lag_bytes"] > 12 * MiB
+    bucket = replica["repository"][len("s3://") :].split("/")[0]
+    assert moto_server_b.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # asking wrote nothing
     out = run_cli(["replicate", "--json"], env, check=True)
     report = json.loads(out.stdout)
     assert report["ok"] and sorted(report["copied_backups"]) == sorted(source["ids"].values())
