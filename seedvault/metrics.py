@@ -112,6 +112,7 @@ class Snapshot:
     replicated: dict[str, tuple[float, float]] = field(default_factory=dict)
     # destination -> (lag seconds, lag bytes): what appeared in this repository since that replicate started
     replication_lag: dict[str, tuple[float, int]] = field(default_factory=dict)
+    replicated_wal: set[str] = field(default_factory=set)  # destinations whose newest good run copied WAL too
 
     def group(self, key: Group) -> GroupFigures:
         return self.groups.setdefault(key, GroupFigures())
@@ -165,9 +166,11 @@ def _replication_lag(snap: Snapshot, bodies: dict[str, dict], listing: list[Obje
     compares both repositories exactly; this is what a scrape can afford.
     """
     wal = [(info.modified.timestamp(), info.size) for info in listing if _is_wal_record(info)]
+    times = [(t, int(b.get("stored_size") or 0)) for b in bodies.values() if (t := _time(b.get("finished")))]
     for destination, (started, _) in snap.replicated.items():
-        times = [(t, int(b.get("stored_size") or 0)) for b in bodies.values() if (t := _time(b.get("finished")))]
-        newer = [(t, size) for t, size in times + wal if t > started]
+        # A run with --no-wal copied no WAL: all of it counts as possibly lacking then (from the first).
+        wal_since = started if destination in snap.replicated_wal else float("-inf")
+        newer = [(t, size) for t, size in times if t > started] + [(t, size) for t, size in wal if t > wal_since]
         oldest = min((t for t, _ in newer), default=None)
         lag = max(0.0, snap.now - oldest) if oldest is not None else 0.0
         snap.replication_lag[destination] = (lag, sum(size for _, size in newer))
@@ -220,6 +223,10 @@ def _from_audit(repo: Repository, snap: Snapshot, groups_by_id: dict[str, Group]
         elif ev.operation == "replicate" and ev.result == "ok" and isinstance(ev.details.get("to_url"), str):
             started = _time(ev.details.get("started"))
             snap.replicated[ev.details["to_url"]] = (started if started is not None else at, at)
+            if ev.details.get("wal", True):
+                snap.replicated_wal.add(ev.details["to_url"])
+            else:
+                snap.replicated_wal.discard(ev.details["to_url"])
 
 
 def _drill(snap: Snapshot, ev: audit.Event, at: float, groups_by_id: dict[str, Group]) -> None:

@@ -27,6 +27,7 @@ Order and safety:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from typing import Any
 
 from seedvault import audit, catalog, faults, leases, storagecost
 from seedvault import retention as rt
-from seedvault.errors import ChecksumMismatch, ConfigError, IntegrityError, SeedvaultError
+from seedvault.errors import (
+    BackupNotFound,
+    ConfigError,
+    IntegrityError,
+    LockHeld,
+    ObjectNotFound,
+    SeedvaultError,
+    StorageUnreachable,
+)
 from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.ops import prune as pr
@@ -66,6 +75,7 @@ class ReplicationReport:
     wal_copied: int = 0
     wal_present: int = 0
     wal_not_wanted: int = 0
+    wal_held_back: int = 0  # later records of a timeline whose copy failed (kept out: no hole at the replica)
     objects: int = 0
     bytes_copied: int = 0
     server_side: int = 0
@@ -102,6 +112,7 @@ class ReplicationReport:
             "wal_copied": self.wal_copied,
             "wal_present": self.wal_present,
             "wal_not_wanted": self.wal_not_wanted,
+            "wal_held_back": self.wal_held_back,
             "objects": self.objects,
             "bytes_copied": self.bytes_copied,
             "server_side": self.server_side,
@@ -193,12 +204,13 @@ def replicate(
     try:
         _copy_all(src, dst, wanted, todo, present, report, now, include_wal, progress)
     except BaseException as exc:
-        failed = {"to": dst.config()["id"], "to_url": report.destination, "error": audit.error_line(exc)}
-        audit.record(src, "replicate", result="failed", failed_with=exc, details=failed)
+        with contextlib.suppress(Exception):  # never hide the run's own error behind the record of it
+            failed = {"to_url": report.destination, "error": audit.error_line(exc), "wal": include_wal}
+            audit.record(src, "replicate", result="failed", failed_with=exc, details=failed)
         raise
     report.seconds = monotonic() - started
     details = {**_audit_details(src, report), "to": dst.config()["id"], "to_url": report.destination,
-               "started": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}  # fmt: skip
+               "started": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "wal": include_wal}  # fmt: skip
     audit.record(src, "replicate", backup_ids=report.copied_backups, result="ok" if report.ok else "failed",
                  details=details)  # fmt: skip
     return report
@@ -220,13 +232,14 @@ def _copy_all(
 
     with (
         _source_lease(src, todo) as src_lease,
-        leases.HeldLease(dst, "replicate", todo) as _dst_lease,
+        leases.HeldLease(dst, "replicate", _leased(todo, wanted.backups)) as _dst_lease,
         audit.audited(dst, "replicate") as ev,
     ):
+        _no_prune_running(dst, _dst_lease)
         busy = _being_pruned(src, src_lease, todo)
         report.skipped += [f"{bid}: being deleted by a prune at the source" for bid in sorted(busy)]
         copier = _BackupCopier(src, dst, wanted.backups, present, report, now, busy, progress)
-        for bid in todo:
+        for bid in copy_order(todo, wanted.backups):
             copier.copy(bid)
         if include_wal:
             replicate_wal.replicate_wal(src, dst, wanted, report, progress)
@@ -258,6 +271,23 @@ def _source_lease(src: Repository, ids: list[str]) -> Any:
         return leases._NoLease()
 
 
+def _leased(todo: list[str], bodies: dict[str, dict]) -> list[str]:
+    """What the destination lease names: the backups being copied and what they depend on (kept by a prune)."""
+    deps = {d for bid in todo for d in _dependencies(bodies.get(bid) or {})}
+    return [*todo, *sorted(deps - set(todo))]
+
+
+def _no_prune_running(dst: Repository, lease: leases.HeldLease) -> None:
+    """Refuse (LockHeld) while a prune runs at the destination: it could delete a parent, a group's member or the
+    WAL a backup being copied needs (it cannot know them: their manifest is not there yet). Read after our lease
+    is stored, so a prune starting later sees the lease and keeps what it names."""
+    running = [x for x in leases.read_leases(dst).live if x.exclusive and x.lease_id != lease.lease_id]
+    if running:  # any exclusive lease: a prune deleting only WAL names no backup
+        holder = running[0]
+        raise LockHeld(f"a prune is running at the destination ({holder.describe()}); nothing was copied",
+                       hint="replicate again when it is done (the hourly run does)")  # fmt: skip
+
+
 def _being_pruned(src: Repository, lease: Any, ids: list[str]) -> set[str]:
     """Ids a running prune at the source is deleting (read after our lease is stored: race-free, see leases)."""
     try:
@@ -267,8 +297,37 @@ def _being_pruned(src: Repository, lease: Any, ids: list[str]) -> set[str]:
     return set(ids) & set(intents)
 
 
+def _dependencies(body: dict) -> list[str]:
+    return [d for d in [body.get("parent"), *members_of(body)] if isinstance(d, str)]
+
+
+def copy_order(todo: list[str], bodies: dict[str, dict]) -> list[str]:
+    """``todo`` (newest first), each preceded by the dependencies it lacks: iterative, for chains of any length."""
+    order: list[str] = []
+    placed: set[str] = set()
+    for root in todo:
+        stack = [(root, False)]
+        while stack:
+            bid, expanded = stack.pop()
+            if bid in placed:
+                continue
+            if expanded:
+                placed.add(bid)
+                order.append(bid)
+                continue
+            stack.append((bid, True))
+            for dep in _dependencies(bodies.get(bid) or {}):
+                if dep not in placed and dep in bodies:
+                    stack.append((dep, False))
+    return order
+
+
 class _BackupCopier:
-    """Copies backups one by one, each after the ones it depends on (parent, group members)."""
+    """Copies backups one by one, each after the ones it depends on (parent, group members).
+
+    One backup that cannot be copied (wrong twice, unreadable or gone at the source, refused by the destination)
+    is reported and the others go on; only a repository that cannot be reached at all stops the run.
+    """
 
     def __init__(
         self,
@@ -289,21 +348,25 @@ class _BackupCopier:
         self.policy = storagecost.policy_of(dst.storage)
 
     def copy(self, bid: str) -> bool:
-        """Publish ``bid`` at the destination (after its dependencies); False when it could not be."""
+        """Publish ``bid`` at the destination (its dependencies are earlier in the order); False if not."""
         if bid in self.done:
             return True
-        if bid in self.failed or bid in self.busy:
-            return False
         body = self.bodies.get(bid)
-        if body is None:
+        if bid in self.failed or bid in self.busy or body is None:
             return False
-        for dep in [body.get("parent"), *members_of(body)]:
-            if isinstance(dep, str) and dep not in self.done and not self.copy(dep):
-                self._fail(bid, f"it depends on {dep}, which could not be copied")
-                return False
+        missing = [dep for dep in _dependencies(body) if dep not in self.done]
+        if missing:
+            self._fail(bid, f"it depends on {missing[0]}, which is not at the destination")
+            return False
         try:
             self._copy(bid, body)
-        except (IntegrityError, ChecksumMismatch) as exc:
+        except StorageUnreachable:
+            raise
+        except ObjectNotFound as exc:  # pruned at the source meanwhile (or half gone): nothing to copy now
+            self.report.skipped.append(f"{bid}: gone at the source ({exc.one_line()})")
+            self.failed.add(bid)
+            return False
+        except SeedvaultError as exc:  # wrong twice, unreadable at the source, refused by the destination
             self._fail(bid, exc.one_line())
             return False
         self.done.add(bid)
@@ -325,15 +388,20 @@ class _BackupCopier:
             if dst.exists(info.key):
                 continue
             data = src.get_bytes(info.key)
-            self.report.count(copy_verified(src, dst, info.key, size=len(data), check=same_bytes(data), data=data))
+            self.report.count(copy_verified(src, dst, info.key, size=len(data), check=same_bytes(data), data=data,
+                                            replace_existing=True))  # fmt: skip
         faults.reached(FAULT_KEYS)
         options = self._options(body)
         for obj in body["objects"]:
             key = layout.data_key(bid, obj["name"])
             check = same_digest(int(obj["stored_size"]), str(obj["sha256"]))
-            self.report.count(copy_verified(src, dst, key, size=int(obj["stored_size"]), check=check, options=options))
+            self.report.count(copy_verified(src, dst, key, size=int(obj["stored_size"]), check=check, options=options,
+                                            replace_existing=True))  # fmt: skip
         if self.dst.data_key(bid) != data_key:  # our key object arrived and opens the same data key
             raise IntegrityError(f"backup {bid}: its key object at the destination opens another data key")
+        for dep in _dependencies(body):  # a prune at the destination may have removed one meanwhile
+            if not dst.exists(layout.manifest_key(dep)):
+                raise BackupNotFound(f"backup {bid} depends on {dep}, which is no longer at the destination")
         faults.reached(FAULT_BEFORE_MANIFEST)
         stored = src.get_bytes(layout.manifest_key(bid))
         mf.open_(stored, data_key, bid)  # the manifest being published is the authentic one
@@ -346,6 +414,11 @@ class _BackupCopier:
             catalog.record(self.dst, body)
         except SeedvaultError as exc:  # the index is a cache: readers find the backup from its key objects
             log.warning("seedvault: warning: backup %s is not in the destination's index yet: %s", bid, exc.one_line())
+        # Every stored byte was read back against the authenticated manifest's SHA-256 and size, and the key
+        # object opened: a full verification of this copy, recorded as one (the replica's min_verified counts it).
+        audit.record(self.dst, "verify", backup_ids=[bid], details={
+            "scope": "full", "objects": len(body["objects"]), "raw_bytes": int(body.get("raw_size") or 0),
+            "problems": 0, "method": "replicate-arrival"})  # fmt: skip
 
     def _options(self, body: dict) -> WriteOptions:
         """The destination's storage class and Object Lock for this backup (its lock counted from its start)."""

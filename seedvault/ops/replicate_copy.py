@@ -86,27 +86,47 @@ def copy_verified(
     check: Check,
     options: WriteOptions | None = None,
     data: bytes | None = None,
+    replace_existing: bool = False,
 ) -> Copied:
     """Make ``key`` at ``dst`` a verified copy of ``key`` at ``src`` (see the module docstring).
 
     ``data``: the source's bytes when the caller has read them already (small objects).
-    A copy found at the destination already is checked; a bad one is replaced (it was never published).
+    Deleted after a failed check: only a copy this call wrote, or with ``replace_existing`` (the data and key
+    objects of a backup whose manifest is not at the destination: nothing there refers to them yet) one found
+    there. A manifest or a WAL record found there is never deleted: its presence is its commit.
     """
     retried = False
     if dst.exists(key):
         problem = _checked(check, dst, key)
         if problem is None:
+            _keep_lock(dst, key, options)  # a copy interrupted between its write and its retention
             return Copied(key, size, "present")
-        dst.delete([key])  # a damaged leftover of an earlier run: unpublished, so nothing refers to it yet
+        if not replace_existing:
+            raise ChecksumMismatch(f"{key} at {dst.url} differs from the source's and is left alone: {problem}")
+        dst.delete([key])
         retried = True
     problem = None
     for attempt in (1, 2):
-        how = _copy(src, dst, key, size, options, data)
+        how, wrote = _copy(src, dst, key, size, options, data)
         problem = _checked(check, dst, key)
         if problem is None:
+            if not wrote:
+                _keep_lock(dst, key, options)
             return Copied(key, size, how, retried=retried or attempt > 1)
+        if not (wrote or replace_existing):  # another writer's object: report it, never remove it
+            raise ChecksumMismatch(f"{key} at {dst.url} differs from the source's and is left alone: {problem}")
         dst.delete([key])
     raise ChecksumMismatch(f"copy of {key} at {dst.url} is wrong after a retry: {problem}")
+
+
+def _keep_lock(dst: Storage, key: str, options: WriteOptions | None) -> None:
+    """Give an object found at the destination the retention this copy would have given it (S3 only)."""
+    confirm = getattr(dst, "confirm_lock", None)
+    if options is not None and options.lock is not None and confirm is not None:
+        try:
+            confirm(dst.full_key(key), options.lock)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the storage's own error, translated
+            raise dst.translate(exc, key) from exc  # type: ignore[attr-defined]
 
 
 def _checked(check: Check, dst: Storage, key: str) -> str | None:
@@ -120,7 +140,10 @@ def _checked(check: Check, dst: Storage, key: str) -> str | None:
         raise
 
 
-def _copy(src: Storage, dst: Storage, key: str, size: int, options: WriteOptions | None, data: bytes | None) -> str:
+def _copy(
+    src: Storage, dst: Storage, key: str, size: int, options: WriteOptions | None, data: bytes | None
+) -> tuple[str, bool]:
+    """(how, whether this call wrote the object: False when another writer's was there first)."""
     how = "streamed"
     try:
         if data is not None:
@@ -131,11 +154,11 @@ def _copy(src: Storage, dst: Storage, key: str, size: int, options: WriteOptions
         else:
             _stream(src, dst, key, options)
     except ObjectExists:  # a concurrent replicator got there first: the check decides whether it is right
-        pass
+        return how, False
     if faults.corrupt(FAULT_ARRIVED):
         _damage(dst, key)
     faults.reached(FAULT_ARRIVED)
-    return how
+    return how, True
 
 
 def _stream(src: Storage, dst: Storage, key: str, options: WriteOptions | None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seedvault import faults, storagecost
-from seedvault.errors import ChecksumMismatch, IntegrityError
+from seedvault.errors import ObjectNotFound, SeedvaultError, StorageUnreachable
 from seedvault.ops.replicate_copy import copy_verified, same_bytes
 from seedvault.repository import Repository
 from seedvault.storage.base import Storage
@@ -40,9 +40,10 @@ def replicate_wal(
     report: ReplicationReport,
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    present = {w.key for w in wanted.dst.wal}
+    """Copy the wanted WAL the destination lacks, per system; a timeline stops at its first failed record."""
     for sid in system_ids(src):
         src_store, dst_store = WalStore(src, sid), WalStore(dst, sid)
+        present = {o.key for o in dst_store.list()}  # listed now: a prune there may have run since the plan
         todo: list[WalObject] = []
         for o in src_store.list():
             if o.key in present:
@@ -53,23 +54,52 @@ def replicate_wal(
                 todo.append(o)
         if not todo:
             continue
-        _copy_epoch_keys(src.storage, dst.storage, sid, report)
+        try:
+            _copy_epoch_keys(src.storage, dst.storage, sid, report)
+        except StorageUnreachable:
+            raise
+        except SeedvaultError as exc:  # without its keys no record of the system authenticates there
+            report.failed.append(f"WAL of system {sid}: epoch keys not copied: {exc.one_line()}")
+            continue
         faults.reached(FAULT_EPOCHS)
-        options = storagecost.policy_of(dst.storage).wal()
-        todo.sort(key=lambda o: (o.kind != "history", o.key))
-        for o in todo:
-            try:
-                copied = copy_verified(
-                    src.storage, dst.storage, o.key, size=o.size, check=_authentic(dst_store, o), options=options
-                )
-            except (ChecksumMismatch, IntegrityError) as exc:
-                report.failed.append(f"WAL {o.name} (system {sid}): {exc.one_line()}")
-                continue
-            report.count(copied)
-            report.wal_copied += 1
-            faults.reached(FAULT_RECORD)
+        _copy_records(src, dst, dst_store, sid, todo, report)
         if progress:
             progress(f"copied {report.wal_copied} WAL files of system {sid}")
+
+
+def _copy_records(
+    src: Repository, dst: Repository, dst_store: WalStore, sid: str, todo: list[WalObject], report: ReplicationReport
+) -> None:
+    """Histories first, then records in key order; after a failure nothing later of that timeline is copied.
+
+    Why stop: the destination must hold an unbroken prefix of each timeline's archive, so that a recovery from it
+    ends where the copy ends and says so, never past a hole that only looks like the end of the archive.
+    """
+    options = storagecost.policy_of(dst.storage).wal()
+    todo.sort(key=lambda o: (o.kind != "history", o.key))
+    broken: dict[int, str] = {}  # timeline -> the record that failed
+    for o in todo:
+        if o.kind != "history" and o.timeline in broken:
+            report.wal_held_back += 1
+            continue
+        try:
+            copied = copy_verified(
+                src.storage, dst.storage, o.key, size=o.size, check=_authentic(dst_store, o), options=options
+            )
+        except StorageUnreachable:
+            raise
+        except ObjectNotFound:  # pruned at the source meanwhile
+            report.skipped.append(f"WAL {o.name} (system {sid}): gone at the source")
+            continue
+        except SeedvaultError as exc:
+            report.failed.append(f"WAL {o.name} (system {sid}): {exc.one_line()}")
+            broken.setdefault(o.timeline, o.name)
+            continue
+        report.count(copied)
+        report.wal_copied += 1
+        faults.reached(FAULT_RECORD)
+    for tli, name in broken.items():
+        report.failed.append(f"WAL of system {sid} timeline {tli}: nothing after {name} was copied")
 
 
 def _copy_epoch_keys(src: Storage, dst: Storage, sid: str, report: ReplicationReport) -> None:

@@ -205,12 +205,17 @@ def _object_size(response: dict[str, Any]) -> int:
     return int(response.get("ContentLength") or 0)
 
 
-def _access_key_id(session: boto3.Session | None) -> str | None:
-    """The access key id this storage signs with (public, compared only), or None when it cannot be told."""
+def _access_key_id(client: Any) -> str | None:
+    """The access key id ``client`` signs with (public, compared only), or None when it cannot be told.
+
+    Read from the client itself (an injected one, e.g. a Prefect block's, has its own credentials, not the
+    environment's), and only when a server-side copy is considered: resolving credentials can mean a request to
+    the instance metadata service, which every short-lived wal-push must not pay.
+    """
     try:
-        credentials = (session or boto3.Session()).get_credentials()
+        credentials = client._request_signer._credentials  # botocore's signer holds the resolved credentials
         return None if credentials is None else credentials.get_frozen_credentials().access_key
-    except Exception:  # noqa: BLE001 - no credentials yet: no server-side copy, nothing else changes
+    except Exception:  # noqa: BLE001 - cannot tell: no server-side copy, nothing else changes
         return None
 
 
@@ -738,7 +743,11 @@ class S3Storage(Storage):
         self._client = client
         self.endpoint = _safe_endpoint(endpoint_url or getattr(getattr(client, "meta", None), "endpoint_url", None))
         self.region = getattr(getattr(client, "meta", None), "region_name", region)
-        self.access_key_id = _access_key_id(session if self._owns_client else None)
+
+    @property
+    def access_key_id(self) -> str | None:
+        """The access key id of this storage's client (compared by :meth:`can_copy_from`, never shown)."""
+        return _access_key_id(self._client)
 
     # -- server-side copy (seedvault.storage.s3copy) -------------------------------------------------------
     @property

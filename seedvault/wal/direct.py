@@ -31,6 +31,11 @@ PUSH_MAX_EXIT = 125
 FETCH_MISSING = 1
 FETCH_FATAL = 126
 FETCH_RETRY_SECONDS = 60.0
+LAGGING_REPLICA = (
+    "not in the replica, which may lag behind the unreachable repository; recovery stopped rather than ending early"
+    " (recover from the replica on purpose with --replica)"
+)
+FALLBACK_AFTER_SECONDS = 5.0  # a broken connection is retried first; an endpoint down for 5 s is down
 
 _GLOBAL_TO_SETTING = {
     "--config": "config",
@@ -105,8 +110,10 @@ def push(
 
 def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None, system_id: str | None) -> int:
     """Fetch and verify one WAL file directly; 0, 1 (quietly: not archived) or 126 (stop recovery)."""
-    deadline = time.monotonic() + FETCH_RETRY_SECONDS
+    started = time.monotonic()
+    deadline = started + FETCH_RETRY_SECONDS
     delay = 0.5
+    switched = False  # fell back to the replica in this call: it may lag, so "not there" is not the end
     while True:
         try:
             from seedvault.wal.store import WalStore, partial_note
@@ -119,10 +126,13 @@ def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None
                 _say(f"seedvault wal-fetch: {partial_note(name, header)}")
             return 0
         except ObjectNotFound:
+            if switched:  # the replica lags the repository recovery was planned on: stop, never end early
+                return _fatal(name, LAGGING_REPLICA)
             return FETCH_MISSING  # not archived: the normal end of the archive
-        except StorageUnreachable as exc:  # the replica, when there is one (seedvault.ops.fallback), else retry
-            if _replica_instead(overrides, exc):
+        except StorageUnreachable as exc:  # retried a few seconds, then the replica if there is one, else retried
+            if time.monotonic() - started > FALLBACK_AFTER_SECONDS and _replica_instead(overrides, exc):
                 overrides = {**overrides, "use_replica": "on"}
+                switched = True
                 continue
             if time.monotonic() + delay > deadline:
                 return _fatal(name, exc.one_line())

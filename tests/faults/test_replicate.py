@@ -126,11 +126,19 @@ def test_server_side_copy_on_one_endpoint_multipart_and_the_destination_lock(sou
         body = dst.manifest(bid)
         assert b"".join(dst.read_object(bid, body["objects"][0]["name"])) == PAYLOADS[
             next(k for k, v in source["ids"].items() if v == bid)]  # fmt: skip
-    mode, until = dst.storage.retention(layout.manifest_key(big))  # the destination's own lock, from the start
-    assert mode == "GOVERNANCE" and until > datetime.now(UTC) + timedelta(days=80)
+    for key in (layout.manifest_key(big), layout.data_key(big, "data")):  # put and server-side copies alike
+        mode, until = dst.storage.retention(key)  # the destination's own lock, from the backup's start
+        assert mode == "GOVERNANCE" and until > datetime.now(UTC) + timedelta(days=80), key
     assert src.storage.retention(layout.manifest_key(big)) is None  # the source has none
     assert dst.storage.head(layout.data_key(big, "data")).storage_class == "STANDARD_IA"
     assert src.storage.head(layout.data_key(big, "data")).storage_class == "STANDARD"
+    # Another account on the same endpoint: no server-side copy (its credentials could not read the source).
+    import boto3
+
+    other = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name=S3_REGION,
+                         aws_access_key_id="AKIAOTHERACCOUNT", aws_secret_access_key="other")  # fmt: skip
+    assert not open_storage(dst_settings, client=other).can_copy_from(src.storage)
+    assert dst.storage.can_copy_from(src.storage)
     # The destination's prune keeps what its lock holds although the manifest records no lock.
     policies = load(env={"SEEDVAULT_RETENTION": json.dumps({"keep_within": "0s", "min_verified": 0})})
     plan = pr.prune(dst, policies.retention_policies(), now=datetime.now(UTC) + timedelta(days=2))
@@ -203,7 +211,7 @@ def test_the_destination_keeps_by_its_longer_policy_and_never_regains_what_it_pr
     short_keep = settings.replica_settings(f"file://{tmp_path}/short")
     assert long_keep is not None and short_keep is not None
     long_keep.retention = {"keep_within": "90d", "min_verified": 0}
-    short_keep.retention = {"keep_within": "1d", "keep_last": 1, "min_verified": 0}
+    short_keep.retention = {"keep_within": "1d", "keep_last": 1}  # min_verified 1: the copies were verified
     long_repo = Repository(open_storage(long_keep, create=True), long_keep.key_source())
     short_repo = Repository(open_storage(short_keep, create=True), short_keep.key_source())
     for repo, s in ((long_repo, long_keep), (short_repo, short_keep)):
@@ -213,13 +221,19 @@ def test_the_destination_keeps_by_its_longer_policy_and_never_regains_what_it_pr
                                                                "min_verified": 0})}).retention_policies()  # fmt: skip
     assert pr.prune(src, src_policy, execute=True, now=later).deleted_backups == ids[:2]
     # ... the long-keeping destination keeps all three by its own policy, and its prune agrees.
-    assert pr.prune(long_repo, long_keep.retention_policies(), execute=True, now=later).deleted_backups == []
+    kept = pr.prune(long_repo, long_keep.retention_policies(), execute=True, now=later, state=pr.audit_state(long_repo))
+    assert kept.deleted_backups == []
     assert long_repo.backup_ids() == ids
     # The short-keeping one prunes to one, and replication does not copy back what it pruned, even while the
     # source still holds it (a source that keeps longer than its replica).
     src2 = Repository(open_storage(load(env=dict(src_env, SEEDVAULT_REPOSITORY=f"file://{tmp_path}/long"))),
                       settings.key_source())  # fmt: skip
-    assert pr.prune(short_repo, short_keep.retention_policies(), execute=True, now=later).deleted_backups == ids[:2]
+    assert (
+        pr.prune(
+            short_repo, short_keep.retention_policies(), execute=True, now=later, state=pr.audit_state(short_repo)
+        ).deleted_backups
+        == ids[:2]
+    )
     again = replicate(src2, short_repo, short_keep.retention_policies(), now=later)
     assert again.copied_backups == [] and sorted(again.not_wanted) == ids[:2] and short_repo.backup_ids() == ids[2:]
 
@@ -248,3 +262,39 @@ def test_a_restore_falls_back_to_the_replica_when_the_first_repository_is_unreac
     )
     neither = run_cli(["get", bid], both)
     assert neither.returncode == 14 and "neither repository can be reached" in neither.stderr.decode()
+
+
+def test_a_prune_running_at_the_destination_holds_replication_back(source, tmp_path) -> None:
+    env = dict(source["env"], SEEDVAULT_REPLICA=json.dumps({"repository": f"file://{tmp_path}/replica"}))
+    run_cli(["replicate", "--no-wal"], env, check=True)
+    dst = Repository(open_storage(load(env=dict(env, SEEDVAULT_USE_REPLICA="on"))))
+    extra = run_cli(["put", "--label", "later"], source["env"], input=b"later", check=True).stdout.decode().strip()
+    with leases.HeldLease(dst, "prune", [], exclusive=True):  # a prune deleting only WAL names no backup
+        held = run_cli(["replicate"], env)
+        assert held.returncode == 60 and "a prune is running at the destination" in held.stderr.decode()
+        assert extra not in _ids(env, "--replica")
+    assert extra in json.loads(run_cli(["replicate", "--json"], env, check=True).stdout)["copied_backups"]
+
+
+def test_dependencies_are_copied_first_whatever_the_chain_length() -> None:
+    from seedvault.ops.replicate import copy_order
+
+    bodies = {f"b{i:04d}": {"parent": f"b{i - 1:04d}" if i else None} for i in range(3000)}  # a long DIFF chain
+    bodies["group"] = {"kind": "platform", "source": {}}
+    order = copy_order(["b2999", "group", "b0005"], bodies)
+    assert order[:3] == ["b0000", "b0001", "b0002"] and order.index("b2999") == 2999 and len(order) == 3001
+    assert len(set(order)) == len(order)
+
+
+def test_wal_fetch_that_fell_back_stops_recovery_instead_of_ending_it_early(tmp_path, monkeypatch) -> None:
+    from seedvault.wal import direct
+
+    key = new_key_file(tmp_path)
+    replica = json.dumps({"repository": f"file://{tmp_path}/replica"})
+    for name, value in {"SEEDVAULT_REPOSITORY": f"file://{tmp_path}/gone", "SEEDVAULT_KEY_FILE": str(key),
+                        "SEEDVAULT_REPLICA": replica}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    (tmp_path / "replica").mkdir()
+    monkeypatch.setattr(direct, "FALLBACK_AFTER_SECONDS", 0.2)
+    code = direct.fetch({}, "000000010000000000000003", str(tmp_path / "seg"), pgdata=None, system_id="42")
+    assert code == direct.FETCH_FATAL  # not "missing": the replica may only lag
