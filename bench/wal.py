@@ -99,7 +99,7 @@ from seedvault.crypto.keys import generate_raw_key
 from seedvault.errors import SeedvaultError
 from seedvault.sources.postgres.binaries import PgBinaries
 from seedvault.sources.postgres.cluster import HOST, LocalCluster, default_run_as, free_loopback_port
-from seedvault.wal.daemon import daemon_pids
+from seedvault.sources.postgres.wal.daemon import daemon_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = 16 << 20

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import ConfigError, KeyMissing
+from seedvault.units import parse_duration
 
 if TYPE_CHECKING:
     from seedvault.retention import Policies
@@ -254,15 +255,3 @@ def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = N
                               hint="set [replica] repository in the config file, or SEEDVAULT_REPLICA")  # fmt: skip
         return replica
     return settings
-
-
-def parse_duration(text: str) -> float:
-    """'24h', '90m', '30s', '7d' or plain seconds -> seconds."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"invalid duration {text!r}; use e.g. 30s, 15m, 24h, 7d") from None

@@ -23,8 +23,9 @@ Never deleted, whatever the policy (the "never" rules, checked first and by the 
   newer than the newest verified one: an older backup goes only once a newer one has been verified.
 
 WAL is planned per system and timeline, with the same functions a point-in-time recovery uses to choose
-its base backup and walk its segments (:func:`seedvault.wal.plan.fits`, :func:`~seedvault.wal.plan.walk`), so
-"recoverable" here means exactly what ``restore postgres-pitr`` will accept.
+its base backup and walk its segments (:func:`seedvault.sources.postgres.wal.plan.fits`,
+:func:`~seedvault.sources.postgres.wal.plan.walk`), so "recoverable" here means exactly what
+``restore postgres-pitr`` will accept.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from seedvault.errors import ConfigError
-from seedvault.wal import names as wn
-from seedvault.wal.plan import Target, fits
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import Target, fits
 
 PHYSICAL = "postgres-physical"
 DEFAULT_KEEP_WITHIN = timedelta(days=30)
@@ -398,7 +399,7 @@ def policies_from(table: dict[str, Any] | None, origin: str = "retention") -> Po
 
 
 def _policy(base: Policy, values: dict[str, Any], origin: str) -> Policy:
-    from seedvault.config import parse_duration
+    from seedvault.units import parse_duration
 
     changes: dict[str, Any] = {}
     for key, value in values.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from seedvault.errors import ConfigError
+
 
 def human_bytes(n: int | None) -> str:
     """A byte count as an operator reads it (1024-based units); '-' for unknown."""
@@ -27,3 +29,15 @@ def human_seconds(seconds: float | None) -> str:
     if abs(s) < 48 * 3600:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def parse_duration(text: str) -> float:
+    """'24h', '90m', '30s', '7d' or plain seconds -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"invalid duration {text!r}; use e.g. 30s, 15m, 24h, 7d") from None

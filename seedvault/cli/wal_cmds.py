@@ -2,7 +2,7 @@
 (the long-running archiver) and ``wal-receive`` (streaming mode).
 
 PostgreSQL's contracts decide wal-push's and wal-fetch's exit codes; they are implemented once, in
-:mod:`seedvault.wal.direct`, which the console script also calls without loading typer (see
+:mod:`seedvault.sources.postgres.wal.direct`, which the console script also calls without loading typer (see
 :mod:`seedvault.cli.entry`). None of these commands imports Prefect. The system id comes from
 ``global/pg_control`` of the data directory (the working directory when PostgreSQL runs the command), so
 a push can never be filed under another cluster.
@@ -16,7 +16,7 @@ import typer
 
 from seedvault.cli.runtime import err, state
 from seedvault.errors import ConfigError, SeedvaultError
-from seedvault.wal.direct import system_id_of
+from seedvault.sources.postgres.wal.direct import system_id_of
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,7 @@ def wal_push(
     When a wal-daemon answers on the configured socket it does the work (the console script asks it
     before loading this CLI); this is the direct path, used when none does.
     """
-    from seedvault.wal import client, direct
+    from seedvault.sources.postgres.wal import client, direct
 
     st = state(ctx)
     sock = _socket(st, socket_path)
@@ -68,7 +68,7 @@ def wal_fetch(
     socket_path: str = typer.Option(None, "--socket", help=SOCKET_HELP),
 ) -> None:
     """Fetch and verify one WAL file (restore_command = 'seedvault wal-fetch %f %p')."""
-    from seedvault.wal import client, direct
+    from seedvault.sources.postgres.wal import client, direct
 
     st = state(ctx)
     sock = _socket(st, socket_path)
@@ -89,7 +89,7 @@ def _auto(st) -> int | None:
 
 def _socket(st, explicit: str | None) -> str | None:
     """The daemon socket for this call; a broken config is left to the direct path to report."""
-    from seedvault.wal import client
+    from seedvault.sources.postgres.wal import client
 
     try:
         return explicit or os.environ.get(client.SOCKET_ENV) or st.settings.wal_socket
@@ -115,8 +115,8 @@ def wal_daemon(
     """
     import logging
 
-    from seedvault.wal.daemon import WalDaemon, serving_line
-    from seedvault.wal.store import WalStore
+    from seedvault.sources.postgres.wal.daemon import WalDaemon, serving_line
+    from seedvault.sources.postgres.wal.store import WalStore
 
     try:
         st = state(ctx)
@@ -177,7 +177,7 @@ def wal_receive(
     import logging
 
     from seedvault.sources.postgres.connection import PgTarget
-    from seedvault.wal.receive import WalReceiver, ensure_slot
+    from seedvault.sources.postgres.wal.receive import WalReceiver, ensure_slot
 
     try:
         st = state(ctx)

@@ -27,8 +27,8 @@ from seedvault.crypto.keys import MasterKey, constant_time_equal
 from seedvault.errors import ObjectExists, SeedvaultError, UsageError, VerificationFailed, WrongKey
 from seedvault.format import layout
 from seedvault.repository import Repository
-from seedvault.wal import epochs
-from seedvault.wal.store import system_ids
+from seedvault.sources.postgres.wal import epochs
+from seedvault.sources.postgres.wal.store import system_ids
 
 WORKERS = 8  # key objects are tiny: the time is round trips, which overlap well
 

@@ -65,9 +65,9 @@ from seedvault.sources.postgres.cluster import LocalCluster
 from seedvault.sources.postgres.connection import PgTarget
 from seedvault.sources.postgres.inspect import InspectOptions, check_table, timescale_storage
 from seedvault.sources.postgres.inspect import tables as inspect_tables
-from seedvault.wal import names as wn
-from seedvault.wal.plan import PHYSICAL, Plan, Target, make_plan
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import PHYSICAL, Plan, Target, make_plan
+from seedvault.sources.postgres.wal.store import WalStore
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from seedvault.repository import Repository
 from seedvault.sources.postgres.binaries import find_client_binaries
 from seedvault.sources.postgres.connection import PgTarget
 from seedvault.sources.postgres.tarscan import TarScanner
-from seedvault.wal import names as wn
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.store import WalStore
 
 KIND = "postgres-physical"
 BASE_ZSTD_LEVEL = 1

@@ -51,9 +51,9 @@ from seedvault.errors import (
 from seedvault.repository import Repository
 from seedvault.sources.postgres.binaries import find_server_binaries
 from seedvault.sources.postgres.cluster import LocalCluster, default_run_as
-from seedvault.wal import names as wn
-from seedvault.wal.plan import Plan, Target, make_plan
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import Plan, Target, make_plan
+from seedvault.sources.postgres.wal.store import WalStore
 
 log = logging.getLogger(__name__)
 
@@ -641,7 +641,7 @@ def parse_target(
     if len(given) != 1:
         raise UsageError("give exactly one of --to-time, --to-lsn, --to-name, --latest, --immediate")
     if to_time:
-        from seedvault.wal.plan import _parse_time
+        from seedvault.sources.postgres.wal.plan import _parse_time
 
         try:
             t = _parse_time(to_time)

@@ -32,9 +32,9 @@ from seedvault.errors import KeyMissing, SeedvaultError
 from seedvault.format import layout
 from seedvault.ops.platform import members_of
 from seedvault.repository import Repository
-from seedvault.wal import names as wn
-from seedvault.wal.plan import _parse_time
-from seedvault.wal.store import WalStore, system_ids
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import _parse_time
+from seedvault.sources.postgres.wal.store import WalStore, system_ids
 
 log = logging.getLogger(__name__)
 WAL_BATCH = 500  # keys per delete request (S3 DeleteObjects takes up to 1000)

@@ -51,8 +51,8 @@ from seedvault.ops import prune as pr
 from seedvault.ops.platform import members_of
 from seedvault.ops.replicate_copy import Copied, copy_verified, same_bytes, same_digest
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal.plan import _parse_time
 from seedvault.storage.base import WriteOptions, redact_url
-from seedvault.wal.plan import _parse_time
 
 log = logging.getLogger(__name__)
 

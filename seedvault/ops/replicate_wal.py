@@ -22,9 +22,9 @@ from seedvault import faults, storagecost
 from seedvault.errors import ObjectNotFound, SeedvaultError, StorageUnreachable
 from seedvault.ops.replicate_copy import copy_verified, same_bytes
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal import epochs
+from seedvault.sources.postgres.wal.store import WalObject, WalStore, system_ids
 from seedvault.storage.base import Storage
-from seedvault.wal import epochs
-from seedvault.wal.store import WalObject, WalStore, system_ids
 
 if TYPE_CHECKING:
     from seedvault.ops.replicate import ReplicationReport, Wanted

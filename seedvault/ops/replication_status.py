@@ -20,9 +20,9 @@ from seedvault import retention as rt
 from seedvault.format import layout
 from seedvault.ops.replicate import open_destination, plan
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal.plan import _parse_time
 from seedvault.storage.base import redact_url
 from seedvault.units import human_bytes, human_seconds
-from seedvault.wal.plan import _parse_time
 
 
 @dataclass

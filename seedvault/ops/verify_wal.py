@@ -4,7 +4,7 @@ PostgreSQL recycles a segment once ``archive_command`` said it was stored, so th
 a segment that is missing or unreadable is found either here or during a restore at 3 a.m. This walks, per
 database system, every timeline that no other timeline branched from (a *leaf*: the current history and any
 diverged one), along its ancestry as recovery does (each segment from the newest timeline that began at or
-before it, :func:`seedvault.wal.names.timeline_of_segment`), from the start of the oldest base
+before it, :func:`seedvault.sources.postgres.wal.names.timeline_of_segment`), from the start of the oldest base
 backup of that system (or the oldest archived segment when there is none) to the newest archived segment on
 that history. Every segment, history file and backup history file in that range is fetched and authenticated
 completely (the same checks as ``wal-fetch``: header MAC, name, system, timeline, chunks, size, page header)
@@ -25,9 +25,9 @@ from typing import Any
 from seedvault import audit
 from seedvault.errors import SeedvaultError
 from seedvault.repository import Repository
-from seedvault.wal import names as wn
-from seedvault.wal.plan import physical_backups
-from seedvault.wal.store import WalObject, WalStore, system_ids
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import physical_backups
+from seedvault.sources.postgres.wal.store import WalObject, WalStore, system_ids
 
 READERS = 4  # parallel fetches: S3 latency, not CPU, bounds a read of many 16 MiB segments
 

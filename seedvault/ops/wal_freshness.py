@@ -9,7 +9,8 @@ on, which nobody finds out is untrue before the restore. So, every few minutes, 
 * the server's WAL position and what waits in ``pg_wal/archive_status`` (``.ready``: WAL that is
   complete but not archived, stamped when it was completed; needs ``pg_monitor``, else an estimate);
 * the repository's WAL catalog: the last file the server says it archived is there, and the segments from
-  the newest base backup's start are contiguous (the restore planner's own walk, ``seedvault.wal.plan``).
+  the newest base backup's start are contiguous (the restore planner's own walk,
+  ``seedvault.sources.postgres.wal.plan``).
 
 Verdicts, in the order they are raised (every one found is in the report):
 
@@ -39,9 +40,9 @@ from seedvault.errors import BackupNotFound, SeedvaultError, UsageError, WalGap,
 from seedvault.repository import Repository
 from seedvault.sources.postgres.archiver import ArchiverFacts, read_archiver
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.wal import names as wn
-from seedvault.wal.plan import Target, make_plan
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import Target, make_plan
+from seedvault.sources.postgres.wal.store import WalStore
 
 DEFAULT_MAX_LAG = 300.0
 FAILING_HINT = "see the server log for 'archive command failed'; seedvault wal-push names the cause on its stderr"

@@ -13,8 +13,8 @@ from seedvault.errors import ConfigError, UsageError
 from seedvault.format import layout
 from seedvault.ops.usage import GB, monthly_cost
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.open import open_storage
-from seedvault.wal.store import WalStore
 from tests.cli_runner import invoke
 from tests.fixtures.repo import LocalRepo, new_key_file
 from tests.fixtures.s3 import MotoServer

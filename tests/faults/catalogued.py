@@ -38,7 +38,7 @@ def problems(args: Sequence[str], exit_code: int, stderr: str | bytes) -> list[s
     if "internal error" in text:
         found.append("it printed an internal error")
     if any(a in ("wal-push", "wal-fetch") for a in args):
-        return found  # PostgreSQL's exit codes and its own message form (seedvault.wal.direct)
+        return found  # PostgreSQL's exit codes and its own message form (seedvault.sources.postgres.wal.direct)
     if exit_code in NOT_ERRORS or exit_code < 0:
         return found
     if exit_code == 2 and "Usage:" in text:

@@ -448,7 +448,7 @@ def test_list_and_show_read_only_the_events_new_since_this_host_verified(local_r
 
 def test_verify_wal_appends_one_event_per_system(tmp_path):
     from seedvault.ops.verify_wal import verify_wal
-    from seedvault.wal.store import WalStore
+    from seedvault.sources.postgres.wal.store import WalStore
     from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
 
     repo = make_wal_repo(tmp_path)

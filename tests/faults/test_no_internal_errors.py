@@ -30,9 +30,9 @@ from seedvault.format import layout
 from seedvault.format import manifest as mf
 from seedvault.ops.verify import verify_all
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal import epochs, record
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.local import LocalStorage
-from seedvault.wal import epochs, record
-from seedvault.wal.store import WalStore
 from tests.faults.catalogued import CATALOGUED, invoke_checked, problems
 from tests.fixtures.repo import LocalRepo
 from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg

@@ -287,7 +287,7 @@ def test_dependencies_are_copied_first_whatever_the_chain_length() -> None:
 
 
 def test_wal_fetch_that_fell_back_stops_recovery_instead_of_ending_it_early(tmp_path, monkeypatch) -> None:
-    from seedvault.wal import direct
+    from seedvault.sources.postgres.wal import direct
 
     key = new_key_file(tmp_path)
     replica = json.dumps({"repository": f"file://{tmp_path}/replica"})

@@ -23,8 +23,8 @@ import pytest
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import UsageError
 from seedvault.format import layout
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.local import LocalStorage
-from seedvault.wal.store import WalStore
 from tests.faults.catalogued import invoke_checked
 from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
 

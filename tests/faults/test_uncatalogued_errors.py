@@ -16,8 +16,8 @@ import pytest
 
 from seedvault.errors import BackupNotFound, ConfigError, TransientStorageError, UsageError
 from seedvault.format import layout
+from seedvault.sources.postgres.wal import names as wn
 from seedvault.storage.s3 import S3Storage
-from seedvault.wal import names as wn
 from tests.faults.catalogued import invoke_checked
 from tests.fixtures.faulty_s3 import proxied_repository
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET

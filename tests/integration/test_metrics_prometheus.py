@@ -20,9 +20,9 @@ import yaml
 from seedvault import audit
 from seedvault.crypto.keys import KeySource, generate_raw_key
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.s3 import S3Storage
-from seedvault.wal import names as wn
-from seedvault.wal.store import WalStore
 from tests.cli_runner import invoke
 from tests.fixtures.prometheus import need
 

@@ -25,10 +25,10 @@ from seedvault.errors import ConfigError
 from seedvault.format import layout
 from seedvault.ops.transfer import DATA_OBJECT
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.base import ObjectLock, WriteOptions
 from seedvault.storage.s3 import S3Storage
 from seedvault.storagecost import WritePolicy, manifest_lock
-from seedvault.wal.store import WalStore
 from tests.cli_runner import invoke
 from tests.fixtures.repo import new_key_file
 from tests.fixtures.s3 import TEST_PART_SIZE, MotoServer

@@ -139,9 +139,9 @@ def _foreign_record(env: WalEnv, name: str, tmp_path: Path) -> bytes:
     """A valid record of segment ``name`` archived by another database system (same key, same bucket)."""
     from seedvault.config import load
     from seedvault.repository import Repository
+    from seedvault.sources.postgres.wal import names as wn
+    from seedvault.sources.postgres.wal.store import WalStore
     from seedvault.storage.open import open_storage
-    from seedvault.wal import names as wn
-    from seedvault.wal.store import WalStore
 
     settings = load(env={"SEEDVAULT_CONFIG": str(env.config)})
     repo = Repository(open_storage(settings), settings.key_source())

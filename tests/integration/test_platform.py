@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from seedvault.sources.postgres.cluster import LocalCluster
-from seedvault.wal import names as wn
+from seedvault.sources.postgres.wal import names as wn
 from tests.fixtures import fake_neo4j
 from tests.fixtures.walenv import WalEnv, boto3_client, list_all
 

@@ -19,7 +19,7 @@ import time
 import psycopg
 
 from seedvault.sources.postgres.cluster import LocalCluster
-from seedvault.wal import names as wn
+from seedvault.sources.postgres.wal import names as wn
 from tests.fixtures.walenv import WalEnv
 from tests.integration.test_neo4j_server import Server, server  # noqa: F401 - the module's Neo4j server fixture
 

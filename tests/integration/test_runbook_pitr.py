@@ -32,10 +32,10 @@ from seedvault import process
 from seedvault.config import Settings, load
 from seedvault.repository import Repository
 from seedvault.sources.postgres.cluster import LocalCluster
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.daemon import daemon_pids
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.open import open_storage
-from seedvault.wal import names as wn
-from seedvault.wal.daemon import daemon_pids
-from seedvault.wal.store import WalStore
 from tests.fixtures.s3 import S3_REGION
 from tests.fixtures.walenv import WalEnv
 from tests.helpers import base_env

@@ -21,10 +21,10 @@ import pytest
 
 from seedvault.config import load
 from seedvault.repository import Repository
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.daemon import daemon_pids
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.open import open_storage
-from seedvault.wal import names as wn
-from seedvault.wal.daemon import daemon_pids
-from seedvault.wal.store import WalStore
 from tests.fixtures.walenv import WalEnv
 
 

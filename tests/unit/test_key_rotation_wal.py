@@ -15,9 +15,9 @@ from seedvault.crypto.keys import KeySource
 from seedvault.errors import AuthenticationFailed, VerificationFailed
 from seedvault.ops import keys as key_ops
 from seedvault.repository import Repository
-from seedvault.wal import epochs
-from seedvault.wal import store as wal_store
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import epochs
+from seedvault.sources.postgres.wal import store as wal_store
+from seedvault.sources.postgres.wal.store import WalStore
 from tests.fixtures.repo import new_key_file
 from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
 

@@ -65,7 +65,7 @@ def test_passphrase_master_key_round_trip(tmp_path):
 
 def test_cli_rotate_and_retire_cover_archived_wal(local_repo, tmp_path):
     from seedvault.errors import VerificationFailed
-    from seedvault.wal.store import WalStore
+    from seedvault.sources.postgres.wal.store import WalStore
     from tests.unit.test_wal_store import SYSID, write_seg
 
     bid = run_cli(["put", "--label", "b"], local_repo.env, input=b"x" * 1000, check=True).stdout.decode().strip()

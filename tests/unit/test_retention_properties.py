@@ -8,7 +8,7 @@ planner must
 * never delete what the never-deleted rules name (pins, locks, parents of kept backups, future dates, the
   newest verified backups and everything newer than the newest verified one, history files);
 * keep every moment of the PITR window recoverable on every timeline that was recoverable before, checked
-  with the very functions a point-in-time recovery uses (seedvault.wal.plan.choose_backup and walk);
+  with the very functions a point-in-time recovery uses (seedvault.sources.postgres.wal.plan.choose_backup and walk);
 * be idempotent: planning again over what it kept deletes nothing.
 """
 
@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from seedvault import retention as rt
 from seedvault.errors import SeedvaultError
-from seedvault.wal import names as wn
-from seedvault.wal.plan import Target, choose_backup, walk
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import Target, choose_backup, walk
 
 SEG = 16 << 20
 SID = "7300000000000000001"

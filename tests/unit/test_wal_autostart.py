@@ -20,9 +20,9 @@ import pytest
 
 from seedvault.config import load
 from seedvault.errors import ConfigError
-from seedvault.wal import client
-from seedvault.wal.daemon import daemon_pids
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import client
+from seedvault.sources.postgres.wal.daemon import daemon_pids
+from seedvault.sources.postgres.wal.store import WalStore
 from tests.unit.test_wal_store import SYSID, make_wal_repo, write_seg
 
 SV = [sys.executable, "-m", "seedvault.cli.entry"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from seedvault.repository import Repository
-from seedvault.wal import client
-from seedvault.wal.daemon import WalDaemon
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import client
+from seedvault.sources.postgres.wal.daemon import WalDaemon
+from seedvault.sources.postgres.wal.store import WalStore
 from tests.unit.test_wal_store import SYSID, make_wal_repo, segment_bytes, write_seg
 
 
@@ -196,7 +196,15 @@ def test_daemon_served_push_imports_no_json_re_or_toml_parser(daemon, pgdata: Pa
     cfg = tmp_path / "sv.toml"
     cfg.write_text(f'repository = "file://{tmp_path / "repo"}"\nwal_socket = "{sock}"  # the daemon\n')
     seg = write_seg(pgdata / "pg_wal", 1, 44)
-    heavy = ("json", "re", "tomllib", "seedvault.wal.direct", "seedvault.wal.store", "cryptography", "zstandard")
+    heavy = (
+        "json",
+        "re",
+        "tomllib",
+        "seedvault.sources.postgres.wal.direct",
+        "seedvault.sources.postgres.wal.store",
+        "cryptography",
+        "zstandard",
+    )
     assert _wal_push_imports(cfg, pgdata, seg, heavy) == "0 []"
 
 

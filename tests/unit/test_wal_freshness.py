@@ -21,9 +21,9 @@ from seedvault.errors import WalGap, WalStale
 from seedvault.ops.wal_freshness import FreshnessReport, archived_through, judge_repository, judge_server
 from seedvault.repository import Repository
 from seedvault.sources.postgres.archiver import ArchiverFacts
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.local import LocalStorage
-from seedvault.wal import names as wn
-from seedvault.wal.store import WalStore
 
 SEG = 1 << 20  # small segments keep the synthetic store quick
 SYSID = 7400000000000000001

@@ -22,10 +22,10 @@ from seedvault.errors import (
 )
 from seedvault.repository import Repository
 from seedvault.sources.postgres.tarscan import TarScanner
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.plan import Target, make_plan
+from seedvault.sources.postgres.wal.store import WalStore
 from seedvault.storage.local import LocalStorage
-from seedvault.wal import names as wn
-from seedvault.wal.plan import Target, make_plan
-from seedvault.wal.store import WalStore
 
 SYSID = 7412345678901234567
 SEG = 16 * 1024 * 1024
@@ -149,7 +149,7 @@ def _legacy_record(store: WalStore, p: Path, *, mac_of: bytes | None = None) -> 
     """Store ``p`` as seedvault < 0.2 did: the header carries a keyed content MAC (of ``mac_of``)."""
     import io as _io
 
-    from seedvault.wal import record
+    from seedvault.sources.postgres.wal import record
 
     wal = wn.classify(p.name)
     key = store.object_key(wal)

@@ -17,7 +17,7 @@ import psycopg
 
 from seedvault.errors import SourceError
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.wal import names as wn
+from seedvault.sources.postgres.wal import names as wn
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Why: one process per segment pays for interpreter start, imports, the S3 client (~0.5 s measured here)
 and the key lookup every time; a busy server writes several 16 MB segments a second. The daemon holds one
-:class:`~seedvault.wal.store.WalStore` (connections, unwrapped epoch key) and
+:class:`~seedvault.sources.postgres.wal.store.WalStore` (connections, unwrapped epoch key) and
 
 * serves ``wal-push``: the client passes the WAL file's open descriptor; the daemon archives it and
   answers only once it is durable (the same contract as the direct path, which stays the fallback);
@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from seedvault.errors import ConfigError, ObjectNotFound, SeedvaultError
-from seedvault.wal import names as wn
-from seedvault.wal.client import MAX_LINE, decode_request, encode_reply
-from seedvault.wal.store import PushResult, WalStore, partial_note
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.client import MAX_LINE, decode_request, encode_reply
+from seedvault.sources.postgres.wal.store import PushResult, WalStore, partial_note
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class WalDaemon:
 
 
 def _parse_request(line: bytes) -> dict[str, Any]:
-    """A request of protocol version 2 (seedvault.wal.client), or of version 1 (JSON) from an older client."""
+    """A request of protocol version 2 (:mod:`seedvault.sources.postgres.wal.client`), or version 1 (JSON, older)."""
     if line.startswith(b"{"):
         request = json.loads(line)
         if not isinstance(request, dict) or request.get("v") != 1:
@@ -433,8 +433,8 @@ def daemon_pids(log_text: str) -> list[int]:
 
 
 def _release_start_lock() -> None:
-    """Close the start lock an automatic start handed down (seedvault.wal.client.start_daemon)."""
-    from seedvault.wal.client import LOCK_FD_ENV
+    """Close the start lock an automatic start handed down (seedvault.sources.postgres.wal.client.start_daemon)."""
+    from seedvault.sources.postgres.wal.client import LOCK_FD_ENV
 
     fd = os.environ.pop(LOCK_FD_ENV, None)
     if fd and fd.isdigit():

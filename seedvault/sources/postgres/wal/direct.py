@@ -63,7 +63,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def system_id_of(pgdata: str | None) -> int:
-    from seedvault.wal.names import system_id_from_pg_control
+    from seedvault.sources.postgres.wal.names import system_id_from_pg_control
 
     base = Path(pgdata) if pgdata else Path.cwd()
     control = base / "global" / "pg_control"
@@ -90,7 +90,7 @@ def push(
 ) -> int:
     """Archive one WAL file directly; the exit code for PostgreSQL."""
     try:
-        from seedvault.wal.store import WalStore
+        from seedvault.sources.postgres.wal.store import WalStore
 
         sid = int(system_id) if system_id else system_id_of(pgdata)
         full = Path(path) if os.path.isabs(path) or not pgdata else Path(pgdata) / path
@@ -116,7 +116,7 @@ def fetch(overrides: dict[str, Any], name: str, dest: str, *, pgdata: str | None
     switched = False  # fell back to the replica in this call: it may lag, so "not there" is not the end
     while True:
         try:
-            from seedvault.wal.store import WalStore, partial_note
+            from seedvault.sources.postgres.wal.store import WalStore, partial_note
 
             sid = int(system_id) if system_id else system_id_of(pgdata)
             full = Path(dest) if os.path.isabs(dest) or not pgdata else Path(pgdata) / dest
@@ -176,7 +176,7 @@ def _fatal(name: str, message: str) -> int:
 
 def main(argv: Sequence[str]) -> int | None:
     """Run ``wal-push``/``wal-fetch`` from raw arguments, or None when the full CLI must parse them."""
-    from seedvault.wal.client import FETCH_OPTS, PUSH_OPTS, parse_args
+    from seedvault.sources.postgres.wal.client import FETCH_OPTS, PUSH_OPTS, parse_args
 
     command = "wal-push" if "wal-push" in argv else "wal-fetch" if "wal-fetch" in argv else None
     if command is None:

@@ -1,7 +1,7 @@
 """WAL epoch key objects (FORMAT.md 8.2): their keys, listing, wrapping and unwrapping, under any master key.
 
-The one implementation for :class:`~seedvault.wal.store.WalStore` (which seals new records with the current
-epoch, under the configured master key) and for ``key rotate``/``key retire`` (:mod:`seedvault.ops.keys`),
+The one implementation for :class:`~seedvault.sources.postgres.wal.store.WalStore` (which seals new records with the
+current epoch, under the configured master key) and for ``key rotate``/``key retire`` (:mod:`seedvault.ops.keys`),
 which work on every system id of a repository and with master keys other than the configured one::
 
     v1/wal/<system id>/keys/<epoch>/<key id>.json    the epoch key wrapped with scope wal/<system id>/<epoch>

@@ -43,8 +43,8 @@ from seedvault.errors import ConfigError, SeedvaultError, SourceError
 from seedvault.repository import Repository
 from seedvault.sources.postgres.binaries import find_client_binaries
 from seedvault.sources.postgres.connection import PgTarget
-from seedvault.wal import names as wn
-from seedvault.wal.store import WalStore
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.store import WalStore
 
 log = logging.getLogger(__name__)
 

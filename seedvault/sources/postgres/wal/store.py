@@ -47,9 +47,9 @@ from seedvault.errors import (
 from seedvault.format import layout
 from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.repository import Repository
-from seedvault.wal import epochs, record
-from seedvault.wal import names as wn
-from seedvault.wal.epochs import wal_prefix
+from seedvault.sources.postgres.wal import epochs, record
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.epochs import wal_prefix
 
 EPOCH_MAX_AGE = timedelta(hours=24)
 WAL_ZSTD_LEVEL = 1  # WAL compresses well at level 1; a push must keep up with the server

@@ -15,8 +15,8 @@ from typing import Any
 
 from seedvault.errors import BackupNotFound, UsageError, WalGap
 from seedvault.repository import Repository
-from seedvault.wal import names as wn
-from seedvault.wal.store import WalStore, system_ids
+from seedvault.sources.postgres.wal import names as wn
+from seedvault.sources.postgres.wal.store import WalStore, system_ids
 
 PHYSICAL = "postgres-physical"
 
