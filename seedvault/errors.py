@@ -200,6 +200,13 @@ class RecoveryFailed(TargetError):
 
 
 # --- state ---------------------------------------------------------------------------------------------
+class PipeBroken(SourceError):
+    """The stage on the other side of a streaming pipe failed; ``__cause__`` holds its error. Callers report that
+    cause (the error that started it); this one surfaces only when the cause is unknown."""
+
+    exit_code = 58
+
+
 class LockHeld(SeedvaultError):
     exit_code = 60
 

@@ -15,15 +15,9 @@ import queue
 import threading
 from collections.abc import Iterator
 
-from seedvault.errors import SeedvaultError
+from seedvault.errors import PipeBroken, SeedvaultError
 
 _EOF = object()
-
-
-class PipeBroken(SeedvaultError):
-    """The stage on the other side of a pipe failed; ``__cause__`` holds its error."""
-
-    exit_code = 1
 
 
 class Pipe:

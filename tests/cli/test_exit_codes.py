@@ -40,6 +40,7 @@ PINNED = {
     "RecoveryFailed": 55,
     "DatabaseRefused": 56,
     "DatabaseLeftStopped": 57,
+    "PipeBroken": 58,
     "LockHeld": 60,
     "WalStale": 61,
     "DrillTargetMissed": 62,
