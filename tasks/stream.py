@@ -2,7 +2,7 @@
 
 ``read`` (the dump's stdout) -> ``compress`` -> ``encrypt`` -> ``upload`` run at the same time, joined by the
 engine's bounded :class:`~seedvault.stream.pipe.Pipe` objects, so memory stays flat and each stage shows up
-in the UI with its own bytes and seconds. Rules these tasks follow (shared/PREFECT-NOTES.md section 2):
+in the UI with its own bytes and seconds. The rules these tasks follow, and why:
 
 * ``retries=0`` on every stage: a retried stage would resume the middle of a stream that its neighbours
   already moved past, and complete with silently wrong data. The *whole* stream is retried instead, by the

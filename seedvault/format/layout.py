@@ -7,6 +7,9 @@
     v1/leases/<lease id>.json                   a running operation's lease (seedvault.leases)
     v1/audit/...                                the append-only, authenticated event log (seedvault.audit)
     v1/catalog/...                              the authenticated index of manifests (seedvault.catalog)
+    v1/repokey/<key id>.json                    the repository secret wrapped under one master key (seedvault.repokey)
+    v1/wal/<system id>/...                      PostgreSQL's WAL archive and its epoch keys (FORMAT.md section 8);
+                                                those paths are still built in seedvault.sources.postgres.wal
 
 Backup ids sort by time: ``20261125T020000Z-3f9a1c`` (UTC start time, then 6 random hex digits).
 """

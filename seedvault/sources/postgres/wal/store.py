@@ -11,9 +11,10 @@ Storage keys (FORMAT.md "WAL objects")::
 The system id is in the path, so a segment of another cluster can never be filed under ours, and a
 ``pg_upgrade`` or a new cluster gets a namespace of its own. Each WAL file is one immutable object,
 published with no-overwrite (link(2) locally, ``If-None-Match: *`` on S3): a normal push is one PUT.
-When the name exists, the stored header is authenticated and its keyed content MAC compared with the
-local file: equal is a duplicate (exit 0, as PostgreSQL's contract wants for a retried push), different
-is refused loudly and the stored object is left alone.
+When the name exists, the stored header is authenticated and the stored body (authenticated chunk by chunk;
+for a record of seedvault 0.1, its keyed content MAC) compared with the local file: equal is a duplicate (exit
+0, as PostgreSQL's contract wants for a retried push), different is refused loudly and the stored object is
+left alone.
 """
 
 from __future__ import annotations
