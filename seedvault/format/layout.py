@@ -8,8 +8,9 @@
     v1/audit/...                                the append-only, authenticated event log (seedvault.audit)
     v1/catalog/...                              the authenticated index of manifests (seedvault.catalog)
     v1/repokey/<key id>.json                    the repository secret wrapped under one master key (seedvault.repokey)
-    v1/wal/<system id>/...                      PostgreSQL's WAL archive and its epoch keys (FORMAT.md section 8);
-                                                those paths are still built in seedvault.sources.postgres.wal
+    v1/wal/<system id>/keys/<epoch>/<key id>.json   a WAL epoch key wrapped under one master key (FORMAT.md 8.2)
+    v1/wal/<system id>/history/<TLI>.history        timeline history files
+    v1/wal/<system id>/<TLI>/<TLI><LOG>/<file>      WAL segments, partial segments, backup history files (8.1)
 
 Backup ids sort by time: ``20261125T020000Z-3f9a1c`` (UTC start time, then 6 random hex digits).
 """
@@ -27,6 +28,7 @@ KEYS = f"{ROOT}/keys/"
 LEASES = f"{ROOT}/leases/"
 AUDIT = f"{ROOT}/audit/"
 CATALOG = f"{ROOT}/catalog/"
+WAL = f"{ROOT}/wal/"
 MANIFEST = "manifest.json"
 
 # Anchored with \A and \Z, never ^ and $: "$" also matches before a final newline, so "<id>\n" (a backup id
@@ -77,3 +79,26 @@ def backup_id_of(key: str) -> str | None:
             candidate = key[len(root) :].split("/", 1)[0]
             return candidate if is_backup_id(candidate) else None
     return None
+
+
+# --- WAL (FORMAT.md section 8) ------------------------------------------------------------------------------
+def wal_prefix(system_id: str) -> str:
+    """Everything of one database system: ``v1/wal/<system id>/``."""
+    return f"{WAL}{system_id}/"
+
+
+def wal_keys_prefix(system_id: str) -> str:
+    return f"{wal_prefix(system_id)}keys/"
+
+
+def wal_epoch_key_path(system_id: str, epoch: str, key_id: str) -> str:
+    return f"{wal_keys_prefix(system_id)}{epoch}/{key_id}.json"
+
+
+def wal_history_path(system_id: str, name: str) -> str:
+    return f"{wal_prefix(system_id)}history/{name}"
+
+
+def wal_segment_dir(system_id: str, timeline: int, segment: str) -> str:
+    """``v1/wal/<system id>/<TLI>/<TLI><LOG>/``: where a segment's records (and its partials) live."""
+    return f"{wal_prefix(system_id)}{timeline:08X}/{segment[:16]}/"

@@ -69,7 +69,7 @@ def lifecycle_rules(settings: Settings, prefix: str) -> tuple[dict[str, Any], li
     default = settings.s3_storage_class or "STANDARD"
     wal_class = settings.storage_class.get("wal", default)
     if _rank(wal_class):
-        rules.append(_transition("seedvault-wal-storage-class", f"{prefix}{layout.ROOT}/wal/", wal_class))
+        rules.append(_transition("seedvault-wal-storage-class", f"{prefix}{layout.WAL}", wal_class))
         notes.append(f"WAL files of 128 KiB and more move to {wal_class} (new ones are written in it already)")
     backup_overrides = {k: v for k, v in settings.storage_class.items() if k != "wal"}
     warmer = sorted(k for k, v in backup_overrides.items() if _rank(v) < _rank(default))

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from seedvault import faults, storagecost
 from seedvault.errors import ObjectNotFound, SeedvaultError, StorageUnreachable
+from seedvault.format import layout
 from seedvault.ops.replicate_copy import copy_verified, same_bytes
 from seedvault.repository import Repository
-from seedvault.sources.postgres.wal import epochs
 from seedvault.sources.postgres.wal.store import WalObject, WalStore, system_ids
 from seedvault.storage.base import Storage
 
@@ -103,7 +103,7 @@ def _copy_records(
 
 
 def _copy_epoch_keys(src: Storage, dst: Storage, sid: str, report: ReplicationReport) -> None:
-    prefix = f"{epochs.wal_prefix(sid)}keys/"
+    prefix = layout.wal_keys_prefix(sid)
     have = {o.key for o in dst.list(prefix)}
     for info in src.list(prefix):
         if info.key in have:

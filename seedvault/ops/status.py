@@ -49,7 +49,7 @@ DEFAULT_PERIODS: dict[str, float] = {  # the deployments' schedules (deployments
 }
 MIN_HISTORY = 3
 ALERT_KINDS = ("stale-backup", "size-anomaly", "key-age", "drill-failed", "verify-failed", "wal-stale")
-WAL_ROOT = f"{layout.ROOT}/wal/"
+WAL_ROOT = layout.WAL
 DRILL = "drill"
 
 

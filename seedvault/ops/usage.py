@@ -26,7 +26,7 @@ KiB = 1024
 # S3 bills each object in these classes as at least this many bytes (AWS pricing notes).
 MIN_BILLABLE = {"STANDARD_IA": 128 * KiB, "ONEZONE_IA": 128 * KiB, "GLACIER_IR": 128 * KiB}
 ARCHIVE_OVERHEAD = {"GLACIER": 40 * KiB, "DEEP_ARCHIVE": 40 * KiB}  # index and metadata per object
-WAL_ROOT = f"{layout.ROOT}/wal/"
+WAL_ROOT = layout.WAL
 NO_CLASS = "(none)"  # storage without classes (file://): sizes only, no cost
 
 

@@ -21,12 +21,8 @@ from seedvault.repository import Repository
 KEY_FORMAT = "seedvault-wal-key"
 
 
-def wal_prefix(system_id: str) -> str:
-    return f"{layout.ROOT}/wal/{system_id}/"
-
-
 def epoch_key_path(system_id: str, epoch: str, key_id: str) -> str:
-    return f"{wal_prefix(system_id)}keys/{epoch}/{key_id}.json"
+    return layout.wal_epoch_key_path(system_id, epoch, key_id)
 
 
 def scope(system_id: str, epoch: str) -> str:
@@ -36,7 +32,7 @@ def scope(system_id: str, epoch: str) -> str:
 
 def epoch_wraps(repo: Repository, system_id: str) -> dict[str, set[str]]:
     """Epoch id -> ids of the master keys it is wrapped for, from one listing; other names are ignored."""
-    prefix = f"{wal_prefix(system_id)}keys/"
+    prefix = layout.wal_keys_prefix(system_id)
     out: dict[str, set[str]] = {}
     for info in repo.storage.list(prefix):
         epoch, _, name = info.key[len(prefix) :].partition("/")

@@ -50,7 +50,6 @@ from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.repository import Repository
 from seedvault.sources.postgres.wal import epochs, record
 from seedvault.sources.postgres.wal import names as wn
-from seedvault.sources.postgres.wal.epochs import wal_prefix
 
 EPOCH_MAX_AGE = timedelta(hours=24)
 WAL_ZSTD_LEVEL = 1  # WAL compresses well at level 1; a push must keep up with the server
@@ -92,7 +91,7 @@ class WalStore:
         self.system_id = str(system_id)
         if not self.system_id.isdigit():
             raise FormatError(f"invalid system identifier {self.system_id!r}")
-        self.prefix = wal_prefix(self.system_id)
+        self.prefix = layout.wal_prefix(self.system_id)
         self.state_dir = Path(state_dir) if state_dir else None
         self._epochs: dict[str, bytes] = {}
         self._current: str | None = None
@@ -101,9 +100,9 @@ class WalStore:
     # --- keys of records -------------------------------------------------------------------------
     def object_key(self, name: wn.WalName, *, unique: str | None = None) -> str:
         if name.kind == "history":
-            return f"{self.prefix}history/{name.name}"
+            return layout.wal_history_path(self.system_id, name.name)
         assert name.segment is not None
-        base = f"{self.prefix}{name.timeline:08X}/{name.segment[:16]}/"
+        base = layout.wal_segment_dir(self.system_id, name.timeline, name.segment)
         if name.kind == "partial":
             return f"{base}{name.name}.{unique or _unique()}"
         return base + name.name
@@ -399,7 +398,7 @@ class WalStore:
     def partial_prefix(self, wal: wn.WalName) -> str:
         """The key prefix of every stored copy of one partial segment (each push adds a unique suffix)."""
         assert wal.kind == "partial" and wal.segment is not None
-        return f"{self.prefix}{wal.timeline:08X}/{wal.segment[:16]}/{wal.name}."
+        return f"{layout.wal_segment_dir(self.system_id, wal.timeline, wal.segment)}{wal.name}."
 
     def _newest_partial(self, wal: wn.WalName) -> str:
         found = list(self.repo.storage.list(self.partial_prefix(wal)))
@@ -467,7 +466,7 @@ def partial_note(name: str, header: dict[str, Any]) -> str:
 def system_ids(repo: Repository) -> list[str]:
     """System ids that have WAL in this repository."""
     seen: set[str] = set()
-    root = f"{layout.ROOT}/wal/"
+    root = layout.WAL
     for info in repo.storage.list(root):
         sid = info.key[len(root) :].split("/", 1)[0]
         if sid.isdigit():
