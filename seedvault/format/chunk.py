@@ -155,13 +155,13 @@ def open_chunks(reader: BinaryIO, data_key: bytes, backup_id: str, name: str) ->
     Raises :class:`AuthenticationFailed`, :class:`TruncatedStream` or :class:`FormatError` at the first
     defect, before releasing any byte of the chunk concerned.
     """
-    header_bytes = _read_exact(reader, HEADER.size)
+    header_bytes = read_up_to(reader, HEADER.size)
     header = ObjectHeader.unpack(header_bytes, name)
     aead = AESGCM(object_key(data_key, header.salt, backup_id, name))
     limit = header.chunk_size + TAG
     index = 0
     while True:
-        head = _read_exact(reader, CHUNK_HEAD.size)
+        head = read_up_to(reader, CHUNK_HEAD.size)
         if len(head) == 0:
             raise TruncatedStream(f"object {name} of backup {backup_id} is truncated: no final chunk")
         if len(head) < CHUNK_HEAD.size:
@@ -169,7 +169,7 @@ def open_chunks(reader: BinaryIO, data_key: bytes, backup_id: str, name: str) ->
         flags, length = CHUNK_HEAD.unpack(head)
         if flags & ~FINAL or not TAG <= length <= limit:
             raise AuthenticationFailed(f"object {name} of backup {backup_id}: chunk {index} has an invalid header")
-        ct = _read_exact(reader, length)
+        ct = read_up_to(reader, length)
         if len(ct) < length:
             raise TruncatedStream(f"object {name} of backup {backup_id} is truncated inside chunk {index}")
         try:
@@ -188,8 +188,9 @@ def open_chunks(reader: BinaryIO, data_key: bytes, backup_id: str, name: str) ->
         yield plain
 
 
-def _read_exact(reader: BinaryIO, n: int) -> bytes:
-    """Read up to n bytes, looping over short reads; fewer bytes only at end of stream."""
+def read_up_to(reader: BinaryIO, n: int) -> bytes:
+    """Read up to n bytes, looping over short reads; fewer bytes only at end of stream (the one exact-read
+    helper of the format: chunks here, WAL record headers in seedvault.sources.postgres.wal.record)."""
     first = reader.read(n)
     if not first or len(first) == n:
         return first or b""

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 from seedvault.crypto.keys import hkdf
 from seedvault.errors import AuthenticationFailed, FormatError, TruncatedStream, UnsupportedVersion
-from seedvault.format.chunk import ChunkSealer, open_chunks
+from seedvault.format.chunk import ChunkSealer, open_chunks, read_up_to
 from seedvault.format.fields import Fields, corrupted, load_json
 from seedvault.format.manifest import canonical
 from seedvault.stream.compress import compressor, decompress
@@ -189,10 +189,7 @@ def open_body(
 
 
 def _exact(reader: BinaryIO, n: int, what: str) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = reader.read(n - len(data))
-        if not more:
-            raise TruncatedStream(f"{what} is truncated inside its WAL record header")
-        data += more
+    data = read_up_to(reader, n)
+    if len(data) < n:
+        raise TruncatedStream(f"{what} is truncated inside its WAL record header")
     return data
