@@ -48,7 +48,8 @@ def read_epoch_key(repo: Repository, system_id: str, epoch: str, master: MasterK
         data = repo.storage.get_bytes(epoch_key_path(system_id, epoch, master.key_id))
     except ObjectNotFound:
         raise AuthenticationFailed(
-            f"WAL key epoch {epoch} of system {system_id} has no key object for master key {master.key_id}"
+            f"WAL key epoch {epoch} of system {system_id} has no key object for master key {master.key_id}",
+            hint="the WAL was archived under another master key, or its key object was removed",
         ) from None
     return unwrap_record(parse_record(data, system_id, epoch), system_id, epoch, master)
 

@@ -113,15 +113,7 @@ class WalStore:
             return self._epochs[epoch]
         if not layout.is_backup_id(epoch):
             raise AuthenticationFailed(f"WAL record names an invalid key epoch {epoch!r}")
-        master = self.repo.master
-        try:
-            data = self.repo.storage.get_bytes(epochs.epoch_key_path(self.system_id, epoch, master.key_id))
-        except ObjectNotFound:
-            raise AuthenticationFailed(
-                f"WAL key epoch {epoch} has no key object for master key {master.key_id}",
-                hint="the WAL was archived under another master key, or its key object was removed",
-            ) from None
-        key = self._unwrap(epochs.parse_record(data, self.system_id, epoch), epoch)
+        key = epochs.read_epoch_key(self.repo, self.system_id, epoch, self.repo.master)  # the one reader
         self._epochs[epoch] = key
         return key
 
