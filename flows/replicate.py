@@ -25,7 +25,7 @@ from seedvault.ops.replicate import replicate
 from seedvault.ops.replication_status import ReplicationStatus, replication_status
 from seedvault.ops.status import StatusPolicy
 from seedvault.repository import Repository
-from seedvault.retention import Policies
+from seedvault.retention import Policies, policies_of
 from seedvault.units import human_bytes, human_seconds
 from tasks.metrics import pushes_metrics
 from tasks.postgres import transient_only
@@ -67,7 +67,7 @@ def replicate_flow(
         dst_block = load_block(SeedvaultRepository, replica)
         key_source = load_block(SeedvaultEncryptionKey, key).key_source()
         src, dst = src_block.open(key_source), dst_block.open(key_source, create=True)
-        policies = dst_block.settings().retention_policies()
+        policies = policies_of(dst_block.settings())
         result = replicate_task(quote(src), quote(dst), quote(policies), include_wal)
         max_lag = StatusPolicy.from_settings(src_block.settings()).replication_max_lag
         status = replication_status(src, dst, policies, max_lag=max_lag)

@@ -15,14 +15,11 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seedvault.crypto.keys import KeySource
 from seedvault.errors import ConfigError, KeyMissing
 from seedvault.units import parse_duration
-
-if TYPE_CHECKING:
-    from seedvault.retention import Policies
 
 ENV_PREFIX = "SEEDVAULT_"
 
@@ -97,22 +94,6 @@ class Settings:
             raise ConfigError(f"wal_daemon must be 'off' or 'auto', not {self.wal_daemon!r}")
         if parse_duration(self.lease_stale) < 300:
             raise ConfigError(f"lease_stale must be at least 5m (holders refresh every minute), not {self.lease_stale}")
-
-    def retention_policies(self) -> Policies:
-        """The retention policies (ConfigError naming the bad key or value)."""
-        from seedvault.retention import policies_from
-
-        table = self.retention
-        if isinstance(table, str):
-            import json
-
-            try:
-                table = json.loads(table)
-            except ValueError:
-                raise ConfigError("SEEDVAULT_RETENTION is not valid JSON (an object of retention settings)") from None
-            if not isinstance(table, dict):
-                raise ConfigError("SEEDVAULT_RETENTION must be a JSON object of retention settings")
-        return policies_from(table)
 
     def replica_settings(self, repository: str | None = None) -> Settings | None:
         """The settings of the second repository (``[replica]``), or None when there is none.

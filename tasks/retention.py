@@ -19,6 +19,7 @@ from seedvault.errors import UsageError, VerificationFailed
 from seedvault.ops import prune as prune_op
 from seedvault.ops.verify import Sample, VerifyResult, verify_all, verify_latest
 from seedvault.repository import Repository
+from seedvault.retention import policies_of
 from seedvault.storagecost import lock_policy_conflict
 from seedvault.units import human_bytes
 from tasks.postgres import transient_only
@@ -32,12 +33,12 @@ def prune_task(repo: Repository, settings: Settings, repository_url: str, dry_ru
     """Apply the repository's retention policy; publishes the plan (what was deleted and why, bytes freed)."""
     report = prune_op.prune(
         repo,
-        settings.retention_policies(),
+        policies_of(settings),
         execute=not dry_run,
         state=prune_op.audit_state(repo),
         lease_stale=settings.lease_stale_after(),
         lock_conflict=lock_policy_conflict(
-            settings.object_lock, settings.object_lock_days, settings.retention_policies().default.keep_within
+            settings.object_lock, settings.object_lock_days, policies_of(settings).default.keep_within
         ),
     )
     publish_prune_artifact(report, repository_url)

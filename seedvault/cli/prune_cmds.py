@@ -8,6 +8,7 @@ import typer
 
 from seedvault.cli.runtime import handle_errors, print_json, state
 from seedvault.ops import prune as prune_op
+from seedvault.retention import policies_of
 from seedvault.storagecost import lock_policy_conflict
 from seedvault.units import human_bytes
 
@@ -28,7 +29,7 @@ def prune(
     nothing listed that is half gone ('seedvault cleanup' then converges).
     """
     st = state(ctx)
-    policies = st.settings.retention_policies()
+    policies = policies_of(st.settings)
     repo = st.repository()
     report = prune_op.prune(
         repo,

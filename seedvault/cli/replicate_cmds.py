@@ -8,6 +8,7 @@ import typer
 
 from seedvault.cli.runtime import err, handle_errors, print_json, state
 from seedvault.errors import ConfigError, ReplicationIncomplete, ReplicationLagging
+from seedvault.retention import policies_of
 from seedvault.units import human_bytes
 
 
@@ -46,7 +47,7 @@ def replicate(
     src = st.repository()
     dst = Repository(open_storage(dst_settings, create=True), dst_settings.key_source())
     dst.catalog_cache = dst_settings.catalog_cache  # type: ignore[attr-defined]
-    policies = dst_settings.retention_policies()
+    policies = policies_of(dst_settings)
     if status:
         max_lag = StatusPolicy.from_settings(settings).replication_max_lag
         report = replication_status(src, dst, policies, max_lag=max_lag)

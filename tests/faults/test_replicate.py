@@ -22,6 +22,7 @@ from seedvault.format import layout
 from seedvault.ops import prune as pr
 from seedvault.ops.replicate import replicate
 from seedvault.repository import Repository
+from seedvault.retention import policies_of
 from seedvault.storage.open import open_storage
 from tests.fixtures.repo import new_key_file
 from tests.fixtures.s3 import S3_REGION, free_loopback_port
@@ -119,7 +120,7 @@ def test_server_side_copy_on_one_endpoint_multipart_and_the_destination_lock(sou
     dst_settings.s3_storage_class = "STANDARD_IA"  # the replica's own class
     src = Repository(open_storage(settings), settings.key_source())
     dst = Repository(open_storage(dst_settings, create=True), dst_settings.key_source())
-    report = replicate(src, dst, dst_settings.retention_policies())
+    report = replicate(src, dst, policies_of(dst_settings))
     assert report.ok and report.server_side >= 3 and report.streamed >= 1  # data and manifests; key objects put
     big = source["ids"]["multi"]
     for bid in source["ids"].values():
@@ -141,7 +142,7 @@ def test_server_side_copy_on_one_endpoint_multipart_and_the_destination_lock(sou
     assert dst.storage.can_copy_from(src.storage)
     # The destination's prune keeps what its lock holds although the manifest records no lock.
     policies = load(env={"SEEDVAULT_RETENTION": json.dumps({"keep_within": "0s", "min_verified": 0})})
-    plan = pr.prune(dst, policies.retention_policies(), now=datetime.now(UTC) + timedelta(days=2))
+    plan = pr.prune(dst, policies_of(policies), now=datetime.now(UTC) + timedelta(days=2))
     assert all(d.keep for d in plan.plan.backups) and any("Object Lock" in " ".join(d.reasons)
                                                            for d in plan.plan.backups)  # fmt: skip
 
@@ -215,13 +216,13 @@ def test_the_destination_keeps_by_its_longer_policy_and_never_regains_what_it_pr
     long_repo = Repository(open_storage(long_keep, create=True), long_keep.key_source())
     short_repo = Repository(open_storage(short_keep, create=True), short_keep.key_source())
     for repo, s in ((long_repo, long_keep), (short_repo, short_keep)):
-        assert replicate(src, repo, s.retention_policies()).copied_backups
+        assert replicate(src, repo, policies_of(s)).copied_backups
     # The source prunes all but the newest (30 days, 40 days later) ...
-    src_policy = load(env={"SEEDVAULT_RETENTION": json.dumps({"keep_within": "30d", "keep_last": 1,
-                                                               "min_verified": 0})}).retention_policies()  # fmt: skip
+    src_policy = policies_of(load(env={"SEEDVAULT_RETENTION": json.dumps({"keep_within": "30d", "keep_last": 1,
+                                                               "min_verified": 0})}))  # fmt: skip
     assert pr.prune(src, src_policy, execute=True, now=later).deleted_backups == ids[:2]
     # ... the long-keeping destination keeps all three by its own policy, and its prune agrees.
-    kept = pr.prune(long_repo, long_keep.retention_policies(), execute=True, now=later, state=pr.audit_state(long_repo))
+    kept = pr.prune(long_repo, policies_of(long_keep), execute=True, now=later, state=pr.audit_state(long_repo))
     assert kept.deleted_backups == []
     assert long_repo.backup_ids() == ids
     # The short-keeping one prunes to one, and replication does not copy back what it pruned, even while the
@@ -230,11 +231,11 @@ def test_the_destination_keeps_by_its_longer_policy_and_never_regains_what_it_pr
                       settings.key_source())  # fmt: skip
     assert (
         pr.prune(
-            short_repo, short_keep.retention_policies(), execute=True, now=later, state=pr.audit_state(short_repo)
+            short_repo, policies_of(short_keep), execute=True, now=later, state=pr.audit_state(short_repo)
         ).deleted_backups
         == ids[:2]
     )
-    again = replicate(src2, short_repo, short_keep.retention_policies(), now=later)
+    again = replicate(src2, short_repo, policies_of(short_keep), now=later)
     assert again.copied_backups == [] and sorted(again.not_wanted) == ids[:2] and short_repo.backup_ids() == ids[2:]
 
 

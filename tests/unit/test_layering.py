@@ -35,7 +35,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("storage", "storagecost"): "s3 checks storage-class names from storagecost: one storage-policy module",
     ("storagecost", "storage"): "WritePolicy builds storage.base.WriteOptions: see above",
     ("retention", "sources"): "the planner walks WAL with sources.postgres.wal.plan: WAL naming below both",
-    ("config", "retention"): "Settings.retention_policies() parses [retention]: parse it where it is used",
 }
 
 
