@@ -105,7 +105,7 @@ class Settings:
         always the primary's: the copied objects open only with it. ``repository`` (``--to``) replaces the
         table's URL.
         """
-        table = _table(self.replica, "replica", "SEEDVAULT_REPLICA")
+        table = settings_table(self.replica, "replica", "SEEDVAULT_REPLICA")
         if repository:
             table["repository"] = repository
         if not table.get("repository"):
@@ -161,7 +161,7 @@ REPLICA_FORBIDDEN = {"key_file", "passphrase_file", "replica", "use_replica"}
 _ON = ("on", "1", "true", "yes")
 
 
-def _table(value: dict[str, Any] | str | None, name: str, env: str) -> dict[str, Any]:
+def settings_table(value: dict[str, Any] | str | None, name: str, env: str) -> dict[str, Any]:
     """A settings table given as a TOML table or (from the environment or a block) as a JSON object."""
     if value is None or value == "":
         return {}

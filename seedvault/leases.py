@@ -222,7 +222,7 @@ class _NoLease:
 
 
 def shared(
-    repo: Repository, operation: str, backup_ids: Iterable[str] = (), *, reader: bool = True
+    repo: Repository, operation: str, backup_ids: Iterable[str] = (), *, reader: bool = True, check_intents: bool = True
 ) -> HeldLease | _NoLease:
     """Hold a lease naming ``backup_ids`` (use as a context manager).
 
@@ -238,7 +238,7 @@ def shared(
         log.warning("no lease for %s (%s): nothing stops a concurrent delete of what it reads", operation,
                     exc.one_line())  # fmt: skip
         return _NoLease()
-    if reader and held.backup_ids:
+    if reader and check_intents and held.backup_ids:  # without: the caller leaves out what a prune is deleting
         held.check_no_intent()
     return held
 

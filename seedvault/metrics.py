@@ -147,12 +147,9 @@ def collect(repo: Repository, *, now: datetime | None = None, prices: Mapping[st
 
 def _note_wal(snap: Snapshot, info: ObjectInfo) -> None:
     """The newest WAL file (segment, partial or backup file) of each system id, by its stored time."""
-    if not info.key.startswith(WAL_ROOT):
-        return
-    system_id, _, rest = info.key[len(WAL_ROOT) :].partition("/")
-    timeline = rest.split("/", 1)[0]
-    if not system_id.isdigit() or len(timeline) != 8 or rest.count("/") != 2:
+    if not _is_wal_record(info):
         return  # segments live under <timeline>/<segment prefix>/; keys, epochs and histories do not count
+    system_id = info.key[len(WAL_ROOT) :].split("/", 1)[0]
     t = info.modified.timestamp()
     if t > snap.wal_last_archived.get(system_id, 0.0):
         snap.wal_last_archived[system_id] = t

@@ -388,19 +388,9 @@ POLICY_KEYS = {"keep_within", "pitr_window", "min_verified", *GFS}
 def policies_of(settings: Any) -> Policies:
     """The retention policies of ``settings`` (its ``retention``: a TOML table, or the same as JSON from
     ``SEEDVAULT_RETENTION`` or a block); ConfigError naming the bad key or value."""
-    table = settings.retention
-    if isinstance(table, str):
-        import json
+    from seedvault.config import settings_table
 
-        from seedvault.errors import ConfigError
-
-        try:
-            table = json.loads(table)
-        except ValueError:
-            raise ConfigError("SEEDVAULT_RETENTION is not valid JSON (an object of retention settings)") from None
-        if not isinstance(table, dict):
-            raise ConfigError("SEEDVAULT_RETENTION must be a JSON object of retention settings")
-    return policies_from(table)
+    return policies_from(settings_table(settings.retention, "retention", "SEEDVAULT_RETENTION"))
 
 
 def policies_from(table: dict[str, Any] | None, origin: str = "retention") -> Policies:

@@ -56,6 +56,7 @@ class Inputs:
     histories: dict[tuple[str, int], list[wn.HistoryEntry]]
     unreadable: list[str]  # "<backup id>: <why>", never deleted
     wal_sizes: dict[str, int]
+    bodies: dict[str, dict] = field(default_factory=dict)  # backup id -> its authenticated manifest body
 
 
 @dataclass
@@ -112,13 +113,15 @@ def audit_state(repo: Repository) -> MutableState:
 def gather(repo: Repository, state: MutableState) -> Inputs:
     """Everything the planner decides on, read from the repository (authenticated where it matters)."""
     backups: list[rt.BackupItem] = []
+    bodies: dict[str, dict] = {}
     unreadable: list[str] = []
     for entry in Catalog(repo, full=True).entries():  # the index, with every key object listed: exact
         body = entry.body
         if body is None:
             unreadable.append(f"{entry.backup_id}: {entry.problem}")
             continue
-        backups.append(_item(entry.backup_id, body, state))
+        backups.append(backup_item(entry.backup_id, body, state))
+        bodies[entry.backup_id] = body
     wal: list[rt.WalItem] = []
     histories: dict[tuple[str, int], list[wn.HistoryEntry]] = {}
     sizes: dict[str, int] = {}
@@ -132,7 +135,7 @@ def gather(repo: Repository, state: MutableState) -> Inputs:
                 histories[(sid, h.timeline)] = wn.parse_history(store.read_history(h.timeline), h.timeline)
             except SeedvaultError as exc:  # planned as unknown: that timeline's WAL is kept
                 log.warning("timeline history %s of system %s cannot be read: %s", h.name, sid, exc.one_line())
-    return Inputs(backups, wal, histories, unreadable, sizes)
+    return Inputs(backups, wal, histories, unreadable, sizes, bodies)
 
 
 def _wal_until(body: dict) -> tuple[str, int, str] | None:
@@ -147,7 +150,8 @@ def _wal_until(body: dict) -> tuple[str, int, str] | None:
     return str(point["system_id"]), int(point["timeline"]), str(point["lsn"])
 
 
-def _item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
+def backup_item(backup_id: str, body: dict, state: MutableState) -> rt.BackupItem:
+    """What the retention planner knows of one backup: its manifest body, with pins and verification from ``state``."""
     src = body.get("source") or {}
     physical = body.get("kind") == rt.PHYSICAL
     lock = storagecost.manifest_lock(body)

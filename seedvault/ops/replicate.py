@@ -159,11 +159,9 @@ def plan(src: Repository, dst: Repository | None, policies: rt.Policies, now: da
     src_in = pr.gather(src, pr.MutableState())
     dst_in = pr.gather(dst, state) if dst is not None else pr.Inputs([], [], {}, [], {})
     bodies = {b.backup_id: b for b in dst_in.backups}
-    src_bodies: dict[str, dict] = {}
-    for entry in catalog.Catalog(src).entries():
-        if entry.body is not None:
-            src_bodies[entry.backup_id] = entry.body
-            bodies.setdefault(entry.backup_id, pr._item(entry.backup_id, entry.body, state))
+    src_bodies = src_in.bodies  # read once, by gather (the catalog, every key object listed)
+    for bid, body in src_bodies.items():
+        bodies.setdefault(bid, pr.backup_item(bid, body, state))  # with the destination's pins and verifications
     wal = {w.key: w for w in dst_in.wal}
     for w in src_in.wal:
         wal.setdefault(w.key, w)
@@ -262,13 +260,11 @@ def _audit_details(src: Repository, report: ReplicationReport) -> dict[str, Any]
 
 
 def _source_lease(src: Repository, ids: list[str]) -> Any:
-    """The source's prune keeps what is being copied; read-only source credentials: a warning, no lease."""
-    try:
-        return leases.HeldLease(src, "replicate", ids)
-    except SeedvaultError as exc:
-        log.warning("seedvault: warning: no lease at the source (%s): a prune there may delete a backup being "
-                    "copied (its copy then fails and is retried next run)", exc.one_line())  # fmt: skip
-        return leases._NoLease()
+    """The source's prune keeps what is being copied; read-only source credentials: a warning, no lease.
+
+    Intents are not checked here (a clash would refuse the whole run): :func:`_being_pruned` skips just those.
+    """
+    return leases.shared(src, "replicate", ids, check_intents=False)
 
 
 def _leased(todo: list[str], bodies: dict[str, dict]) -> list[str]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from seedvault import faults
-from seedvault.errors import ChecksumMismatch, ObjectExists, ObjectNotFound, SeedvaultError
+from seedvault.errors import ChecksumMismatch, IntegrityError, ObjectExists, ObjectNotFound, SeedvaultError
 from seedvault.storage.base import Storage, WriteOptions
 
 PIECE = 1024 * 1024
@@ -135,7 +135,7 @@ def _checked(check: Check, dst: Storage, key: str) -> str | None:
     except ObjectNotFound:
         return "it is not there"
     except SeedvaultError as exc:
-        if isinstance(exc, ChecksumMismatch) or exc.exit_code // 10 == 2:  # an integrity error: the copy is bad
+        if isinstance(exc, IntegrityError):  # checksum, authentication, truncation: the copy is bad
             return exc.one_line()
         raise
 

@@ -73,8 +73,8 @@ class StatusPolicy:
             except ValueError:
                 raise ConfigError("SEEDVAULT_STATUS is not valid JSON (an object of status settings)") from None
         table = dict(table or {})
-        known = {"size_band", "size_window", "key_max_age", "stale_margin", "wal_max_age", "periods"}
-        unknown = set(table) - known - {"replication_max_lag"}
+        known = {"size_band", "size_window", "key_max_age", "stale_margin", "wal_max_age", "replication_max_lag"}
+        unknown = set(table) - known - {"periods"}
         if unknown:
             raise ConfigError(f"status: unknown setting(s) {', '.join(sorted(unknown))}")
         out = cls()

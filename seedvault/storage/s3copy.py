@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from seedvault.errors import ObjectExists
 from seedvault.storage.base import WriteOptions
+from seedvault.storage.s3errors import _is_not_implemented, _is_precondition_failed
 
 if TYPE_CHECKING:
     from seedvault.storage.s3 import S3Storage
@@ -114,12 +115,10 @@ def _conditional(dst: S3Storage, key: str, call: Any, kwargs: dict[str, Any]) ->
         try:
             call(**kwargs, IfNoneMatch="*")
             return
-        except ClientError as exc:
-            code = (exc.response.get("Error") or {}).get("Code")
-            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "412") or status == 412:
+        except ClientError as exc:  # the streaming writer's rules (s3errors): 412 taken, 501 no conditional writes
+            if _is_precondition_failed(exc):
                 raise exists from exc
-            if code not in ("NotImplemented", "501") and status != 501:
+            if not _is_not_implemented(exc):
                 raise
             dst.disable_conditional_writes()
     if dst.exists(key):
