@@ -13,7 +13,7 @@ from typing import Any
 
 from blocks import SeedvaultEncryptionKey, SeedvaultRepository
 from flows.failures import load_block
-from seedvault.errors import StorageUnreachable
+from seedvault.ops.fallback import first_reachable
 from seedvault.repository import Repository
 
 
@@ -28,26 +28,17 @@ def open_for_restore(repository: str, key: str, replica: str | None) -> Opened:
     """Load the blocks; with ``replica``, probe the first repository and fall back to the replica if unreachable."""
     block = load_block(SeedvaultRepository, repository)
     key_source = load_block(SeedvaultEncryptionKey, key).key_source()
-    try:
-        repo = block.open(key_source)
-        if replica:
-            repo.storage.check()
-        return Opened(repo, block)
-    except StorageUnreachable as exc:
-        if not replica:
-            raise
-        other = load_block(SeedvaultRepository, replica)
-        try:
-            second = other.open(key_source)
-            second.storage.check()
-        except StorageUnreachable as again:
-            raise StorageUnreachable(
-                f"neither repository can be reached: {block.url} ({exc.one_line()}) nor the replica {other.url} "
-                f"({again.one_line()})"
-            ) from exc
-        second.is_replica = True  # type: ignore[attr-defined]  # PITR reads WAL from the replica too
-        note = f"repository {block.url} is unreachable ({exc.one_line()}); reading from the replica {other.url}"
-        from prefect import get_run_logger
+    if not replica:
+        return Opened(block.open(key_source), block)
+    other = load_block(SeedvaultRepository, replica)
 
-        get_run_logger().warning("seedvault: warning: %s", note)
-        return Opened(second, other, note)
+    def probed(b: Any) -> Repository:
+        repo = b.open(key_source)
+        repo.storage.check()
+        return repo
+
+    from prefect import get_run_logger
+
+    repo, note = first_reachable(lambda: probed(block), block.url, lambda: probed(other), other.url,
+                                 warn=lambda line: get_run_logger().warning(line))  # fmt: skip
+    return Opened(repo, other if note else block, note)

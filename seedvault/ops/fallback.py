@@ -44,26 +44,51 @@ def open_for_restore(
     catalog_cache: str | None = None,
 ) -> Chosen:
     """The configured repository if it answers, else the replica (``[replica]``), saying so through ``warn``."""
+    replica = settings.replica_settings()
+    second = None if replica is None else (lambda: _open(replica, key=key, cache=catalog_cache))
+    repo, note = first_reachable(
+        lambda: _open(settings, key=key, cache=catalog_cache),
+        settings.repository or "",
+        second,
+        (replica.repository or "") if replica is not None else "",
+        warn=warn,
+    )
+    if note is None:
+        return Chosen(repo, settings)
+    assert replica is not None  # only a configured replica can be fallen back to
+    return Chosen(repo, replica, note)
+
+
+def first_reachable(
+    first: Callable[[], Repository],
+    first_url: str,
+    replica: Callable[[], Repository] | None,
+    replica_url: str,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Repository, str | None]:
+    """``first()`` (which opens and probes), or on StorageUnreachable ``replica()``: (repository, the note said).
+
+    The one fallback rule, for the CLI (settings) and the Prefect flows (blocks) alike; anything but an
+    unreachable repository propagates unchanged.
+    """
     try:
-        return Chosen(_open(settings, key=key, cache=catalog_cache), settings)
+        return first(), None
     except StorageUnreachable as exc:
-        replica = settings.replica_settings()
         if replica is None:
             raise
-        primary = redact_url(settings.repository or "")
+        primary, second = redact_url(first_url), redact_url(replica_url)
         try:
-            repo = _open(replica, key=key, cache=catalog_cache)
+            repo = replica()
         except StorageUnreachable as again:
             raise StorageUnreachable(
                 f"neither repository can be reached: {primary} ({exc.one_line()}) nor the replica "
-                f"{redact_url(replica.repository or '')} ({again.one_line()})"
+                f"{second} ({again.one_line()})"
             ) from exc
-        note = (
-            f"repository {primary} is unreachable ({exc.one_line()}); reading from the replica "
-            f"{redact_url(replica.repository or '')}"
-        )
+        note = f"repository {primary} is unreachable ({exc.one_line()}); reading from the replica {second}"
         (warn or log.warning)(f"seedvault: warning: {note}")
-        return Chosen(repo, replica, note)
+        repo.is_replica = True  # type: ignore[attr-defined]  # PITR reads WAL from the replica too
+        return repo, note
 
 
 def _open(settings: Settings, *, key: bool, cache: str | None) -> Repository:
